@@ -1,0 +1,133 @@
+//! The HTTP API of Mailing (salvo): sessions (`/auth/*`), the business resources under
+//! `/api/v1`, the seed's operational routes, one-click unsubscribe, and the hoops every
+//! request passes (security headers, request id, authentication).
+//!
+//! Handlers validate and enqueue; they never send mail themselves. Errors are RFC 9457
+//! problem+json ([`problem`]). The process wiring (binding, TLS, shutdown) lives in
+//! `mailing-engine`.
+
+pub mod auth;
+pub mod problem;
+pub mod routes;
+pub mod state;
+
+use std::sync::Arc;
+
+use salvo::catcher::Catcher;
+use salvo::http::header::{self, HeaderName, HeaderValue};
+use salvo::prelude::*;
+
+pub use state::{AppState, FaultInjector};
+
+/// Adds the security headers of every answer and an `x-request-id`.
+#[derive(Debug, Clone, Copy)]
+pub struct SecurityHeaders {
+    /// Send `Strict-Transport-Security` (only behind HTTPS).
+    pub hsts: bool,
+}
+
+#[async_trait]
+impl Handler for SecurityHeaders {
+    async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+        let request_id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let span = tracing::info_span!("http", request_id = %request_id, method = %req.method(), path = %req.uri().path());
+        let _enter = span.enter();
+        ctrl.call_next(req, depot, res).await;
+        let headers = res.headers_mut();
+        let fixed = [
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+            ),
+            (header::CACHE_CONTROL, "no-store"),
+        ];
+        for (name, value) in fixed {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
+        if self.hsts {
+            headers.insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+            );
+        }
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            headers.insert(HeaderName::from_static("x-request-id"), v);
+        }
+    }
+}
+
+/// The router of every route.
+pub fn router(state: Arc<AppState>) -> Router {
+    use routes::*;
+    let fault_injection = state.fault_injector.is_some();
+    let authed = Router::new()
+        .hoop(auth::Authenticate)
+        .push(Router::with_path("auth/logout").post(session::logout))
+        .push(
+            Router::with_path("api/v1")
+                .push(
+                    Router::with_path("lists").get(lists::index).post(lists::create).push(
+                        Router::with_path("{id}")
+                            .get(lists::show)
+                            .push(Router::with_path("subscribers").get(lists::subscribers).post(lists::add_subscribers)),
+                    ),
+                )
+                .push(
+                    Router::with_path("templates").get(templates::index).post(templates::create).push(
+                        Router::with_path("{id}")
+                            .get(templates::show)
+                            .push(Router::with_path("preview").post(templates::preview)),
+                    ),
+                )
+                .push(
+                    Router::with_path("campaigns").get(campaigns::index).post(campaigns::create).push(
+                        Router::with_path("{id}")
+                            .get(campaigns::show)
+                            .push(Router::with_path("send").post(campaigns::send))
+                            .push(Router::with_path("pause").post(campaigns::pause))
+                            .push(Router::with_path("resume").post(campaigns::resume))
+                            .push(Router::with_path("cancel").post(campaigns::cancel)),
+                    ),
+                )
+                .push(Router::with_path("users").get(users::index).post(users::create)),
+        )
+        .push({
+            let mut admin = Router::with_path("admin")
+                .push(Router::with_path("stats").get(ops::stats))
+                .push(Router::with_path("cache/stats").get(ops::cache_stats))
+                .push(Router::with_path("cache/clear").post(ops::cache_clear));
+            if fault_injection {
+                admin = admin.push(Router::with_path("debug/crash/{component}").post(ops::crash));
+            }
+            admin
+        });
+    let metrics = state.metrics;
+    let mut root = Router::new()
+        .hoop(affix_state::inject(state))
+        .push(Router::with_path("health").get(ops::health).push(Router::with_path("ready").get(ops::ready)));
+    if metrics {
+        root = root.push(Router::with_path("metrics").get(ops::metrics));
+    }
+    root
+        .push(Router::with_path("auth/login").post(session::login))
+        .push(Router::with_path("auth/refresh").post(session::refresh))
+        .push(Router::with_path("unsubscribe/{token}").get(unsubscribe::page).post(unsubscribe::one_click))
+        .push(authed)
+}
+
+/// The service: the router, the security headers, and problem+json error pages.
+pub fn service(state: Arc<AppState>) -> Service {
+    let hsts = state.https;
+    Service::new(router(state))
+        .hoop(SecurityHeaders { hsts })
+        .catcher(Catcher::default().hoop(problem::problem_catcher))
+}

@@ -1,0 +1,178 @@
+//! `/api/v1/lists` and their subscribers (JSON array or CSV import).
+
+use salvo::prelude::*;
+use serde::Deserialize;
+
+use super::{json_body, pagination, path_id, required_text, JSON_LIMIT};
+use crate::auth::principal;
+use crate::problem::{ApiError, ApiResult, parse_error};
+use crate::state::from_depot;
+use mailing_jobs::store::subscribers::NewSubscriber;
+use mailing_jobs::Role;
+
+/// The largest subscriber import body (JSON or CSV).
+pub const IMPORT_LIMIT: usize = 8 * 1024 * 1024;
+/// The most rows one import request may carry.
+pub const IMPORT_MAX_ROWS: usize = 50_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewList {
+    name: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+/// `POST /api/v1/lists`.
+#[handler]
+pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Editor)?;
+    let body: NewList = json_body(req, JSON_LIMIT).await?;
+    let name = required_text("name", &body.name, 200)?;
+    let description = match body.description.as_deref().map(str::trim) {
+        Some(d) if d.chars().count() > 2000 => {
+            return Err(ApiError::field("description", "must be at most 2000 characters"));
+        }
+        Some("") | None => None,
+        Some(d) => Some(d.to_owned()),
+    };
+    let list = state.store.create_list(&name, description.as_deref()).await?;
+    state
+        .store
+        .audit(&who.username, "list.create", Some(&format!("list:{}", list.id)), &serde_json::json!({}))
+        .await?;
+    res.status_code(StatusCode::CREATED).render(Json(list));
+    Ok(())
+}
+
+/// `GET /api/v1/lists`.
+#[handler]
+pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+    let state = from_depot(depot)?;
+    let (after, limit) = pagination(req)?;
+    Ok(Json(serde_json::json!(state.store.lists(after, limit).await?)))
+}
+
+/// `GET /api/v1/lists/{id}`.
+#[handler]
+pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+    let state = from_depot(depot)?;
+    Ok(Json(serde_json::json!(state.store.list(path_id(req, "id")?).await?)))
+}
+
+/// `GET /api/v1/lists/{id}/subscribers`.
+#[handler]
+pub async fn subscribers(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+    let state = from_depot(depot)?;
+    let id = path_id(req, "id")?;
+    state.store.list(id).await?;
+    let (after, limit) = pagination(req)?;
+    let page = state.store.list_subscribers(id, after, limit).await?;
+    let items: Vec<serde_json::Value> = page
+        .items
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "id": s.id, "email": s.email, "name": s.name, "status": s.status,
+                "attributes": serde_json::from_str::<serde_json::Value>(&s.attributes).unwrap_or_default(),
+                "created_at": s.created_at,
+            })
+        })
+        .collect();
+    let mut body = serde_json::json!({ "items": items });
+    if let Some(next) = page.next {
+        body["next"] = next.into();
+    }
+    Ok(Json(body))
+}
+
+/// Parses a CSV body with a header row: `email` (required), `name`, and any other
+/// column becomes an attribute.
+fn parse_csv(bytes: &[u8]) -> ApiResult<Vec<NewSubscriber>> {
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(false).from_reader(bytes);
+    let headers = reader
+        .headers()
+        .map_err(|e| ApiError::BadRequest(format!("the CSV header row cannot be read: {e}")))?
+        .clone();
+    let email_col = headers
+        .iter()
+        .position(|h| h.eq_ignore_ascii_case("email"))
+        .ok_or_else(|| ApiError::field("email", "the CSV header row must have an `email` column"))?;
+    let name_col = headers.iter().position(|h| h.eq_ignore_ascii_case("name"));
+    let mut rows = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| ApiError::BadRequest(format!("CSV data row {i}: {e}")))?;
+        if rows.len() >= IMPORT_MAX_ROWS {
+            return Err(ApiError::PayloadTooLarge(IMPORT_LIMIT));
+        }
+        let mut attributes = serde_json::Map::new();
+        for (col, value) in record.iter().enumerate() {
+            if col != email_col && Some(col) != name_col && !value.is_empty() {
+                attributes.insert(headers[col].to_owned(), value.into());
+            }
+        }
+        rows.push(NewSubscriber {
+            email: record.get(email_col).unwrap_or_default().to_owned(),
+            name: name_col.and_then(|c| record.get(c)).map(str::to_owned),
+            attributes: Some(attributes),
+        });
+    }
+    Ok(rows)
+}
+
+/// `POST /api/v1/lists/{id}/subscribers`: a JSON array of subscribers, or `text/csv`.
+/// Valid rows are written in one transaction; invalid ones are reported per row.
+#[handler]
+pub async fn add_subscribers(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Editor)?;
+    let id = path_id(req, "id")?;
+    let is_csv = req
+        .content_type()
+        .is_some_and(|m| m.type_() == "text" && m.subtype() == "csv");
+    let rows: Vec<NewSubscriber> = if is_csv {
+        let bytes = req.payload_with_max_size(IMPORT_LIMIT).await.map_err(|e| parse_error(e, IMPORT_LIMIT))?;
+        parse_csv(bytes)?
+    } else {
+        json_body(req, IMPORT_LIMIT).await?
+    };
+    if rows.is_empty() {
+        return Err(ApiError::field("body", "send at least one subscriber"));
+    }
+    if rows.len() > IMPORT_MAX_ROWS {
+        return Err(ApiError::field("body", format!("send at most {IMPORT_MAX_ROWS} subscribers per request")));
+    }
+    let report = state.store.add_subscribers(id, &rows).await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "list.import",
+            Some(&format!("list:{id}")),
+            &serde_json::json!({"inserted": report.inserted, "updated": report.updated, "rejected": report.rejected.len()}),
+        )
+        .await?;
+    res.render(Json(report));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_columns_other_than_email_and_name_become_attributes() {
+        let rows = parse_csv(b"email,name,city\nann@example.com,Ann,Oslo\n").unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].name.as_deref(), Some("Ann"));
+        assert_eq!(rows[0].attributes.as_ref().unwrap()["city"], "Oslo");
+    }
+
+    #[test]
+    fn csv_without_email_column_is_refused() {
+        assert!(matches!(parse_csv(b"name\nAnn\n"), Err(ApiError::Validation { .. })));
+    }
+}

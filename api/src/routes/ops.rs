@@ -1,0 +1,159 @@
+//! Operational routes: `/health` (cheap liveness plus the supervision tree's state),
+//! `/health/ready` (dependencies with latency), `/metrics` (Prometheus text),
+//! `/admin/stats`, `/admin/cache/stats`, `/admin/cache/clear`, and the fault-injection
+//! route used by drills and tests (absent unless enabled, never in production).
+
+use std::fmt::Write as _;
+use std::time::Instant;
+
+use salvo::prelude::*;
+
+use crate::auth::principal;
+use crate::problem::{ApiError, ApiResult};
+use crate::state::from_depot;
+use mailing_jobs::health::ComponentStatus;
+use mailing_jobs::Role;
+
+/// `GET /health`: answers 200 while the process serves; `status` is `degraded` when a
+/// supervised component is not running.
+#[handler]
+pub async fn health(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+    let state = from_depot(depot)?;
+    let components = state.health.snapshot();
+    let status = if state.health.all_running() { "ok" } else { "degraded" };
+    Ok(Json(serde_json::json!({ "status": status, "components": components })))
+}
+
+/// `GET /health/ready`: checks the database and the queue; 503 when either fails.
+#[handler]
+pub async fn ready(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    let started = Instant::now();
+    let db = state.store.ping().await;
+    let db_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let started = Instant::now();
+    let queue = state.queue.ping().await;
+    let queue_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let depth = state.queue.depth().await.ok();
+    let ok = db.is_ok() && queue.is_ok();
+    let check = |r: &Result<(), String>, ms: f64| match r {
+        Ok(()) => serde_json::json!({ "status": "up", "latency_ms": ms }),
+        Err(e) => serde_json::json!({ "status": "down", "latency_ms": ms, "error": e }),
+    };
+    let body = serde_json::json!({
+        "status": if ok { "ready" } else { "not_ready" },
+        "database": check(&db.map_err(|e| e.to_string()), db_ms),
+        "queue": {
+            "backend": state.queue.backend(),
+            "check": check(&queue.map_err(|e| e.to_string()), queue_ms),
+            "depth": depth.map(|(plan, send)| serde_json::json!({ "plan": plan, "send": send })),
+        },
+        "components": state.health.snapshot(),
+    });
+    if !ok {
+        res.status_code(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    res.render(Json(body));
+    Ok(())
+}
+
+/// `GET /admin/stats`.
+#[handler]
+pub async fn stats(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+    let state = from_depot(depot)?;
+    principal(depot)?.require(Role::Admin)?;
+    let totals = state.store.totals().await?;
+    let depth = state.queue.depth().await.ok();
+    Ok(Json(serde_json::json!({
+        "totals": totals,
+        "queue": { "backend": state.queue.backend(), "depth": depth.map(|(p, s)| serde_json::json!({"plan": p, "send": s})) },
+        "template_cache": state.renderer.stats(),
+        "components": state.health.snapshot(),
+    })))
+}
+
+/// `GET /admin/cache/stats`.
+#[handler]
+pub async fn cache_stats(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+    let state = from_depot(depot)?;
+    principal(depot)?.require(Role::Admin)?;
+    Ok(Json(serde_json::json!(state.renderer.stats())))
+}
+
+/// `POST /admin/cache/clear`.
+#[handler]
+pub async fn cache_clear(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Admin)?;
+    let cleared = state.renderer.clear();
+    state.store.audit(&who.username, "cache.clear", None, &serde_json::json!({"cleared": cleared})).await?;
+    Ok(Json(serde_json::json!({ "cleared": cleared })))
+}
+
+/// `POST /admin/debug/crash/{component}`: makes a supervised component fail, to prove
+/// that its supervisor restarts it. Only routed when `FAULT_INJECTION=true`.
+#[handler]
+pub async fn crash(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    principal(depot)?.require(Role::Admin)?;
+    let name = req.param::<String>("component").unwrap_or_default();
+    let injector = state
+        .fault_injector
+        .clone()
+        .ok_or_else(|| ApiError::NotFound("fault injection is disabled".into()))?;
+    if !injector(&name) {
+        let known: Vec<String> = state.health.snapshot().into_keys().collect();
+        return Err(ApiError::NotFound(format!("no component named '{name}'; known: {}", known.join(", "))));
+    }
+    res.status_code(StatusCode::ACCEPTED).render(Json(serde_json::json!({ "crashed": name })));
+    Ok(())
+}
+
+fn status_value(s: ComponentStatus) -> u8 {
+    match s {
+        ComponentStatus::Running => 1,
+        _ => 0,
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+#[handler]
+pub async fn metrics(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    let mut out = String::new();
+    let cache = state.renderer.stats();
+    let _ = writeln!(out, "# HELP mailing_template_cache_hits_total Template cache lookups answered from the cache.");
+    let _ = writeln!(out, "# TYPE mailing_template_cache_hits_total counter");
+    let _ = writeln!(out, "mailing_template_cache_hits_total {}", cache.hits);
+    let _ = writeln!(out, "# HELP mailing_template_cache_misses_total Template cache lookups that compiled the template.");
+    let _ = writeln!(out, "# TYPE mailing_template_cache_misses_total counter");
+    let _ = writeln!(out, "mailing_template_cache_misses_total {}", cache.misses);
+    let _ = writeln!(out, "# HELP mailing_template_cache_entries Compiled templates held.");
+    let _ = writeln!(out, "# TYPE mailing_template_cache_entries gauge");
+    let _ = writeln!(out, "mailing_template_cache_entries {}", cache.size);
+    if let Ok((plan, send)) = state.queue.depth().await {
+        let _ = writeln!(out, "# HELP mailing_queue_depth_jobs Jobs waiting per stage.");
+        let _ = writeln!(out, "# TYPE mailing_queue_depth_jobs gauge");
+        let _ = writeln!(out, "mailing_queue_depth_jobs{{stage=\"plan\"}} {plan}");
+        let _ = writeln!(out, "mailing_queue_depth_jobs{{stage=\"send\"}} {send}");
+    }
+    let components = state.health.snapshot();
+    let _ = writeln!(out, "# HELP mailing_actor_restarts_total Restarts of each supervised component.");
+    let _ = writeln!(out, "# TYPE mailing_actor_restarts_total counter");
+    for (name, c) in &components {
+        let _ = writeln!(out, "mailing_actor_restarts_total{{actor=\"{name}\"}} {}", c.restarts);
+    }
+    let _ = writeln!(out, "# HELP mailing_actor_up Whether each supervised component is running.");
+    let _ = writeln!(out, "# TYPE mailing_actor_up gauge");
+    for (name, c) in &components {
+        let _ = writeln!(out, "mailing_actor_up{{actor=\"{name}\"}} {}", status_value(c.status));
+    }
+    res.headers_mut().insert(
+        salvo::http::header::CONTENT_TYPE,
+        salvo::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res.render(out);
+    Ok(())
+}
+

@@ -1,0 +1,59 @@
+//! The state every handler shares, injected once into the depot as `Arc<AppState>`.
+
+use std::sync::Arc;
+
+use mailing_jobs::health::HealthRegistry;
+use mailing_jobs::provider::Providers;
+use mailing_jobs::queue::Queue;
+use mailing_jobs::render::Renderer;
+use mailing_jobs::unsubscribe::UnsubscribeSigner;
+use mailing_jobs::Store;
+use salvo::Depot;
+
+use crate::auth::{AuthConfig, LoginThrottle};
+use crate::problem::ApiError;
+
+/// Asks the supervision tree to crash a named component (fault injection for tests and
+/// drills). Returns false when no such component exists.
+pub type FaultInjector = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// Shared state of the API.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Store,
+    /// The job queue.
+    pub queue: Queue,
+    /// Template parsing and cache.
+    pub renderer: Renderer,
+    /// Configured providers (names are validated against it).
+    pub providers: Providers,
+    /// Session settings.
+    pub auth: AuthConfig,
+    /// Failed-login counters.
+    pub throttle: Arc<LoginThrottle>,
+    /// What the supervision tree reports.
+    pub health: HealthRegistry,
+    /// Unsubscribe tokens.
+    pub signer: UnsubscribeSigner,
+    /// Present only when fault injection is enabled (never in production).
+    pub fault_injector: Option<FaultInjector>,
+    /// Whether HTTPS is in front (HSTS is sent then).
+    pub https: bool,
+    /// Whether `/metrics` is served.
+    pub metrics: bool,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("auth", &self.auth).finish_non_exhaustive()
+    }
+}
+
+/// The state from the depot.
+pub fn from_depot(depot: &Depot) -> Result<Arc<AppState>, ApiError> {
+    depot
+        .get_typed::<Arc<AppState>>()
+        .cloned()
+        .map_err(|_| ApiError::Internal("application state missing from the depot".into()))
+}

@@ -1,0 +1,523 @@
+//! Configuration from environment variables (and an optional `.env`), with the names in
+//! the API contract and the seed. Every setting has a documented default that gives the
+//! embedded mode: SQLite store and queue under `./data`, delivery to `./data/outbox`.
+//! Parsing collects every problem and reports them together; production refuses weak or
+//! missing secrets, naming the variable to set.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mailing_jobs::provider::smtp::SmtpTls;
+
+/// Errors of configuration: every problem found, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n{}", .0.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError(pub Vec<String>);
+
+/// `ENVIRONMENT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// Local use: generated secrets allowed, pretty logs.
+    Development,
+    /// Strong secrets required, JSON logs.
+    Production,
+}
+
+/// `LOG_FORMAT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// One documented setting, for `mailing config check` and the README table.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// Variable name.
+    pub name: &'static str,
+    /// Default, as text (empty: unset).
+    pub default: &'static str,
+    /// Masked when printed.
+    pub secret: bool,
+    /// What it does.
+    pub doc: &'static str,
+}
+
+/// Every setting Mailing reads.
+pub const SETTINGS: &[Setting] = &[
+    Setting { name: "ENVIRONMENT", default: "development", secret: false, doc: "`development` or `production` (strong secrets required, JSON logs)" },
+    Setting { name: "HTTP_HOST", default: "0.0.0.0", secret: false, doc: "address the HTTP server binds" },
+    Setting { name: "HTTP_PORT", default: "8080", secret: false, doc: "HTTP port" },
+    Setting { name: "PUBLIC_URL", default: "http://localhost:8080", secret: false, doc: "base URL of links in messages (unsubscribe)" },
+    Setting { name: "DATA_DIR", default: "./data", secret: false, doc: "directory for the SQLite files, the outbox and generated secrets" },
+    Setting { name: "DATABASE_URL", default: "sqlite://./data/mailing.sqlite3", secret: true, doc: "`sqlite://PATH` or `postgres://USER@HOST/DB`" },
+    Setting { name: "REDIS_URL", default: "", secret: true, doc: "when set, the job queue is Redis (a worker fleet); else SQLite in DATA_DIR" },
+    Setting { name: "REDIS_HOST", default: "", secret: false, doc: "alternative to REDIS_URL, with REDIS_PORT" },
+    Setting { name: "REDIS_PORT", default: "6379", secret: false, doc: "with REDIS_HOST" },
+    Setting { name: "AUTH_SECRET_KEY", default: "", secret: true, doc: "HS256 key for access tokens, 32+ bytes; generated into DATA_DIR in development" },
+    Setting { name: "ADMIN_USERNAME", default: "admin", secret: false, doc: "the first admin's name, created when no user exists" },
+    Setting { name: "ADMIN_PASSWORD", default: "", secret: true, doc: "the first admin's password; generated and printed once in development" },
+    Setting { name: "ACCESS_TOKEN_TTL", default: "900", secret: false, doc: "access token lifetime, seconds" },
+    Setting { name: "REFRESH_TOKEN_TTL", default: "1209600", secret: false, doc: "refresh token lifetime, seconds" },
+    Setting { name: "OUTBOX_DIR", default: "./data/outbox", secret: false, doc: "where the `file` provider writes `.eml` files" },
+    Setting { name: "SMTP_HOST", default: "", secret: false, doc: "when set, the `smtp` provider is available" },
+    Setting { name: "SMTP_PORT", default: "587", secret: false, doc: "SMTP port" },
+    Setting { name: "SMTP_USERNAME", default: "", secret: false, doc: "SMTP login" },
+    Setting { name: "SMTP_PASSWORD", default: "", secret: true, doc: "SMTP password" },
+    Setting { name: "SMTP_TLS", default: "starttls", secret: false, doc: "`none`, `starttls` or `tls`" },
+    Setting { name: "SMTP_POOL_SIZE", default: "8", secret: false, doc: "pooled SMTP connections" },
+    Setting { name: "RESEND_API_KEY", default: "", secret: true, doc: "Resend API key (the `resend` provider is not built yet)" },
+    Setting { name: "RESEND_API_URL", default: "https://api.resend.com", secret: false, doc: "Resend-compatible API base URL" },
+    Setting { name: "BATCH_SIZE", default: "500", secret: false, doc: "recipients per batch job" },
+    Setting { name: "SEND_CONCURRENCY", default: "16", secret: false, doc: "messages of one batch in flight at once" },
+    Setting { name: "WORKER_CONCURRENCY", default: "4", secret: false, doc: "batch jobs one process runs at once" },
+    Setting { name: "QUEUE_POLL_MS", default: "200", secret: false, doc: "how often an idle worker polls, milliseconds" },
+    Setting { name: "QUEUE_HEARTBEAT_SECS", default: "2", secret: false, doc: "worker heartbeat, seconds" },
+    Setting { name: "QUEUE_MISSED_HEARTBEATS", default: "3", secret: false, doc: "missed heartbeats before a dead worker's jobs run elsewhere" },
+    Setting { name: "CLAIM_LEASE_SECS", default: "120", secret: false, doc: "age after which a claimed, unanswered recipient is recovered" },
+    Setting { name: "RETRY_BACKOFF_SECS", default: "30", secret: false, doc: "wait before a temporarily failed batch is retried" },
+    Setting { name: "UNSUBSCRIBE_MAILTO", default: "", secret: false, doc: "optional mailto address in List-Unsubscribe" },
+    Setting { name: "TEMPLATE_CACHE_ENABLED", default: "true", secret: false, doc: "cache compiled templates" },
+    Setting { name: "TEMPLATE_CACHE_TTL", default: "3600", secret: false, doc: "seconds a compiled template stays cached" },
+    Setting { name: "TEMPLATE_CACHE_SIZE", default: "1000", secret: false, doc: "most compiled templates cached" },
+    Setting { name: "SHUTDOWN_TIMEOUT_SECS", default: "30", secret: false, doc: "how long SIGTERM waits for in-flight batches" },
+    Setting { name: "LOG_FORMAT", default: "pretty", secret: false, doc: "`pretty` or `json` (default `json` in production)" },
+    Setting { name: "LOG_LEVEL", default: "info", secret: false, doc: "tracing filter, e.g. `info,mailing_jobs=debug`" },
+    Setting { name: "FAULT_INJECTION", default: "false", secret: false, doc: "enable POST /admin/debug/crash/{component} (refused in production)" },
+    Setting { name: "HTTPS_ENABLED", default: "false", secret: false, doc: "TLS termination in process (not built yet: terminate TLS in a proxy)" },
+    Setting { name: "HTTPS_PORT", default: "8443", secret: false, doc: "HTTPS port" },
+    Setting { name: "FORCE_HTTPS", default: "false", secret: false, doc: "send HSTS (set it when a TLS proxy is in front)" },
+    Setting { name: "SSL_CERT_FILE", default: "certs/cert.pem", secret: false, doc: "TLS certificate" },
+    Setting { name: "SSL_KEY_FILE", default: "certs/key.pem", secret: false, doc: "TLS key" },
+    Setting { name: "METRICS_ENABLED", default: "true", secret: false, doc: "serve /metrics" },
+    Setting { name: "PROMETHEUS_PORT", default: "", secret: false, doc: "reserved: a separate metrics port (observability issue)" },
+    Setting { name: "BACKUP_ENABLED", default: "true", secret: false, doc: "reserved: scheduled backups (operations issue)" },
+    Setting { name: "BACKUP_SCHEDULE_HOURS", default: "2,14", secret: false, doc: "reserved: backup hours" },
+    Setting { name: "BACKUP_RETENTION_DAYS", default: "30", secret: false, doc: "reserved: backup retention" },
+];
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `ENVIRONMENT`.
+    pub environment: Environment,
+    /// `HTTP_HOST:HTTP_PORT`.
+    pub http_addr: String,
+    /// `PUBLIC_URL`.
+    pub public_url: String,
+    /// `DATA_DIR`.
+    pub data_dir: PathBuf,
+    /// `DATABASE_URL`.
+    pub database_url: String,
+    /// `REDIS_URL` (or built from `REDIS_HOST`/`REDIS_PORT`).
+    pub redis_url: Option<String>,
+    /// `AUTH_SECRET_KEY` (None: generate/persist in development).
+    pub auth_secret: Option<String>,
+    /// `ADMIN_USERNAME`.
+    pub admin_username: String,
+    /// `ADMIN_PASSWORD`.
+    pub admin_password: Option<String>,
+    /// `ACCESS_TOKEN_TTL`.
+    pub access_ttl: Duration,
+    /// `REFRESH_TOKEN_TTL`.
+    pub refresh_ttl: Duration,
+    /// `OUTBOX_DIR`.
+    pub outbox_dir: PathBuf,
+    /// SMTP, when `SMTP_HOST` is set.
+    pub smtp: Option<mailing_jobs::provider::smtp::SmtpConfig>,
+    /// `BATCH_SIZE`.
+    pub batch_size: u32,
+    /// `SEND_CONCURRENCY`.
+    pub send_concurrency: usize,
+    /// `WORKER_CONCURRENCY`.
+    pub worker_concurrency: usize,
+    /// Queue timing.
+    pub queue: mailing_jobs::queue::QueueConfig,
+    /// `CLAIM_LEASE_SECS`.
+    pub claim_lease: Duration,
+    /// `RETRY_BACKOFF_SECS`.
+    pub retry_backoff: Duration,
+    /// `UNSUBSCRIBE_MAILTO`.
+    pub unsubscribe_mailto: Option<String>,
+    /// `TEMPLATE_CACHE_*`.
+    pub template_cache: mailing_jobs::render::CacheConfig,
+    /// `SHUTDOWN_TIMEOUT_SECS`.
+    pub shutdown_timeout: Duration,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `LOG_LEVEL`.
+    pub log_level: String,
+    /// `FAULT_INJECTION`.
+    pub fault_injection: bool,
+    /// `FORCE_HTTPS` or `HTTPS_ENABLED`: send HSTS.
+    pub hsts: bool,
+    /// `METRICS_ENABLED`.
+    pub metrics_enabled: bool,
+    /// Raw values, for `config check`.
+    pub raw: BTreeMap<&'static str, Option<String>>,
+}
+
+/// Values that are never acceptable as secrets in production.
+const WEAK_SECRETS: &[&str] = &[
+    "secret", "changeme", "change-me", "password", "admin", "admin123", "your-secret-key",
+    "your-256-bit-secret", "development", "test", "mailing",
+];
+
+fn is_weak(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    WEAK_SECRETS.iter().any(|w| lower == *w || lower.contains("change") && lower.contains("me"))
+        || value.chars().collect::<std::collections::HashSet<_>>().len() < 6
+}
+
+struct Reader<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<String>,
+    raw: BTreeMap<&'static str, Option<String>>,
+}
+
+impl Reader<'_> {
+    fn text(&mut self, name: &'static str) -> Option<String> {
+        let v = (self.get)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        self.raw.insert(name, v.clone());
+        v
+    }
+
+    fn default_of(name: &str) -> &'static str {
+        SETTINGS.iter().find(|s| s.name == name).map(|s| s.default).unwrap_or_default()
+    }
+
+    fn string(&mut self, name: &'static str) -> String {
+        self.text(name).unwrap_or_else(|| Self::default_of(name).to_owned())
+    }
+
+    fn parse<T: std::str::FromStr>(&mut self, name: &'static str, what: &str) -> T
+    where
+        T: Default,
+    {
+        let raw = self.string(name);
+        raw.parse().unwrap_or_else(|_| {
+            self.errors.push(format!("{name}={raw:?} is not {what}"));
+            T::default()
+        })
+    }
+
+    fn bool(&mut self, name: &'static str) -> bool {
+        match self.string(name).to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            other => {
+                self.errors.push(format!("{name}={other:?} is not a boolean (true or false)"));
+                false
+            }
+        }
+    }
+
+    fn positive<T: std::str::FromStr + Default + PartialOrd + From<u8>>(&mut self, name: &'static str) -> T {
+        let v: T = self.parse(name, "a positive whole number");
+        if v < T::from(1) {
+            self.errors.push(format!("{name} must be at least 1"));
+        }
+        v
+    }
+}
+
+impl Config {
+    /// Reads the process environment (after an optional `.env`).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(&|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `get` (tests pass a map).
+    pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut r = Reader { get, errors: Vec::new(), raw: BTreeMap::new() };
+        let environment = match r.string("ENVIRONMENT").to_ascii_lowercase().as_str() {
+            "development" | "dev" => Environment::Development,
+            "production" | "prod" => Environment::Production,
+            other => {
+                r.errors.push(format!("ENVIRONMENT={other:?} must be development or production"));
+                Environment::Development
+            }
+        };
+        let host = r.string("HTTP_HOST");
+        let port: u16 = r.positive("HTTP_PORT");
+        let public_url = r.text("PUBLIC_URL").unwrap_or_else(|| format!("http://localhost:{port}"));
+        if url::Url::parse(&public_url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
+            r.errors.push(format!("PUBLIC_URL={public_url:?} must be an http(s) URL"));
+        }
+        let data_dir = PathBuf::from(r.string("DATA_DIR"));
+        let database_url = r.text("DATABASE_URL").unwrap_or_else(|| {
+            format!("sqlite://{}", data_dir.join("mailing.sqlite3").display())
+        });
+        if !["sqlite:", "postgres:", "postgresql:"].iter().any(|p| database_url.starts_with(p)) {
+            r.errors.push("DATABASE_URL must start with sqlite:// or postgres://".into());
+        }
+        let redis_host = r.text("REDIS_HOST");
+        let redis_port: u16 = r.positive("REDIS_PORT");
+        let redis_url = r.text("REDIS_URL").or_else(|| redis_host.map(|h| format!("redis://{h}:{redis_port}")));
+        let auth_secret = r.text("AUTH_SECRET_KEY");
+        let admin_username = r.string("ADMIN_USERNAME");
+        let admin_password = r.text("ADMIN_PASSWORD");
+        let access_ttl = Duration::from_secs(r.positive::<u64>("ACCESS_TOKEN_TTL"));
+        let refresh_ttl = Duration::from_secs(r.positive::<u64>("REFRESH_TOKEN_TTL"));
+        let outbox_dir = r.text("OUTBOX_DIR").map(PathBuf::from).unwrap_or_else(|| data_dir.join("outbox"));
+        let smtp_tls = match r.string("SMTP_TLS").to_ascii_lowercase().as_str() {
+            "none" => SmtpTls::None,
+            "starttls" => SmtpTls::Starttls,
+            "tls" => SmtpTls::Tls,
+            other => {
+                r.errors.push(format!("SMTP_TLS={other:?} must be none, starttls or tls"));
+                SmtpTls::Starttls
+            }
+        };
+        let smtp_port: u16 = r.positive("SMTP_PORT");
+        let smtp_pool: u32 = r.positive("SMTP_POOL_SIZE");
+        let smtp_user = r.text("SMTP_USERNAME");
+        let smtp_pass = r.text("SMTP_PASSWORD");
+        let smtp = r.text("SMTP_HOST").map(|host| mailing_jobs::provider::smtp::SmtpConfig {
+            host,
+            port: smtp_port,
+            username: smtp_user,
+            password: smtp_pass,
+            tls: smtp_tls,
+            pool_size: smtp_pool,
+            timeout: Duration::from_secs(30),
+        });
+        let _ = r.text("RESEND_API_KEY");
+        let _ = r.string("RESEND_API_URL");
+        let batch_size: u32 = r.positive("BATCH_SIZE");
+        if batch_size > 10_000 {
+            r.errors.push("BATCH_SIZE must be at most 10000".into());
+        }
+        let send_concurrency: usize = r.positive("SEND_CONCURRENCY");
+        let worker_concurrency: usize = r.positive("WORKER_CONCURRENCY");
+        let queue = mailing_jobs::queue::QueueConfig {
+            poll_interval: Duration::from_millis(r.positive::<u64>("QUEUE_POLL_MS")),
+            heartbeat: Duration::from_secs(r.positive::<u64>("QUEUE_HEARTBEAT_SECS")),
+            missed_heartbeats: r.positive("QUEUE_MISSED_HEARTBEATS"),
+            fetch_batch: 10,
+        };
+        let claim_lease = Duration::from_secs(r.positive::<u64>("CLAIM_LEASE_SECS"));
+        let retry_backoff = Duration::from_secs(r.positive::<u64>("RETRY_BACKOFF_SECS"));
+        let unsubscribe_mailto = r.text("UNSUBSCRIBE_MAILTO");
+        let template_cache = mailing_jobs::render::CacheConfig {
+            enabled: r.bool("TEMPLATE_CACHE_ENABLED"),
+            ttl: Duration::from_secs(r.positive::<u64>("TEMPLATE_CACHE_TTL")),
+            capacity: r.positive("TEMPLATE_CACHE_SIZE"),
+        };
+        let shutdown_timeout = Duration::from_secs(r.positive::<u64>("SHUTDOWN_TIMEOUT_SECS"));
+        let log_format = match r.text("LOG_FORMAT").map(|s| s.to_ascii_lowercase()) {
+            None if environment == Environment::Production => LogFormat::Json,
+            None => LogFormat::Pretty,
+            Some(f) if f == "json" => LogFormat::Json,
+            Some(f) if f == "pretty" || f == "text" => LogFormat::Pretty,
+            Some(f) => {
+                r.errors.push(format!("LOG_FORMAT={f:?} must be pretty or json"));
+                LogFormat::Pretty
+            }
+        };
+        let log_level = r.string("LOG_LEVEL");
+        let fault_injection = r.bool("FAULT_INJECTION");
+        let https_enabled = r.bool("HTTPS_ENABLED");
+        let force_https = r.bool("FORCE_HTTPS");
+        let _ = r.string("HTTPS_PORT");
+        let _ = r.string("SSL_CERT_FILE");
+        let _ = r.string("SSL_KEY_FILE");
+        let metrics_enabled = r.bool("METRICS_ENABLED");
+        for reserved in ["PROMETHEUS_PORT", "BACKUP_SCHEDULE_HOURS", "BACKUP_RETENTION_DAYS"] {
+            let _ = r.text(reserved);
+        }
+        let _ = r.bool("BACKUP_ENABLED");
+
+        if environment == Environment::Production {
+            match &auth_secret {
+                None => r.errors.push(
+                    "AUTH_SECRET_KEY is required in production: set it to 32 or more random bytes, \
+                     e.g. `openssl rand -base64 48`"
+                        .into(),
+                ),
+                Some(s) if s.len() < 32 || is_weak(s) => r.errors.push(
+                    "AUTH_SECRET_KEY is too weak for production: use 32 or more random bytes, \
+                     e.g. `openssl rand -base64 48`"
+                        .into(),
+                ),
+                _ => {}
+            }
+            match &admin_password {
+                None => r.errors.push(
+                    "ADMIN_PASSWORD is required in production: set a password of 12 or more characters".into(),
+                ),
+                Some(p) if p.chars().count() < 12 || is_weak(p) => r.errors.push(
+                    "ADMIN_PASSWORD is too weak for production: use 12 or more characters, not a common word".into(),
+                ),
+                _ => {}
+            }
+            if fault_injection {
+                r.errors.push("FAULT_INJECTION must not be enabled in production".into());
+            }
+            if https_enabled {
+                r.errors.push(
+                    "HTTPS_ENABLED=true: in-process TLS is not built yet; terminate TLS in a proxy \
+                     and set FORCE_HTTPS=true instead"
+                        .into(),
+                );
+            }
+        }
+        if !r.errors.is_empty() {
+            return Err(ConfigError(r.errors));
+        }
+        Ok(Config {
+            environment,
+            http_addr: format!("{host}:{port}"),
+            public_url,
+            data_dir,
+            database_url,
+            redis_url,
+            auth_secret,
+            admin_username,
+            admin_password,
+            access_ttl,
+            refresh_ttl,
+            outbox_dir,
+            smtp,
+            batch_size,
+            send_concurrency,
+            worker_concurrency,
+            queue,
+            claim_lease,
+            retry_backoff,
+            unsubscribe_mailto,
+            template_cache,
+            shutdown_timeout,
+            log_format,
+            log_level,
+            fault_injection,
+            hsts: https_enabled || force_https,
+            metrics_enabled,
+            raw: r.raw,
+        })
+    }
+
+    /// The effective configuration as `NAME=value` lines, secrets masked.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for s in SETTINGS {
+            let (value, source) = match self.raw.get(s.name).cloned().flatten() {
+                Some(v) => (v, "env"),
+                None => (s.default.to_owned(), "default"),
+            };
+            let shown = if s.secret && !value.is_empty() { mask(&value) } else { value };
+            out.push_str(&format!("{:<26} {:<40} ({source})\n", s.name, shown));
+        }
+        out.push_str(&format!(
+            "\neffective: store={} queue={} providers=file{} http={}\n",
+            if self.database_url.starts_with("sqlite") { "sqlite" } else { "postgres" },
+            if self.redis_url.is_some() { "redis" } else { "sqlite" },
+            if self.smtp.is_some() { ",smtp" } else { "" },
+            self.http_addr,
+        ));
+        out
+    }
+}
+
+/// Every setting as a Markdown table (the README's configuration table).
+pub fn docs_table() -> String {
+    let mut out = String::from("| Variable | Default | Meaning |\n| --- | --- | --- |\n");
+    for s in SETTINGS {
+        let default = if s.default.is_empty() { "(unset)".to_owned() } else { format!("`{}`", s.default) };
+        out.push_str(&format!("| `{}` | {} | {} |\n", s.name, default, s.doc));
+    }
+    out
+}
+
+/// Masks a secret: URLs keep their scheme and host, other values show nothing.
+pub fn mask(value: &str) -> String {
+    match url::Url::parse(value) {
+        Ok(mut u) if u.has_host() => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        _ => "***".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(&move |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_mode() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.database_url, "sqlite://./data/mailing.sqlite3");
+        assert!(c.redis_url.is_none());
+        assert_eq!(c.outbox_dir, PathBuf::from("./data/outbox"));
+        assert_eq!(c.http_addr, "0.0.0.0:8080");
+        assert_eq!(c.batch_size, 500);
+    }
+
+    #[test]
+    fn production_refuses_missing_secrets_and_names_them() {
+        let err = config(&[("ENVIRONMENT", "production")]).unwrap_err().to_string();
+        assert!(err.contains("AUTH_SECRET_KEY is required in production"), "{err}");
+        assert!(err.contains("ADMIN_PASSWORD is required in production"), "{err}");
+    }
+
+    #[test]
+    fn production_refuses_weak_secrets() {
+        let err = config(&[
+            ("ENVIRONMENT", "production"),
+            ("AUTH_SECRET_KEY", "changeme"),
+            ("ADMIN_PASSWORD", "admin"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("AUTH_SECRET_KEY is too weak"), "{err}");
+        assert!(err.contains("ADMIN_PASSWORD is too weak"), "{err}");
+    }
+
+    #[test]
+    fn production_accepts_strong_secrets() {
+        let c = config(&[
+            ("ENVIRONMENT", "production"),
+            ("AUTH_SECRET_KEY", "q8Zx1vR4mT7pL0sW3eY6uI9oA2dF5gH8jK1lZ4xC7vB0nM3"),
+            ("ADMIN_PASSWORD", "a-long-Unusual-passphrase-42"),
+        ])
+        .unwrap();
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let err = config(&[("HTTP_PORT", "eighty"), ("SMTP_TLS", "maybe"), ("BATCH_SIZE", "0")])
+            .unwrap_err();
+        assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn redis_host_and_port_build_the_url() {
+        let c = config(&[("REDIS_HOST", "redis"), ("REDIS_PORT", "6380")]).unwrap();
+        assert_eq!(c.redis_url.as_deref(), Some("redis://redis:6380"));
+    }
+
+    #[test]
+    fn secrets_are_masked_in_the_description() {
+        let c = config(&[
+            ("DATABASE_URL", "postgres://app:hunter2@db/mailing"),
+            ("AUTH_SECRET_KEY", "very-secret-value-0123456789abcdef"),
+        ])
+        .unwrap();
+        let text = c.describe();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("very-secret-value"), "{text}");
+        assert!(text.contains("postgres://app:***@db/mailing"), "{text}");
+    }
+}

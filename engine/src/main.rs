@@ -1,0 +1,106 @@
+//! `mailing`: the one binary of Mailing. `serve` (the default) runs the API and the
+//! workers in one process; `api` and `worker` split them for a fleet; `migrate` applies
+//! the schema; `config check` prints the effective configuration with secrets masked.
+
+mod app;
+mod config;
+mod supervisor;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::Mode;
+use crate::config::Config;
+
+/// A self-hosted email campaign engine.
+#[derive(Debug, Parser)]
+#[command(name = "mailing", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the API and the workers in one process (the default).
+    Serve,
+    /// Run the API (and the scheduler) only.
+    Api,
+    /// Run the pipeline workers (and the scheduler) only: a fleet member.
+    Worker,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigAction {
+    /// Print the effective configuration (secrets masked) and exit non-zero if invalid.
+    Check,
+    /// Print every setting with its default and meaning, as a Markdown table.
+    Docs,
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let store = app::open_store(config).await?;
+    println!("database is at the latest schema ({} migrations)", store.migration_count());
+    store.close().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("error: cannot read .env: {e}");
+        return ExitCode::from(2);
+    }
+    if let Some(Command::Config { action: ConfigAction::Docs }) = &cli.command {
+        print!("{}", config::docs_table());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Config { .. } = command {
+        print!("{}", config.describe());
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    telemetry::init(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Serve => app::run(config, Mode::Serve).await,
+            Command::Api => app::run(config, Mode::Api).await,
+            Command::Worker => app::run(config, Mode::Worker).await,
+            Command::Migrate => migrate(&config).await,
+            Command::Config { .. } => Ok(()),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! The `http` component: the salvo server. The listening socket and the serving task
+//! outlive a crash of the actor (they live in a slot shared across restarts), so a
+//! restarted actor adopts the running server instead of fighting for the port; a
+//! clean stop drains connections within the shutdown timeout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mailing_api::AppState;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use salvo::conn::{Acceptor, Listener, TcpListener};
+use salvo::server::ServerHandle;
+use salvo::Server;
+use tokio::sync::Mutex;
+use tracing::info;
+
+use super::ComponentMsg;
+
+/// The registered name of this component.
+pub const NAME: &str = "http";
+
+/// A server that is serving.
+pub struct RunningServer {
+    handle: ServerHandle,
+    join: tokio::task::JoinHandle<()>,
+    stopping: Arc<AtomicBool>,
+    /// The bound address.
+    pub addr: SocketAddr,
+}
+
+/// Shared across restarts of the actor.
+pub type ServerSlot = Arc<Mutex<Option<RunningServer>>>;
+
+/// Arguments of the HTTP component.
+#[derive(Clone)]
+pub struct HttpArgs {
+    /// `HTTP_HOST:HTTP_PORT`.
+    pub addr: String,
+    /// What handlers share.
+    pub state: Arc<AppState>,
+    /// The running server, if any.
+    pub slot: ServerSlot,
+    /// How long a stop waits for open requests.
+    pub shutdown_timeout: Duration,
+}
+
+/// The HTTP component.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpServer;
+
+impl Actor for HttpServer {
+    type Msg = ComponentMsg;
+    type State = HttpArgs;
+    type Arguments = HttpArgs;
+
+    async fn pre_start(&self, _me: ActorRef<ComponentMsg>, args: HttpArgs) -> Result<HttpArgs, ActorProcessingErr> {
+        let mut slot = args.slot.lock().await;
+        if let Some(running) = slot.as_ref()
+            && !running.join.is_finished()
+        {
+            info!(addr = %running.addr, "HTTP server adopted by restarted component");
+            drop(slot);
+            return Ok(args);
+        }
+        let acceptor = TcpListener::new(args.addr.clone())
+            .try_bind()
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.addr))?;
+        let addr = acceptor
+            .holdings()
+            .first()
+            .and_then(|h| h.local_addr.clone().into_std())
+            .ok_or("the listener has no local address")?;
+        let server = Server::new(acceptor);
+        let handle = server.handle();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let service = mailing_api::service(args.state.clone());
+        let flag = stopping.clone();
+        let join = tokio::spawn(async move {
+            server.serve(service).await;
+            if !flag.load(Ordering::SeqCst)
+                && let Some(cell) = ractor::registry::where_is(NAME.to_owned())
+            {
+                let _ = cell.send_message(ComponentMsg::Exited("the HTTP server stopped".into()));
+            }
+        });
+        info!(%addr, "Listening");
+        *slot = Some(RunningServer { handle, join, stopping, addr });
+        drop(slot);
+        Ok(args)
+    }
+
+    async fn handle(&self, _me: ActorRef<ComponentMsg>, msg: ComponentMsg, _args: &mut HttpArgs) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ComponentMsg::Crash => panic!("fault injection: the http component was told to crash"),
+            ComponentMsg::Exited(reason) => Err(reason.into()),
+            ComponentMsg::Tick => Ok(()),
+        }
+    }
+
+    async fn post_stop(&self, _me: ActorRef<ComponentMsg>, args: &mut HttpArgs) -> Result<(), ActorProcessingErr> {
+        if let Some(running) = args.slot.lock().await.take() {
+            running.stopping.store(true, Ordering::SeqCst);
+            running.handle.stop_graceful(args.shutdown_timeout);
+            let _ = tokio::time::timeout(args.shutdown_timeout + Duration::from_secs(1), running.join).await;
+            info!("HTTP server stopped");
+        }
+        Ok(())
+    }
+}

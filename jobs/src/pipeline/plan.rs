@@ -1,0 +1,63 @@
+//! The plan stage: campaign → ledger rows → batch jobs, in keyset pages so memory does
+//! not grow with the audience. Re-running it after a crash resumes after the last
+//! planned subscriber and re-enqueues the batches that still have pending recipients
+//! (a duplicate batch job is harmless: the send stage only takes unclaimed rows).
+
+use tracing::info;
+
+use super::{PipelineContext, PlanCampaign, SendBatch, StageError};
+use crate::model::CampaignStatus;
+
+/// What the plan stage did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanReport {
+    /// Batches enqueued by this run.
+    pub batches: i64,
+    /// Recipients planned by this run.
+    pub recipients: u64,
+}
+
+/// Runs the plan stage for one campaign.
+pub async fn plan(ctx: &PipelineContext, job: &PlanCampaign) -> Result<PlanReport, StageError> {
+    let campaign = match ctx.store.campaign(job.campaign_id).await {
+        Ok(c) => c,
+        Err(crate::StoreError::NotFound(_)) => {
+            return Err(StageError::Permanent(format!("campaign {} does not exist", job.campaign_id)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if campaign.status()? != CampaignStatus::Running {
+        info!(campaign_id = campaign.id, status = %campaign.status, "Plan skipped: campaign is not running");
+        return Ok(PlanReport { batches: 0, recipients: 0 });
+    }
+    let (mut after, last_batch) = ctx.store.plan_progress(campaign.id).await?;
+    let mut report = PlanReport { batches: 0, recipients: 0 };
+    if last_batch >= 0 {
+        for batch_no in ctx.store.pending_batches(campaign.id).await? {
+            ctx.queue.push_batch(SendBatch { campaign_id: campaign.id, batch_no }).await?;
+            report.batches += 1;
+        }
+    }
+    let mut batch_no = last_batch + 1;
+    if campaign.planned == 0 {
+        loop {
+            let page = ctx.store.audience_page(campaign.id, after, ctx.config.batch_size).await?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            ctx.store.insert_deliveries(campaign.id, batch_no, &page).await?;
+            ctx.queue.push_batch(SendBatch { campaign_id: campaign.id, batch_no }).await?;
+            report.batches += 1;
+            report.recipients += page.len() as u64;
+            batch_no += 1;
+        }
+        ctx.store.mark_campaign_planned(campaign.id).await?;
+    }
+    ctx.store.finish_campaign_if_complete(campaign.id).await?;
+    info!(
+        campaign_id = campaign.id,
+        batches = report.batches,
+        recipients = report.recipients,
+        "Campaign planned"
+    );
+    Ok(report)
+}

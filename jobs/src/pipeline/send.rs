@@ -1,0 +1,191 @@
+//! The send stage: one batch of one campaign, rendered and delivered.
+//!
+//! 1. Claim the batch's pending recipients in the ledger (atomic; a recipient another
+//!    worker holds is not returned).
+//! 2. Render subject, HTML and text and build the MIME message for each, off the async
+//!    executor (`spawn_blocking`): Liquid is CPU work.
+//! 3. Hand the messages to the provider, a bounded number at once.
+//! 4. Record every outcome in one transaction; finish the campaign when nothing is left.
+//!
+//! Temporary failures put recipients back to pending and fail the job, so the queue
+//! retries it; only the failed recipients are sent again.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tracing::{info, warn};
+
+use super::{PipelineContext, SendBatch, StageError};
+use crate::message::{self, Envelope};
+use crate::model::CampaignStatus;
+use crate::provider::{Outgoing, Provider, ProviderError};
+use crate::render::{CompiledTemplate, RenderContext, TemplateSource};
+use crate::store::campaigns::CampaignRow;
+use crate::store::deliveries::{Outcome, Recipient};
+
+/// What one run of the send stage did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchReport {
+    /// Recipients claimed.
+    pub claimed: usize,
+    /// Accepted by the provider.
+    pub sent: usize,
+    /// Failed for good.
+    pub failed: usize,
+    /// Put back for a retry.
+    pub retried: usize,
+}
+
+struct Prepared {
+    delivery_id: i64,
+    message: Result<Outgoing, String>,
+}
+
+fn prepare(
+    campaign: &CampaignRow,
+    template: &CompiledTemplate,
+    signer: &crate::unsubscribe::UnsubscribeSigner,
+    mailto: Option<&str>,
+    recipients: Vec<Recipient>,
+) -> Vec<Prepared> {
+    let campaign_vars = serde_json::json!({ "id": campaign.id, "name": campaign.name });
+    let envelope_from = campaign
+        .from_addr
+        .parse::<lettre::message::Mailbox>()
+        .map(|m| m.email.to_string());
+    recipients
+        .into_iter()
+        .map(|r| {
+            let unsubscribe_url = signer.url(campaign.id, r.subscriber_id);
+            let message = (|| {
+                let from = envelope_from.clone().map_err(|e| format!("invalid from address: {e}"))?;
+                let attributes = serde_json::from_str(&r.attributes).unwrap_or_default();
+                let ctx = RenderContext {
+                    email: r.email.clone(),
+                    name: r.name.clone(),
+                    attributes,
+                    campaign: campaign_vars.clone(),
+                    unsubscribe_url: unsubscribe_url.clone(),
+                    extra: serde_json::Map::new(),
+                };
+                let body = template.render(&ctx).map_err(|e| e.to_string())?;
+                let mime = message::build(
+                    &Envelope {
+                        from: &campaign.from_addr,
+                        reply_to: campaign.reply_to.as_deref(),
+                        to_email: &r.email,
+                        to_name: r.name.as_deref(),
+                        delivery_key: &r.delivery_key,
+                        unsubscribe_url: &unsubscribe_url,
+                        unsubscribe_mailto: mailto,
+                    },
+                    &body,
+                )
+                .map_err(|e| e.to_string())?;
+                Ok(Outgoing {
+                    from,
+                    to: r.email.clone(),
+                    delivery_key: r.delivery_key.clone(),
+                    raw: mime.formatted(),
+                })
+            })();
+            Prepared { delivery_id: r.delivery_id, message }
+        })
+        .collect()
+}
+
+async fn deliver(provider: &Provider, prepared: Prepared) -> (i64, Outcome) {
+    let outcome = match prepared.message {
+        Err(error) => Outcome::Failed { error },
+        Ok(message) => match provider.send(&message).await {
+            Ok(provider_message_id) => Outcome::Sent { provider_message_id },
+            Err(ProviderError::Permanent(error)) => Outcome::Failed { error },
+            Err(e @ ProviderError::Transient { .. }) => Outcome::Retry { error: e.to_string() },
+        },
+    };
+    (prepared.delivery_id, outcome)
+}
+
+/// Runs the send stage for one batch.
+pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchReport, StageError> {
+    let campaign = match ctx.store.campaign(job.campaign_id).await {
+        Ok(c) => c,
+        Err(crate::StoreError::NotFound(_)) => {
+            return Err(StageError::Permanent(format!("campaign {} does not exist", job.campaign_id)));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if campaign.status()? != CampaignStatus::Running {
+        info!(campaign_id = campaign.id, batch_no = job.batch_no, status = %campaign.status,
+              "Batch left for later: campaign is not running");
+        return Ok(BatchReport::default());
+    }
+    let provider = ctx
+        .providers
+        .by_name(&campaign.provider)
+        .map_err(|e| StageError::Permanent(e.to_string()))?
+        .clone();
+    let template = ctx.store.template(campaign.template_id).await?;
+    let compiled = ctx
+        .renderer
+        .compiled(
+            template.id,
+            template.updated_at,
+            TemplateSource { subject: &template.subject, html: &template.html, text: template.text.as_deref() },
+        )
+        .map_err(|e| StageError::Permanent(format!("template {}: {e}", template.id)))?;
+
+    let recipients = ctx.store.claim_batch(campaign.id, job.batch_no).await?;
+    let mut report = BatchReport { claimed: recipients.len(), ..BatchReport::default() };
+    if recipients.is_empty() {
+        ctx.store.finish_campaign_if_complete(campaign.id).await?;
+        return Ok(report);
+    }
+
+    let signer = ctx.signer.clone();
+    let mailto = ctx.config.unsubscribe_mailto.clone();
+    let campaign = Arc::new(campaign);
+    let for_render = campaign.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare(&for_render, &compiled, &signer, mailto.as_deref(), recipients)
+    })
+    .await
+    .map_err(|e| StageError::Permanent(format!("rendering task failed: {e}")))?;
+
+    let outcomes: Vec<(i64, Outcome)> = futures::stream::iter(prepared)
+        .map(|p| deliver(&provider, p))
+        .buffer_unordered(ctx.config.send_concurrency.max(1))
+        .collect()
+        .await;
+
+    let mut last_error = String::new();
+    for (_, outcome) in &outcomes {
+        match outcome {
+            Outcome::Sent { .. } => report.sent += 1,
+            Outcome::Failed { error } => {
+                report.failed += 1;
+                last_error.clone_from(error);
+            }
+            Outcome::Retry { error } => {
+                report.retried += 1;
+                last_error.clone_from(error);
+            }
+            Outcome::Skipped { .. } => {}
+        }
+    }
+    ctx.store.record_outcomes(&outcomes).await?;
+    info!(
+        campaign_id = campaign.id,
+        batch_no = job.batch_no,
+        sent = report.sent,
+        failed = report.failed,
+        retried = report.retried,
+        "Batch delivered"
+    );
+    if report.retried > 0 {
+        warn!(campaign_id = campaign.id, batch_no = job.batch_no, error = %last_error, "Batch will be retried");
+        return Err(StageError::Retry { failed: report.retried, last_error });
+    }
+    ctx.store.finish_campaign_if_complete(campaign.id).await?;
+    Ok(report)
+}

@@ -1,0 +1,283 @@
+//! The job queue: apalis on SQLite (embedded mode, a `queue.sqlite3` file beside the
+//! store) or on Redis (a fleet). Producers use [`Queue`]; workers are built per stage by
+//! [`workers`]. The backend-specific choices are deliberate (see PITFALLS in the design
+//! notes and ARCHITECTURE.md):
+//!
+//! * every queue is named explicitly (`mailing:plan`, `mailing:send`), never by type name;
+//! * workers poll every `poll_interval` (a job pushed to an idle queue starts within it);
+//! * a killed worker's jobs are re-enqueued after `heartbeat × missed_heartbeats`;
+//! * retries with backoff are scheduled by the stages themselves (`push_*_after`); the
+//!   backends' own retry (immediate on SQLite) is only the last resort.
+
+pub mod workers;
+
+use std::time::Duration;
+
+use apalis::prelude::*;
+use apalis_redis::{ConnectionManager, RedisStorage};
+use apalis_sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteStorage};
+
+use crate::pipeline::{PlanCampaign, SendBatch};
+
+/// The apalis queue name of the plan stage.
+pub const PLAN_QUEUE: &str = "mailing:plan";
+/// The apalis queue name of the send stage.
+pub const SEND_QUEUE: &str = "mailing:send";
+
+/// Errors of the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The SQLite queue database failed.
+    #[error("SQLite queue: {0}")]
+    Sqlite(#[from] apalis_sqlite::SqlxError),
+    /// Setting up the SQLite queue schema failed.
+    #[error("SQLite queue setup: {0}")]
+    SqliteSetup(#[from] apalis_sqlite::Error),
+    /// Redis failed or is unreachable.
+    #[error("Redis queue: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// Pushing a job failed.
+    #[error("enqueueing a job failed: {0}")]
+    Push(String),
+    /// The queue file's directory could not be created.
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        /// Directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Queue timing, the same for both backends.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// How often an idle worker looks for jobs.
+    pub poll_interval: Duration,
+    /// How often a worker proves it is alive.
+    pub heartbeat: Duration,
+    /// Heartbeats a worker may miss before its jobs are given to others.
+    pub missed_heartbeats: u32,
+    /// Jobs fetched per poll.
+    pub fetch_batch: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            poll_interval: Duration::from_millis(200),
+            heartbeat: Duration::from_secs(2),
+            missed_heartbeats: 3,
+            fetch_batch: 10,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// How long after a worker dies its jobs run elsewhere.
+    pub fn orphan_recovery(&self) -> Duration {
+        self.heartbeat * self.missed_heartbeats
+    }
+}
+
+/// The producer side of the queue. Cheap to clone.
+#[derive(Clone)]
+pub enum Queue {
+    /// apalis-sqlite.
+    Sqlite {
+        /// Plan jobs.
+        plan: SqliteStorage<PlanCampaign>,
+        /// Send jobs.
+        send: SqliteStorage<SendBatch>,
+        /// The queue database.
+        pool: SqlitePool,
+        /// Timing.
+        config: QueueConfig,
+    },
+    /// apalis-redis.
+    Redis {
+        /// Plan jobs.
+        plan: RedisStorage<PlanCampaign>,
+        /// Send jobs.
+        send: RedisStorage<SendBatch>,
+        /// A connection for depth queries and pings.
+        conn: ConnectionManager,
+        /// Timing.
+        config: QueueConfig,
+    },
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Queue::Sqlite { .. } => "Queue::Sqlite",
+            Queue::Redis { .. } => "Queue::Redis",
+        })
+    }
+}
+
+fn sqlite_config(queue: &str, config: &QueueConfig) -> apalis_sqlite::Config {
+    apalis_sqlite::Config::default()
+        .queue(queue)
+        .batch_size(config.fetch_batch.max(1))
+        .heartbeat_interval(config.heartbeat)
+        .missed_heartbeats(config.missed_heartbeats as usize)
+}
+
+fn redis_config(queue: &str, config: &QueueConfig) -> apalis_redis::Config {
+    apalis_redis::Config::default()
+        .queue(queue)
+        .batch_size(config.fetch_batch.max(1))
+        .heartbeat_interval(config.heartbeat)
+        .missed_heartbeats(config.missed_heartbeats as usize)
+}
+
+impl Queue {
+    /// Opens (creating when missing) the SQLite queue database at `path`.
+    pub async fn sqlite(path: &std::path::Path, config: QueueConfig) -> Result<Self, QueueError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| QueueError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        SqliteStorage::setup(&pool).await?;
+        Ok(Queue::Sqlite {
+            plan: SqliteStorage::new(&pool).with_config(sqlite_config(PLAN_QUEUE, &config)),
+            send: SqliteStorage::new(&pool).with_config(sqlite_config(SEND_QUEUE, &config)),
+            pool,
+            config,
+        })
+    }
+
+    /// Connects to Redis, with response and connection timeouts long enough that one
+    /// slow answer under load does not stop a worker.
+    pub async fn redis(url: &str, config: QueueConfig) -> Result<Self, QueueError> {
+        let client = redis::Client::open(url)?;
+        let manager = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(10)))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(6);
+        let conn = client.get_connection_manager_with_config(manager).await?;
+        Ok(Queue::Redis {
+            plan: RedisStorage::new(conn.clone()).with_config(redis_config(PLAN_QUEUE, &config)),
+            send: RedisStorage::new(conn.clone()).with_config(redis_config(SEND_QUEUE, &config)),
+            conn,
+            config,
+        })
+    }
+
+    /// The backend's name, for health and logs.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Queue::Sqlite { .. } => "sqlite",
+            Queue::Redis { .. } => "redis",
+        }
+    }
+
+    /// The timing settings.
+    pub fn config(&self) -> &QueueConfig {
+        match self {
+            Queue::Sqlite { config, .. } | Queue::Redis { config, .. } => config,
+        }
+    }
+
+    /// Enqueues a plan job.
+    pub async fn push_plan(&self, job: PlanCampaign) -> Result<(), QueueError> {
+        self.push_plan_after(job, Duration::ZERO).await
+    }
+
+    /// Enqueues a plan job to run after `delay`.
+    pub async fn push_plan_after(&self, job: PlanCampaign, delay: Duration) -> Result<(), QueueError> {
+        let task = TaskBuilder::new(job).run_after(delay).build();
+        match self {
+            Queue::Sqlite { plan, .. } => plan.clone().push_task(task).await.map_err(push_error),
+            Queue::Redis { plan, .. } => plan.clone().push_task(task).await.map_err(push_error),
+        }
+    }
+
+    /// Enqueues a send job.
+    pub async fn push_batch(&self, job: SendBatch) -> Result<(), QueueError> {
+        self.push_batch_after(job, Duration::ZERO).await
+    }
+
+    /// Enqueues a send job to run after `delay` (a retry with backoff).
+    pub async fn push_batch_after(&self, job: SendBatch, delay: Duration) -> Result<(), QueueError> {
+        let task = TaskBuilder::new(job).run_after(delay).build();
+        match self {
+            Queue::Sqlite { send, .. } => send.clone().push_task(task).await.map_err(push_error),
+            Queue::Redis { send, .. } => send.clone().push_task(task).await.map_err(push_error),
+        }
+    }
+
+    /// Jobs waiting (due or scheduled) per queue: `(plan, send)`.
+    pub async fn depth(&self) -> Result<(u64, u64), QueueError> {
+        match self {
+            Queue::Sqlite { pool, .. } => {
+                let count = |queue: &'static str| {
+                    sqlx::query_scalar::<_, i64>(
+                        "SELECT COUNT(*) FROM Jobs WHERE job_type = ?1 AND (status IN ('Pending', 'Queued', 'Running') \
+                         OR (status = 'Failed' AND attempts < max_attempts))",
+                    )
+                    .bind(queue)
+                    .fetch_one(pool)
+                };
+                Ok((count(PLAN_QUEUE).await? as u64, count(SEND_QUEUE).await? as u64))
+            }
+            Queue::Redis { conn, plan, send, .. } => {
+                let mut conn = conn.clone();
+                let (p, s) = (plan.get_config(), send.get_config());
+                let (pa, ps, sa, ss): (u64, u64, u64, u64) = redis::pipe()
+                    .cmd("LLEN").arg(p.active_jobs_list())
+                    .cmd("ZCARD").arg(p.scheduled_jobs_set())
+                    .cmd("LLEN").arg(s.active_jobs_list())
+                    .cmd("ZCARD").arg(s.scheduled_jobs_set())
+                    .query_async(&mut conn)
+                    .await?;
+                Ok((pa + ps, sa + ss))
+            }
+        }
+    }
+
+    /// A round trip to the queue backend.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        match self {
+            Queue::Sqlite { pool, .. } => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            Queue::Redis { conn, .. } => {
+                let mut conn = conn.clone();
+                let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes finished jobs older than `age` so the queue does not grow without bound.
+    /// Returns how many went (SQLite; Redis keeps its own TTL-free done set, trimmed
+    /// here too).
+    pub async fn vacuum(&self, age: Duration) -> Result<u64, QueueError> {
+        match self {
+            Queue::Sqlite { pool, .. } => {
+                let cutoff = chrono::Utc::now().timestamp() - age.as_secs() as i64;
+                Ok(sqlx::query(
+                    "DELETE FROM Jobs WHERE status IN ('Done', 'Killed') AND done_at IS NOT NULL AND done_at < ?1",
+                )
+                .bind(cutoff)
+                .execute(pool)
+                .await?
+                .rows_affected())
+            }
+            Queue::Redis { .. } => Ok(0),
+        }
+    }
+}
+
+fn push_error(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Push(e.to_string())
+}

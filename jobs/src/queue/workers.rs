@@ -1,0 +1,155 @@
+//! Worker side of the queue: the apalis job handlers of each stage and the [`Monitor`]
+//! that runs a stage's workers on either backend. Each worker is named
+//! `{stage}-{instance}-{restarts}` (unique per process and per restart), polls every
+//! `poll_interval`, runs its jobs on their own tokio tasks (`parallelize`), and is
+//! restarted by the monitor after a backend error.
+
+use std::time::Duration;
+
+use apalis::prelude::*;
+use tracing::{error, warn};
+
+use super::Queue;
+use crate::pipeline::{PipelineContext, PlanCampaign, SendBatch, StageError, plan, send};
+
+/// A pipeline stage, as workers and health name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Campaign → batches.
+    Plan,
+    /// Batch → rendered and delivered messages.
+    Send,
+}
+
+impl Stage {
+    /// The stage's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Plan => "plan",
+            Stage::Send => "send",
+        }
+    }
+}
+
+/// Settings of one stage's workers.
+#[derive(Debug, Clone)]
+pub struct StageWorkers {
+    /// Which stage.
+    pub stage: Stage,
+    /// Jobs of this stage run at once in this process.
+    pub concurrency: usize,
+    /// Unique per process: `{host}-{pid}-{random}`.
+    pub instance: String,
+}
+
+fn into_job_result(result: Result<(), StageError>, what: String) -> Result<(), BoxDynError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_transient() => {
+            warn!(job = %what, error = %e, "Job failed; the queue will retry it");
+            Err(Box::new(e))
+        }
+        Err(e) => {
+            error!(job = %what, error = %e, "Job failed for good");
+            Err(Box::new(AbortError::new(e)))
+        }
+    }
+}
+
+/// The plan stage's job handler.
+pub async fn plan_job(job: PlanCampaign, ctx: Data<PipelineContext>) -> Result<(), BoxDynError> {
+    let what = format!("plan campaign {}", job.campaign_id);
+    let result = plan::plan(&ctx, &job).await.map(|_| ());
+    if let Err(StageError::Permanent(reason)) = &result {
+        let _ = ctx
+            .store
+            .transition_campaign(
+                job.campaign_id,
+                &[crate::CampaignStatus::Running],
+                crate::CampaignStatus::Failed,
+                Some(reason),
+            )
+            .await;
+    }
+    into_job_result(result, what)
+}
+
+/// The send stage's job handler. Temporary failures of some recipients are retried by
+/// re-enqueueing the batch with exponential backoff (the ledger keeps the attempts), so
+/// the job itself succeeds.
+pub async fn send_job(job: SendBatch, ctx: Data<PipelineContext>) -> Result<(), BoxDynError> {
+    let what = format!("send campaign {} batch {}", job.campaign_id, job.batch_no);
+    let result = match send::send_batch(&ctx, &job).await {
+        Err(StageError::Retry { failed, last_error }) => {
+            let delay = ctx.config.retry_backoff;
+            warn!(campaign_id = job.campaign_id, batch_no = job.batch_no, failed, error = %last_error,
+                  delay_ms = delay.as_millis() as u64, "Batch retry scheduled");
+            ctx.queue.push_batch_after(job.clone(), delay).await.map_err(StageError::from)
+        }
+        Err(StageError::Permanent(reason)) => {
+            let _ = ctx
+                .store
+                .transition_campaign(
+                    job.campaign_id,
+                    &[crate::CampaignStatus::Running],
+                    crate::CampaignStatus::Failed,
+                    Some(&reason),
+                )
+                .await;
+            Err(StageError::Permanent(reason))
+        }
+        other => other.map(|_| ()),
+    };
+    into_job_result(result, what)
+}
+
+macro_rules! stage_worker {
+    ($monitor:expr, $backend:expr, $ctx:expr, $workers:expr, $poll:expr, $handler:path) => {{
+        let backend = $backend;
+        let ctx = $ctx;
+        let workers = $workers;
+        let poll = $poll;
+        $monitor.register(move |restarts| {
+            WorkerBuilder::new(format!("{}-{}-{}", workers.stage.as_str(), workers.instance, restarts))
+                .backend(backend.clone().poll_with_interval(poll))
+                .data(ctx.clone())
+                .concurrency(workers.concurrency.max(1))
+                .catch_panic()
+                .parallelize(tokio::spawn)
+                .build($handler)
+        })
+    }};
+}
+
+/// A monitor running one stage's workers. Workers that fail on a backend error are
+/// restarted (up to `max_restarts` each); the caller runs the monitor with a shutdown
+/// signal and a shutdown timeout.
+pub fn stage_monitor(
+    queue: &Queue,
+    ctx: PipelineContext,
+    workers: StageWorkers,
+    max_restarts: usize,
+    shutdown_timeout: Duration,
+) -> Monitor {
+    let poll = queue.config().poll_interval;
+    let monitor = Monitor::new()
+        .should_restart(move |worker, err| {
+            warn!(worker = worker.name(), error = %err, restarts = worker.restarts(), "Queue worker stopped; restarting");
+            worker.restarts() < max_restarts
+        })
+        .shutdown_timeout(shutdown_timeout);
+    match (queue, workers.stage) {
+        (Queue::Sqlite { plan, .. }, Stage::Plan) => {
+            stage_worker!(monitor, plan.clone(), ctx, workers, poll, plan_job)
+        }
+        (Queue::Sqlite { send, .. }, Stage::Send) => {
+            stage_worker!(monitor, send.clone(), ctx, workers, poll, send_job)
+        }
+        (Queue::Redis { plan, .. }, Stage::Plan) => {
+            stage_worker!(monitor, plan.clone(), ctx, workers, poll, plan_job)
+        }
+        (Queue::Redis { send, .. }, Stage::Send) => {
+            stage_worker!(monitor, send.clone(), ctx, workers, poll, send_job)
+        }
+    }
+}

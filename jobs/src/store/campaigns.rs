@@ -1,0 +1,322 @@
+//! Campaigns: creation with their lists, the status machine, and the statistics the
+//! API reports (counted from the delivery ledger, never kept as separate counters).
+
+use serde::{Deserialize, Serialize};
+
+use super::{Page, Store, StoreError};
+use crate::model::{CampaignStatus, DEFAULT_WORKSPACE, now_ms};
+
+/// A plugin attached to a campaign, with its configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CampaignPlugin {
+    /// The registered plugin.
+    pub plugin_id: i64,
+    /// The JSON given to the plugin's `init`.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+}
+
+/// What a campaign is created from (already validated by the caller).
+#[derive(Debug, Clone)]
+pub struct NewCampaign {
+    /// Name.
+    pub name: String,
+    /// The template to render.
+    pub template_id: i64,
+    /// The audience.
+    pub list_ids: Vec<i64>,
+    /// The From header.
+    pub from: String,
+    /// The Reply-To header.
+    pub reply_to: Option<String>,
+    /// The provider name (`file`, `smtp`, `resend`).
+    pub provider: String,
+    /// Plugins in the order they run.
+    pub plugins: Vec<CampaignPlugin>,
+    /// When to send, epoch ms; None sends on request.
+    pub send_at: Option<i64>,
+}
+
+/// A campaign row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CampaignRow {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Template.
+    pub template_id: i64,
+    /// From header.
+    pub from_addr: String,
+    /// Reply-To header.
+    pub reply_to: Option<String>,
+    /// Provider name.
+    pub provider: String,
+    /// JSON array of [`CampaignPlugin`].
+    pub plugins: String,
+    /// Status name.
+    pub status: String,
+    /// Scheduled send time.
+    pub send_at: Option<i64>,
+    /// 1 once the plan stage has written every delivery row.
+    pub planned: i64,
+    /// Why the campaign failed, if it did.
+    pub last_error: Option<String>,
+    /// Creation time.
+    pub created_at: i64,
+    /// Last change.
+    pub updated_at: i64,
+    /// When sending started.
+    pub started_at: Option<i64>,
+    /// When it reached a final state.
+    pub finished_at: Option<i64>,
+}
+
+impl CampaignRow {
+    /// The parsed status.
+    pub fn status(&self) -> Result<CampaignStatus, StoreError> {
+        self.status
+            .parse()
+            .map_err(|e: crate::model::UnknownValue| StoreError::Corrupt(e.to_string()))
+    }
+
+    /// The parsed plugin chain.
+    pub fn plugins(&self) -> Result<Vec<CampaignPlugin>, StoreError> {
+        serde_json::from_str(&self.plugins)
+            .map_err(|e| StoreError::Corrupt(format!("campaign {} plugins: {e}", self.id)))
+    }
+}
+
+/// Per-outcome counts of a campaign's recipients.
+#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
+pub struct CampaignStats {
+    /// Recipients planned.
+    pub total: i64,
+    /// Not yet sent (pending or being sent).
+    pub pending: i64,
+    /// Accepted by the provider.
+    pub sent: i64,
+    /// Failed for good.
+    pub failed: i64,
+    /// Skipped (plugin verdict, suppressed at send time).
+    pub skipped: i64,
+    /// Bounced.
+    pub bounced: i64,
+    /// Complained.
+    pub complained: i64,
+    /// Recipients who have since unsubscribed.
+    pub unsubscribed: i64,
+}
+
+macro_rules! select_campaign {
+    () => {
+        "SELECT id, name, template_id, from_addr, reply_to, provider, \
+     plugins, status, send_at, planned, last_error, created_at, updated_at, started_at, \
+     finished_at FROM campaigns"
+    };
+}
+
+impl Store {
+    /// Creates a draft campaign and its list links in one transaction.
+    pub async fn create_campaign(&self, new: &NewCampaign) -> Result<CampaignRow, StoreError> {
+        let now = now_ms();
+        let plugins = serde_json::to_string(&new.plugins)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool().begin().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO campaigns (workspace_id, name, template_id, from_addr, reply_to, \
+             provider, plugins, status, send_at, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'draft', $8, $9, $9) RETURNING id",
+        )
+        .bind(DEFAULT_WORKSPACE)
+        .bind(&new.name)
+        .bind(new.template_id)
+        .bind(&new.from)
+        .bind(&new.reply_to)
+        .bind(&new.provider)
+        .bind(plugins)
+        .bind(new.send_at)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        for list_id in &new.list_ids {
+            sqlx::query(
+                "INSERT INTO campaign_lists (campaign_id, list_id) VALUES ($1, $2) \
+                 ON CONFLICT (campaign_id, list_id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(list_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.campaign(id).await
+    }
+
+    /// A campaign by id.
+    pub async fn campaign(&self, id: i64) -> Result<CampaignRow, StoreError> {
+        sqlx::query_as::<_, CampaignRow>(concat!(select_campaign!(), " WHERE id = $1 AND workspace_id = $2"))
+        .bind(id)
+        .bind(DEFAULT_WORKSPACE)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::NotFound("campaign"))
+    }
+
+    /// A page of campaigns by id.
+    pub async fn campaigns(&self, after: i64, limit: u32) -> Result<Page<CampaignRow>, StoreError> {
+        let rows = sqlx::query_as::<_, CampaignRow>(concat!(select_campaign!(), " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3"))
+        .bind(DEFAULT_WORKSPACE)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Page::from_rows(rows, limit, |c| c.id))
+    }
+
+    /// The lists a campaign sends to.
+    pub async fn campaign_list_ids(&self, id: i64) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT list_id FROM campaign_lists WHERE campaign_id = $1 ORDER BY list_id",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Moves a campaign from one of `from` to `to`, atomically. Returns false when the
+    /// campaign was in none of `from` (someone else moved it first).
+    pub async fn transition_campaign(
+        &self,
+        id: i64,
+        from: &[CampaignStatus],
+        to: CampaignStatus,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let allowed: Vec<&str> = from
+            .iter()
+            .filter(|s| s.can_become(to))
+            .map(|s| s.as_str())
+            .collect();
+        if allowed.is_empty() {
+            return Ok(false);
+        }
+        let placeholders: Vec<String> = (0..allowed.len()).map(|i| format!("${}", i + 5)).collect();
+        let sql = format!(
+            "UPDATE campaigns SET status = $1, updated_at = $2, last_error = COALESCE($3, last_error), \
+             started_at = CASE WHEN $1 = 'running' AND started_at IS NULL THEN $2 ELSE started_at END, \
+             finished_at = CASE WHEN $1 IN ('done', 'cancelled', 'failed') THEN $2 ELSE finished_at END \
+             WHERE id = $4 AND status IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(to.as_str()).bind(now).bind(error).bind(id);
+        for s in allowed {
+            query = query.bind(s);
+        }
+        Ok(query.execute(self.pool()).await?.rows_affected() == 1)
+    }
+
+    /// Puts a campaign back from `from` to `to` without the status machine's checks:
+    /// only to undo a transition whose follow-up (enqueueing) failed.
+    pub async fn revert_campaign(
+        &self,
+        id: i64,
+        from: CampaignStatus,
+        to: CampaignStatus,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE campaigns SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4")
+            .bind(to.as_str())
+            .bind(now_ms())
+            .bind(id)
+            .bind(from.as_str())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Records that the plan stage wrote every delivery row of the campaign.
+    pub async fn mark_campaign_planned(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE campaigns SET planned = 1, updated_at = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a running, fully planned campaign done when no recipient is left to send.
+    /// Returns whether this call finished it.
+    pub async fn finish_campaign_if_complete(&self, id: i64) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "UPDATE campaigns SET status = 'done', finished_at = $1, updated_at = $1 \
+             WHERE id = $2 AND status = 'running' AND planned = 1 AND NOT EXISTS \
+             (SELECT 1 FROM deliveries d WHERE d.campaign_id = $2 AND d.status IN ('pending', 'sending'))",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Scheduled campaigns whose send time has come.
+    pub async fn due_campaigns(&self, now: i64, limit: u32) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM campaigns WHERE status = 'scheduled' AND send_at <= $1 ORDER BY send_at LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// Running campaigns that were planned (for restart recovery of stalled batches).
+    pub async fn running_campaigns(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM campaigns WHERE status = 'running' ORDER BY id")
+                .fetch_all(self.pool())
+                .await?,
+        )
+    }
+
+    /// Counts the campaign's recipients by outcome.
+    pub async fn campaign_stats(&self, id: i64) -> Result<CampaignStats, StoreError> {
+        Ok(sqlx::query_as::<_, CampaignStats>(
+            "SELECT COUNT(*) AS total, \
+             COUNT(*) FILTER (WHERE d.status IN ('pending', 'sending')) AS pending, \
+             COUNT(*) FILTER (WHERE d.status = 'sent') AS sent, \
+             COUNT(*) FILTER (WHERE d.status = 'failed') AS failed, \
+             COUNT(*) FILTER (WHERE d.status = 'skipped') AS skipped, \
+             COUNT(*) FILTER (WHERE d.status = 'bounced') AS bounced, \
+             COUNT(*) FILTER (WHERE d.status = 'complained') AS complained, \
+             COUNT(*) FILTER (WHERE s.status = 'unsubscribed') AS unsubscribed \
+             FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
+             WHERE d.campaign_id = $1",
+        )
+        .bind(id)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Workspace-wide counts for `/admin/stats`.
+    pub async fn totals(&self) -> Result<serde_json::Value, StoreError> {
+        let (subscribers, lists, campaigns, deliveries, sent): (i64, i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM subscribers), (SELECT COUNT(*) FROM lists), \
+                 (SELECT COUNT(*) FROM campaigns), (SELECT COUNT(*) FROM deliveries), \
+                 (SELECT COUNT(*) FROM deliveries WHERE status = 'sent')",
+            )
+            .fetch_one(self.pool())
+            .await?;
+        Ok(serde_json::json!({
+            "subscribers": subscribers,
+            "lists": lists,
+            "campaigns": campaigns,
+            "deliveries": deliveries,
+            "sent": sent,
+        }))
+    }
+}

@@ -1,0 +1,88 @@
+//! Mailing lists of a workspace.
+
+use serde::Serialize;
+
+use super::{Page, Store, StoreError};
+use crate::model::{DEFAULT_WORKSPACE, now_ms};
+
+/// A mailing list.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct MailingList {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Free text.
+    pub description: Option<String>,
+    /// Members of any status.
+    pub subscriber_count: i64,
+    /// Creation time, epoch ms.
+    pub created_at: i64,
+}
+
+macro_rules! select_list {
+    () => {
+        "SELECT l.id, l.name, l.description, l.created_at, \
+     (SELECT COUNT(*) FROM list_memberships m WHERE m.list_id = l.id) AS subscriber_count \
+     FROM lists l"
+    };
+}
+
+impl Store {
+    /// Creates a list.
+    pub async fn create_list(
+        &self,
+        name: &str,
+        description: Option<&str>,
+    ) -> Result<MailingList, StoreError> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO lists (workspace_id, name, description, created_at) \
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(DEFAULT_WORKSPACE)
+        .bind(name)
+        .bind(description)
+        .bind(now_ms())
+        .fetch_one(self.pool())
+        .await?;
+        self.list(id).await
+    }
+
+    /// A list by id.
+    pub async fn list(&self, id: i64) -> Result<MailingList, StoreError> {
+        sqlx::query_as::<_, MailingList>(concat!(select_list!(), " WHERE l.id = $1 AND l.workspace_id = $2"))
+        .bind(id)
+        .bind(DEFAULT_WORKSPACE)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::NotFound("list"))
+    }
+
+    /// A page of lists by id.
+    pub async fn lists(&self, after: i64, limit: u32) -> Result<Page<MailingList>, StoreError> {
+        let rows = sqlx::query_as::<_, MailingList>(concat!(select_list!(), " WHERE l.workspace_id = $1 AND l.id > $2 ORDER BY l.id LIMIT $3"))
+        .bind(DEFAULT_WORKSPACE)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Page::from_rows(rows, limit, |l| l.id))
+    }
+
+    /// Which of `ids` do not name a list of the workspace.
+    pub async fn missing_lists(&self, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
+        let mut missing = Vec::new();
+        for id in ids {
+            let found: i64 =
+                sqlx::query_scalar("SELECT COUNT(*) FROM lists WHERE id = $1 AND workspace_id = $2")
+                    .bind(id)
+                    .bind(DEFAULT_WORKSPACE)
+                    .fetch_one(self.pool())
+                    .await?;
+            if found == 0 {
+                missing.push(*id);
+            }
+        }
+        Ok(missing)
+    }
+}

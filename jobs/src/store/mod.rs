@@ -1,0 +1,254 @@
+//! The store: one sqlx `Any` pool over SQLite (the embedded default) or PostgreSQL (a
+//! fleet), the embedded migrations for each, and the queries, one module per table
+//! family. Every query is written once in the SQL both databases accept: `$n`
+//! placeholders, `RETURNING`, `ON CONFLICT`, `COUNT(*) FILTER (...)`; timestamps are
+//! epoch milliseconds and JSON documents are text.
+//!
+//! Collections page by keyset (`id > after ORDER BY id LIMIT n`), never by offset.
+
+pub mod audit;
+pub mod campaigns;
+pub mod deliveries;
+pub mod lists;
+pub mod subscribers;
+pub mod templates;
+pub mod tokens;
+pub mod users;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Errors of the store. `NotFound` and `Conflict` are the caller's business; the rest
+/// mean the database is unreachable or the schema is not what this build expects.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The `DATABASE_URL` names a database this build cannot talk to.
+    #[error("unsupported DATABASE_URL scheme '{0}': use sqlite://PATH or postgres://HOST/DB")]
+    UnsupportedUrl(String),
+    /// The SQLite file's directory could not be created.
+    #[error("cannot create the directory for the SQLite database {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The row asked for does not exist (in this workspace).
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// A uniqueness rule would be broken.
+    #[error("{0}")]
+    Conflict(String),
+    /// A stored value does not parse (a corrupted or hand-edited row).
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+    /// Applying migrations failed; the database is left at its previous version.
+    #[error("migrating the database failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database refused or failed a query.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether the error is a unique-constraint violation.
+    pub fn is_unique_violation(err: &sqlx::Error) -> bool {
+        matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+    }
+}
+
+/// Which database engine the store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file (WAL mode).
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// Pool settings of the store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `postgres://…`.
+    pub url: String,
+    /// The most connections the pool opens.
+    pub max_connections: u32,
+    /// How long a query waits for a free connection.
+    pub acquire_timeout: Duration,
+}
+
+/// The database behind Mailing. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A page of a keyset-paginated collection.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Page<T> {
+    /// The rows of this page.
+    pub items: Vec<T>,
+    /// The cursor to pass as `after` for the next page, absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+impl<T> Page<T> {
+    /// Builds a page from `limit + 1` fetched rows: the extra row only says there is more.
+    pub fn from_rows(mut rows: Vec<T>, limit: u32, id: impl Fn(&T) -> i64) -> Self {
+        let more = rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next = if more {
+            rows.last().map(|r| id(r).to_string())
+        } else {
+            None
+        };
+        Page { items: rows, next }
+    }
+}
+
+/// Normalises a SQLite URL: accepts the seed's `sqlite:///./x` spelling, and returns the
+/// file path it names (None for in-memory databases).
+pub fn sqlite_path(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("sqlite:///./")
+        .map(|r| format!("./{r}"))
+        .or_else(|| url.strip_prefix("sqlite://").map(str::to_owned))
+        .or_else(|| url.strip_prefix("sqlite:").map(str::to_owned))?;
+    let path = rest.split('?').next().unwrap_or_default().to_owned();
+    if path.is_empty() || path == ":memory:" {
+        None
+    } else {
+        Some(path)
+    }
+}
+
+impl Store {
+    /// Opens the pool (creating a SQLite file and its directory when missing) without
+    /// migrating. Call [`Store::migrate`] before use.
+    pub async fn open(config: &StoreConfig) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let scheme = config.url.split(':').next().unwrap_or_default();
+        let (backend, url) = match scheme {
+            "sqlite" => {
+                let path = sqlite_path(&config.url);
+                if let Some(path) = &path
+                    && let Some(dir) = std::path::Path::new(path).parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                        path: dir.display().to_string(),
+                        source,
+                    })?;
+                }
+                let url = match path {
+                    Some(p) => format!("sqlite://{p}?mode=rwc"),
+                    None => "sqlite::memory:".to_owned(),
+                };
+                (Backend::Sqlite, url)
+            }
+            "postgres" | "postgresql" => (Backend::Postgres, config.url.clone()),
+            other => return Err(StoreError::UnsupportedUrl(other.to_owned())),
+        };
+        let options = AnyConnectOptions::from_str(&url)?;
+        let mut pool = AnyPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout);
+        if backend == Backend::Sqlite {
+            pool = pool.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                         PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = pool.connect_with(options).await?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Opens the store and applies pending migrations.
+    pub async fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
+        let store = Self::open(config).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Applies the migrations this build embeds that the database has not seen yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The number of migrations this build embeds for the store's backend.
+    pub fn migration_count(&self) -> usize {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.iter().count(),
+            Backend::Postgres => POSTGRES_MIGRATIONS.iter().count(),
+        }
+    }
+
+    /// The pool, for queries of this crate and health checks.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Which database engine this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A round trip to the database, for readiness checks.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for checked-out connections to return.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_path_accepts_the_seed_and_the_short_spelling() {
+        assert_eq!(
+            sqlite_path("sqlite:///./data/mailing.sqlite3").as_deref(),
+            Some("./data/mailing.sqlite3")
+        );
+        assert_eq!(
+            sqlite_path("sqlite://./data/mailing.sqlite3").as_deref(),
+            Some("./data/mailing.sqlite3")
+        );
+        assert_eq!(sqlite_path("sqlite:///var/m.db?mode=rwc").as_deref(), Some("/var/m.db"));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+    }
+
+    #[test]
+    fn page_keeps_limit_rows_and_points_after_the_last() {
+        let page = Page::from_rows(vec![1_i64, 2, 3], 2, |r| *r);
+        assert_eq!(page.items, vec![1, 2]);
+        assert_eq!(page.next.as_deref(), Some("2"));
+        let last = Page::from_rows(vec![1_i64], 2, |r| *r);
+        assert!(last.next.is_none());
+    }
+}

@@ -1,0 +1,262 @@
+//! Subscribers and list memberships: validation of incoming rows and the upsert that
+//! adds them to a list in one transaction.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Page, Store, StoreError};
+use crate::model::{DEFAULT_WORKSPACE, now_ms};
+
+/// The most bytes an email address may have (RFC 5321 path limit).
+pub const MAX_EMAIL_LEN: usize = 254;
+/// The most characters a subscriber's name may have.
+pub const MAX_NAME_LEN: usize = 256;
+/// The most bytes of a subscriber's attributes, serialized as JSON.
+pub const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
+
+/// A subscriber as a client submits it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSubscriber {
+    /// The address.
+    pub email: String,
+    /// Display name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Free-form attributes (a JSON object), available to templates and plugins.
+    #[serde(default)]
+    pub attributes: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A subscriber row that was refused, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Rejection {
+    /// Zero-based index of the row in the request (for CSV, the data row number).
+    pub row: usize,
+    /// The address as given (truncated).
+    pub email: String,
+    /// What is wrong, in words.
+    pub reason: String,
+}
+
+/// The result of adding subscribers to a list.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ImportReport {
+    /// New subscribers created.
+    pub inserted: u64,
+    /// Existing subscribers updated (name, attributes) and ensured on the list.
+    pub updated: u64,
+    /// Rows refused, with reasons. Nothing of them was written.
+    pub rejected: Vec<Rejection>,
+}
+
+/// A subscriber as stored.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Subscriber {
+    /// Id.
+    pub id: i64,
+    /// Address, lower-cased domain.
+    pub email: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// JSON object, as text.
+    #[serde(skip)]
+    pub attributes: String,
+    /// `enabled`, `unsubscribed` or `blocklisted`.
+    pub status: String,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// Checks an address and returns its canonical form (trimmed, domain lower-cased).
+pub fn normalize_email(raw: &str) -> Result<String, String> {
+    let email = raw.trim();
+    if email.is_empty() {
+        return Err("email is empty".into());
+    }
+    if email.len() > MAX_EMAIL_LEN {
+        return Err(format!("email is longer than {MAX_EMAIL_LEN} bytes"));
+    }
+    let address: lettre::Address = email
+        .parse()
+        .map_err(|e| format!("not a valid email address: {e}"))?;
+    Ok(format!("{}@{}", address.user(), address.domain().to_ascii_lowercase()))
+}
+
+impl NewSubscriber {
+    /// Validates the row; on success returns (email, name, attributes JSON).
+    pub fn validate(&self) -> Result<(String, Option<String>, String), String> {
+        let email = normalize_email(&self.email)?;
+        let name = match self.name.as_deref().map(str::trim) {
+            Some(n) if n.chars().count() > MAX_NAME_LEN => {
+                return Err(format!("name is longer than {MAX_NAME_LEN} characters"));
+            }
+            Some(n) if n.chars().any(char::is_control) => {
+                return Err("name contains control characters".into());
+            }
+            Some("") | None => None,
+            Some(n) => Some(n.to_owned()),
+        };
+        let attributes = serde_json::Value::Object(self.attributes.clone().unwrap_or_default());
+        let attributes = attributes.to_string();
+        if attributes.len() > MAX_ATTRIBUTES_BYTES {
+            return Err(format!("attributes exceed {MAX_ATTRIBUTES_BYTES} bytes of JSON"));
+        }
+        Ok((email, name, attributes))
+    }
+}
+
+impl Store {
+    /// Validates every row, then upserts the valid ones and adds them to the list, all in
+    /// one transaction: either every valid row is written or none is.
+    pub async fn add_subscribers(
+        &self,
+        list_id: i64,
+        rows: &[NewSubscriber],
+    ) -> Result<ImportReport, StoreError> {
+        self.list(list_id).await?;
+        let mut report = ImportReport::default();
+        let mut valid = Vec::with_capacity(rows.len());
+        let mut seen = std::collections::HashSet::new();
+        for (i, row) in rows.iter().enumerate() {
+            match row.validate() {
+                Ok(v) if !seen.insert(v.0.clone()) => report.rejected.push(Rejection {
+                    row: i,
+                    email: v.0,
+                    reason: "duplicate of an earlier row in this request".into(),
+                }),
+                Ok(v) => valid.push(v),
+                Err(reason) => report.rejected.push(Rejection {
+                    row: i,
+                    email: row.email.chars().take(MAX_EMAIL_LEN).collect(),
+                    reason,
+                }),
+            }
+        }
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        for (email, name, attributes) in valid {
+            let existing: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM subscribers WHERE workspace_id = $1 AND email = $2",
+            )
+            .bind(DEFAULT_WORKSPACE)
+            .bind(&email)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let id = match existing {
+                Some(id) => {
+                    sqlx::query(
+                        "UPDATE subscribers SET name = COALESCE($1, name), attributes = $2, \
+                         updated_at = $3 WHERE id = $4",
+                    )
+                    .bind(&name)
+                    .bind(&attributes)
+                    .bind(now)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    report.updated += 1;
+                    id
+                }
+                None => {
+                    report.inserted += 1;
+                    sqlx::query_scalar::<_, i64>(
+                        "INSERT INTO subscribers \
+                         (workspace_id, email, name, attributes, status, created_at, updated_at) \
+                         VALUES ($1, $2, $3, $4, 'enabled', $5, $5) RETURNING id",
+                    )
+                    .bind(DEFAULT_WORKSPACE)
+                    .bind(&email)
+                    .bind(&name)
+                    .bind(&attributes)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?
+                }
+            };
+            sqlx::query(
+                "INSERT INTO list_memberships (list_id, subscriber_id, created_at) \
+                 VALUES ($1, $2, $3) ON CONFLICT (list_id, subscriber_id) DO NOTHING",
+            )
+            .bind(list_id)
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(report)
+    }
+
+    /// Unsubscribes a subscriber (from every list of the workspace) and records why.
+    /// Returns whether the status changed (false when already unsubscribed or unknown).
+    pub async fn unsubscribe(&self, subscriber_id: i64, campaign_id: i64) -> Result<bool, StoreError> {
+        let changed = sqlx::query(
+            "UPDATE subscribers SET status = 'unsubscribed', updated_at = $1 \
+             WHERE id = $2 AND status = 'enabled'",
+        )
+        .bind(now_ms())
+        .bind(subscriber_id)
+        .execute(self.pool())
+        .await?
+        .rows_affected()
+            == 1;
+        if changed {
+            self.audit(
+                "subscriber",
+                "subscriber.unsubscribe",
+                Some(&format!("subscriber:{subscriber_id}")),
+                &serde_json::json!({ "campaign_id": campaign_id }),
+            )
+            .await?;
+        }
+        Ok(changed)
+    }
+
+    /// A page of a list's subscribers by id.
+    pub async fn list_subscribers(
+        &self,
+        list_id: i64,
+        after: i64,
+        limit: u32,
+    ) -> Result<Page<Subscriber>, StoreError> {
+        let rows = sqlx::query_as::<_, Subscriber>(
+            "SELECT s.id, s.email, s.name, s.attributes, s.status, s.created_at \
+             FROM subscribers s JOIN list_memberships m ON m.subscriber_id = s.id \
+             WHERE m.list_id = $1 AND s.id > $2 ORDER BY s.id LIMIT $3",
+        )
+        .bind(list_id)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Page::from_rows(rows, limit, |s| s.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_domain_is_lowercased_and_local_part_kept() {
+        assert_eq!(normalize_email(" Ann.Lee@Example.COM ").as_deref(), Ok("Ann.Lee@example.com"));
+    }
+
+    #[test]
+    fn garbage_email_is_refused_with_a_reason() {
+        let err = normalize_email("not-an-address").unwrap_err();
+        assert!(err.starts_with("not a valid email address"), "{err}");
+    }
+
+    #[test]
+    fn oversized_attributes_are_refused() {
+        let mut attributes = serde_json::Map::new();
+        attributes.insert("blob".into(), "x".repeat(MAX_ATTRIBUTES_BYTES).into());
+        let row = NewSubscriber {
+            email: "a@b.co".into(),
+            name: None,
+            attributes: Some(attributes),
+        };
+        assert!(row.validate().unwrap_err().contains("attributes exceed"));
+    }
+}

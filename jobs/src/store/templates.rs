@@ -1,0 +1,79 @@
+//! Liquid templates as stored. Parsing and rendering live in `crate::render`; callers
+//! must validate a template there before storing it.
+
+use serde::Serialize;
+
+use super::{Page, Store, StoreError};
+use crate::model::{DEFAULT_WORKSPACE, now_ms};
+
+/// A stored template.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Template {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Liquid source of the subject line.
+    pub subject: String,
+    /// Liquid source of the HTML body.
+    pub html: String,
+    /// Liquid source of the plain-text body.
+    pub text: Option<String>,
+    /// Creation time, epoch ms.
+    pub created_at: i64,
+    /// Last change, epoch ms. Part of the compiled-template cache key.
+    pub updated_at: i64,
+}
+
+macro_rules! select_template {
+    () => {
+        "SELECT id, name, subject, html, text, created_at, updated_at FROM templates"
+    };
+}
+
+impl Store {
+    /// Stores a template.
+    pub async fn create_template(
+        &self,
+        name: &str,
+        subject: &str,
+        html: &str,
+        text: Option<&str>,
+    ) -> Result<Template, StoreError> {
+        let now = now_ms();
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO templates (workspace_id, name, subject, html, text, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id",
+        )
+        .bind(DEFAULT_WORKSPACE)
+        .bind(name)
+        .bind(subject)
+        .bind(html)
+        .bind(text)
+        .bind(now)
+        .fetch_one(self.pool())
+        .await?;
+        self.template(id).await
+    }
+
+    /// A template by id.
+    pub async fn template(&self, id: i64) -> Result<Template, StoreError> {
+        sqlx::query_as::<_, Template>(concat!(select_template!(), " WHERE id = $1 AND workspace_id = $2"))
+        .bind(id)
+        .bind(DEFAULT_WORKSPACE)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::NotFound("template"))
+    }
+
+    /// A page of templates by id.
+    pub async fn templates(&self, after: i64, limit: u32) -> Result<Page<Template>, StoreError> {
+        let rows = sqlx::query_as::<_, Template>(concat!(select_template!(), " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3"))
+        .bind(DEFAULT_WORKSPACE)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Page::from_rows(rows, limit, |t| t.id))
+    }
+}
