@@ -1,1 +1,287 @@
-#[test] fn t(){}
+//! End to end: a campaign sent by the real binary, through the file outbox and through a
+//! real SMTP server, on the embedded SQLite default and on PostgreSQL + Redis with a
+//! separate API process and two worker processes.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use mail_parser::MessageParser;
+use support::{Backend, Server, SmtpSink, create_campaign, seed_list};
+
+const N: usize = 1000;
+
+/// Checks every `.eml` in the outbox: a valid RFC 5322 message with From, To, Subject,
+/// Date, a unique Message-ID and the recipient's own name; returns how many there are.
+fn check_outbox(server: &Server, expected: usize) {
+    let files: Vec<_> = std::fs::read_dir(server.outbox())
+        .expect("the outbox exists")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+        .collect();
+    assert_eq!(
+        files.len(),
+        expected,
+        "outbox holds {} messages",
+        files.len()
+    );
+    let mut ids = HashSet::new();
+    let mut recipients = HashSet::new();
+    for f in files {
+        let raw = std::fs::read(f.path()).expect("read message");
+        let msg = MessageParser::default()
+            .parse(&raw)
+            .expect("a parseable RFC 5322 message");
+        let from = msg
+            .from()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .expect("From");
+        assert_eq!(from, "news@shop.example");
+        let to = msg.to().and_then(|a| a.first()).expect("To");
+        let email = to.address().expect("To address").to_owned();
+        let n: usize = email
+            .strip_prefix("user")
+            .and_then(|r| r.strip_suffix("@example.com"))
+            .and_then(|n| n.parse().ok())
+            .expect("a seeded recipient");
+        assert_eq!(to.name(), Some(format!("Subscriber {n}").as_str()));
+        assert_eq!(
+            msg.subject(),
+            Some(format!("Hello Subscriber {n}").as_str())
+        );
+        assert!(msg.date().is_some(), "Date header");
+        let html = msg.body_html(0).expect("an HTML part");
+        assert!(
+            html.contains(&format!("Dear Subscriber {n}, number {n}.")),
+            "{html}"
+        );
+        assert!(msg.header("List-Unsubscribe-Post").is_some());
+        assert!(
+            ids.insert(msg.message_id().expect("Message-ID").to_owned()),
+            "Message-IDs are unique"
+        );
+        assert!(recipients.insert(email), "one message per recipient");
+    }
+}
+
+async fn file_campaign(backend: &Backend, server: &Server) {
+    let token = server.login().await;
+    let list = seed_list(server, &token, N).await;
+    let campaign = create_campaign(server, &token, list, "file").await;
+    let (status, body) = server
+        .request(
+            "POST",
+            &format!("/api/v1/campaigns/{campaign}/send"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["status"], "running");
+    let done = server
+        .wait_campaign(&token, campaign, "done", Duration::from_secs(180))
+        .await;
+    assert_eq!(done["stats"]["sent"], N, "{done} on {}", backend.name);
+    assert_eq!(done["stats"]["total"], N);
+    assert_eq!(done["stats"]["pending"], 0);
+    check_outbox(server, N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_subscribers_become_thousand_eml_files_on_sqlite() {
+    let backend = Backend::embedded();
+    let server = Server::start("serve", &backend, &[]).await;
+    file_campaign(&backend, &server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_subscribers_become_thousand_eml_files_on_a_postgres_redis_fleet() {
+    let Some(backend) = Backend::fleet("fleet file campaign").await else {
+        return;
+    };
+    let api = Server::start("api", &backend, &[]).await;
+    let _w1 = Server::start_in(&api.dir, "worker", &backend, &[]).await;
+    let _w2 = Server::start_in(&api.dir, "worker", &backend, &[]).await;
+    file_campaign(&backend, &api).await;
+    backend.cleanup().await;
+}
+
+async fn smtp_campaign(backend: &Backend, command: &str) {
+    let sink = SmtpSink::start();
+    let server = Server::start(command, backend, &sink.env()).await;
+    let _worker = if command == "api" {
+        Some(Server::start_in(&server.dir, "worker", backend, &sink.env()).await)
+    } else {
+        None
+    };
+    let token = server.login().await;
+    let n = 200;
+    let list = seed_list(&server, &token, n).await;
+    let campaign = create_campaign(&server, &token, list, "smtp").await;
+    let (status, _) = server
+        .request(
+            "POST",
+            &format!("/api/v1/campaigns/{campaign}/send"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202);
+    let done = server
+        .wait_campaign(&token, campaign, "done", Duration::from_secs(120))
+        .await;
+    assert_eq!(done["stats"]["sent"], n, "{done}");
+    let messages = sink.messages();
+    assert_eq!(
+        messages.len(),
+        n,
+        "the SMTP server received {} messages",
+        messages.len()
+    );
+    let mut seen = HashSet::new();
+    for m in messages {
+        assert_eq!(m.from, "news@shop.example", "envelope sender");
+        assert_eq!(m.to.len(), 1, "one envelope recipient per message");
+        let rcpt = m.to[0].clone();
+        let parsed = MessageParser::default()
+            .parse(&m.data)
+            .expect("a parseable message");
+        let to = parsed
+            .to()
+            .and_then(|a| a.first())
+            .and_then(|a| a.address())
+            .expect("To");
+        assert_eq!(to, rcpt, "header To matches the envelope");
+        let idx = rcpt
+            .trim_start_matches("user")
+            .trim_end_matches("@example.com");
+        let html = parsed.body_html(0).expect("html");
+        assert!(html.contains(&format!("Dear Subscriber {idx},")), "{html}");
+        assert!(seen.insert(rcpt), "each recipient once");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_goes_out_through_a_real_smtp_server_on_sqlite() {
+    smtp_campaign(&Backend::embedded(), "serve").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_goes_out_through_a_real_smtp_server_on_a_postgres_redis_fleet() {
+    let Some(backend) = Backend::fleet("fleet smtp campaign").await else {
+        return;
+    };
+    smtp_campaign(&backend, "api").await;
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_click_unsubscribe_removes_the_recipient_from_later_campaigns() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let token = server.login().await;
+    let list = seed_list(&server, &token, 3).await;
+    let first = create_campaign(&server, &token, list, "file").await;
+    server
+        .request(
+            "POST",
+            &format!("/api/v1/campaigns/{first}/send"),
+            Some(&token),
+            None,
+        )
+        .await;
+    server
+        .wait_campaign(&token, first, "done", Duration::from_secs(60))
+        .await;
+
+    let any = std::fs::read_dir(server.outbox())
+        .expect("outbox")
+        .flatten()
+        .next()
+        .expect("a message");
+    let raw = std::fs::read(any.path()).expect("read");
+    let msg = MessageParser::default().parse(&raw).expect("parse");
+    let header = msg
+        .header_raw("List-Unsubscribe")
+        .expect("List-Unsubscribe")
+        .replace("\r\n ", " ");
+    let url = header
+        .trim()
+        .trim_start_matches('<')
+        .split('>')
+        .next()
+        .expect("an https-style URL")
+        .to_owned();
+    let path = url
+        .strip_prefix(&server.base)
+        .expect("the link points at PUBLIC_URL")
+        .to_owned();
+
+    let page = server.http.get(&url).send().await.expect("GET");
+    assert_eq!(page.status(), 200);
+    assert!(
+        page.text()
+            .await
+            .unwrap_or_default()
+            .contains("<form method=\"post\""),
+        "GET only confirms"
+    );
+    let (_, before) = server
+        .request(
+            "GET",
+            &format!("/api/v1/campaigns/{first}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        before["stats"]["unsubscribed"], 0,
+        "a GET (mail scanners) unsubscribes nobody"
+    );
+
+    let forged = format!("{path}x");
+    let res = server
+        .http
+        .post(format!("{}{forged}", server.base))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 404);
+    let res = server
+        .http
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("List-Unsubscribe=One-Click")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 200);
+    let (_, after) = server
+        .request(
+            "GET",
+            &format!("/api/v1/campaigns/{first}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(after["stats"]["unsubscribed"], 1);
+
+    let second = create_campaign(&server, &token, list, "file").await;
+    server
+        .request(
+            "POST",
+            &format!("/api/v1/campaigns/{second}/send"),
+            Some(&token),
+            None,
+        )
+        .await;
+    let done = server
+        .wait_campaign(&token, second, "done", Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        done["stats"]["total"], 2,
+        "the unsubscribed recipient is not planned again: {done}"
+    );
+    assert_eq!(done["stats"]["sent"], 2);
+}

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -118,7 +118,11 @@ pub fn hash_password(password: &str) -> Result<String, ApiError> {
 /// Checks a password against a PHC string; false for any mismatch or malformed hash.
 pub fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc)
-        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -150,7 +154,10 @@ fn random_token() -> String {
 
 /// The stored id of a refresh token: its SHA-256, so a database leak yields no tokens.
 pub fn refresh_token_id(token: &str) -> String {
-    Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl AppState {
@@ -184,7 +191,12 @@ impl AppState {
         let family = family.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let expires_at = (now + self.auth.refresh_ttl.as_secs() as i64) * 1000;
         self.store
-            .insert_refresh_token(&refresh_token_id(&refresh_token), &family, user_id, expires_at)
+            .insert_refresh_token(
+                &refresh_token_id(&refresh_token),
+                &family,
+                user_id,
+                expires_at,
+            )
             .await?;
         Ok(TokenPair {
             access_token,
@@ -211,13 +223,21 @@ impl AppState {
         .map_err(|e| ApiError::Unauthorized(format!("the access token is not valid: {e}")))?;
         let claims = data.claims;
         if self.store.is_access_token_revoked(&claims.jti).await? {
-            return Err(ApiError::Unauthorized("the access token was revoked (logged out)".into()));
+            return Err(ApiError::Unauthorized(
+                "the access token was revoked (logged out)".into(),
+            ));
         }
         let user_id = claims
             .sub
             .parse()
             .map_err(|_| ApiError::Unauthorized("the access token names no user".into()))?;
-        Ok(Principal { user_id, username: claims.name, role: claims.role, jti: claims.jti, exp: claims.exp })
+        Ok(Principal {
+            user_id,
+            username: claims.name,
+            role: claims.role,
+            jti: claims.jti,
+            exp: claims.exp,
+        })
     }
 }
 
@@ -227,17 +247,28 @@ pub struct Authenticate;
 
 #[async_trait]
 impl Handler for Authenticate {
-    async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        ctrl: &mut FlowCtrl,
+    ) {
         let result = async {
             let state = crate::state::from_depot(depot)?;
             let token = req
                 .headers()
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+                .and_then(|v| {
+                    v.strip_prefix("Bearer ")
+                        .or_else(|| v.strip_prefix("bearer "))
+                })
                 .map(str::trim)
                 .ok_or_else(|| {
-                    ApiError::Unauthorized("send an access token: Authorization: Bearer <token>".into())
+                    ApiError::Unauthorized(
+                        "send an access token: Authorization: Bearer <token>".into(),
+                    )
                 })?;
             state.verify_access_token(token).await
         }
@@ -270,7 +301,9 @@ pub struct LoginThrottle {
 
 impl std::fmt::Debug for LoginThrottle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LoginThrottle").field("window", &self.window).finish()
+        f.debug_struct("LoginThrottle")
+            .field("window", &self.window)
+            .finish()
     }
 }
 
@@ -301,12 +334,12 @@ impl LoginThrottle {
     pub fn fail(&self, key: &str) {
         let now = Instant::now();
         let window = self.window;
-        self.failures
-            .entry(key.to_owned())
-            .and_upsert_with(|old| match old.map(|e| e.into_value()) {
+        self.failures.entry(key.to_owned()).and_upsert_with(|old| {
+            match old.map(|e| e.into_value()) {
                 Some((count, start)) if start.elapsed() < window => (count + 1, start),
                 _ => (1, now),
-            });
+            }
+        });
     }
 
     /// Forgets `key` (after a successful login).

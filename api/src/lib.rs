@@ -28,7 +28,13 @@ pub struct SecurityHeaders {
 
 #[async_trait]
 impl Handler for SecurityHeaders {
-    async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        ctrl: &mut FlowCtrl,
+    ) {
         let request_id = req
             .headers()
             .get("x-request-id")
@@ -75,30 +81,45 @@ pub fn router(state: Arc<AppState>) -> Router {
         .push(
             Router::with_path("api/v1")
                 .push(
-                    Router::with_path("lists").get(lists::index).post(lists::create).push(
-                        Router::with_path("{id}")
-                            .get(lists::show)
-                            .push(Router::with_path("subscribers").get(lists::subscribers).post(lists::add_subscribers)),
-                    ),
+                    Router::with_path("lists")
+                        .get(lists::index)
+                        .post(lists::create)
+                        .push(
+                            Router::with_path("{id}").get(lists::show).push(
+                                Router::with_path("subscribers")
+                                    .get(lists::subscribers)
+                                    .post(lists::add_subscribers),
+                            ),
+                        ),
                 )
                 .push(
-                    Router::with_path("templates").get(templates::index).post(templates::create).push(
-                        Router::with_path("{id}")
-                            .get(templates::show)
-                            .push(Router::with_path("preview").post(templates::preview)),
-                    ),
+                    Router::with_path("templates")
+                        .get(templates::index)
+                        .post(templates::create)
+                        .push(
+                            Router::with_path("{id}")
+                                .get(templates::show)
+                                .push(Router::with_path("preview").post(templates::preview)),
+                        ),
                 )
                 .push(
-                    Router::with_path("campaigns").get(campaigns::index).post(campaigns::create).push(
-                        Router::with_path("{id}")
-                            .get(campaigns::show)
-                            .push(Router::with_path("send").post(campaigns::send))
-                            .push(Router::with_path("pause").post(campaigns::pause))
-                            .push(Router::with_path("resume").post(campaigns::resume))
-                            .push(Router::with_path("cancel").post(campaigns::cancel)),
-                    ),
+                    Router::with_path("campaigns")
+                        .get(campaigns::index)
+                        .post(campaigns::create)
+                        .push(
+                            Router::with_path("{id}")
+                                .get(campaigns::show)
+                                .push(Router::with_path("send").post(campaigns::send))
+                                .push(Router::with_path("pause").post(campaigns::pause))
+                                .push(Router::with_path("resume").post(campaigns::resume))
+                                .push(Router::with_path("cancel").post(campaigns::cancel)),
+                        ),
                 )
-                .push(Router::with_path("users").get(users::index).post(users::create)),
+                .push(
+                    Router::with_path("users")
+                        .get(users::index)
+                        .post(users::create),
+                ),
         )
         .push({
             let mut admin = Router::with_path("admin")
@@ -111,16 +132,21 @@ pub fn router(state: Arc<AppState>) -> Router {
             admin
         });
     let metrics = state.metrics;
-    let mut root = Router::new()
-        .hoop(affix_state::inject(state))
-        .push(Router::with_path("health").get(ops::health).push(Router::with_path("ready").get(ops::ready)));
+    let mut root = Router::new().hoop(affix_state::inject(state)).push(
+        Router::with_path("health")
+            .get(ops::health)
+            .push(Router::with_path("ready").get(ops::ready)),
+    );
     if metrics {
         root = root.push(Router::with_path("metrics").get(ops::metrics));
     }
-    root
-        .push(Router::with_path("auth/login").post(session::login))
+    root.push(Router::with_path("auth/login").post(session::login))
         .push(Router::with_path("auth/refresh").post(session::refresh))
-        .push(Router::with_path("unsubscribe/{token}").get(unsubscribe::page).post(unsubscribe::one_click))
+        .push(
+            Router::with_path("unsubscribe/{token}")
+                .get(unsubscribe::confirm)
+                .post(unsubscribe::one_click),
+        )
         .push(authed)
 }
 

@@ -19,7 +19,10 @@ pub struct FieldError {
 impl FieldError {
     /// A field error.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -122,7 +125,9 @@ pub fn parse_error(err: ParseError, limit: usize) -> ApiError {
         ParseError::InvalidContentType => {
             ApiError::UnsupportedMediaType("send the body as application/json".into())
         }
-        ParseError::SerdeJson(e) => ApiError::BadRequest(format!("the body is not valid JSON for this route: {e}")),
+        ParseError::SerdeJson(e) => {
+            ApiError::BadRequest(format!("the body is not valid JSON for this route: {e}"))
+        }
         other => ApiError::BadRequest(format!("the body could not be read: {other}")),
     }
 }

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
+use mailing_jobs::Store;
 use mailing_jobs::health::HealthRegistry;
 use mailing_jobs::provider::Providers;
 use mailing_jobs::queue::Queue;
 use mailing_jobs::render::Renderer;
 use mailing_jobs::unsubscribe::UnsubscribeSigner;
-use mailing_jobs::Store;
 use salvo::Depot;
 
 use crate::auth::{AuthConfig, LoginThrottle};
@@ -46,7 +46,9 @@ pub struct AppState {
 
 impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").field("auth", &self.auth).finish_non_exhaustive()
+        f.debug_struct("AppState")
+            .field("auth", &self.auth)
+            .finish_non_exhaustive()
     }
 }
 

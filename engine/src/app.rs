@@ -9,21 +9,21 @@ use std::sync::atomic::AtomicU32;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mailing_api::auth::{AuthConfig, LoginThrottle, hash_password};
 use mailing_api::AppState;
+use mailing_api::auth::{AuthConfig, LoginThrottle, hash_password};
 use mailing_jobs::health::HealthRegistry;
 use mailing_jobs::pipeline::{PipelineConfig, PipelineContext};
 use mailing_jobs::provider::file::FileProvider;
 use mailing_jobs::provider::smtp::SmtpProvider;
 use mailing_jobs::provider::{Provider, Providers};
-use mailing_jobs::queue::workers::Stage;
 use mailing_jobs::queue::Queue;
+use mailing_jobs::queue::workers::Stage;
 use mailing_jobs::render::Renderer;
 use mailing_jobs::store::StoreConfig;
 use mailing_jobs::unsubscribe::UnsubscribeSigner;
 use mailing_jobs::{Role, Store};
-use rand::RngCore;
 use ractor::Actor;
+use rand::RngCore;
 use tracing::{info, warn};
 
 use crate::config::{Config, Environment};
@@ -51,7 +51,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         acquire_timeout: Duration::from_secs(10),
     })
     .await
-    .with_context(|| format!("cannot open the database {}", crate::config::mask(&config.database_url)))
+    .with_context(|| {
+        format!(
+            "cannot open the database {}",
+            crate::config::mask(&config.database_url)
+        )
+    })
 }
 
 /// Opens the job queue: Redis when configured, else SQLite in `DATA_DIR`.
@@ -104,7 +109,9 @@ fn write_private(path: &Path, content: &str) -> anyhow::Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(content.as_bytes())?;
     Ok(())
 }
@@ -120,7 +127,10 @@ pub async fn bootstrap_admin(store: &Store, config: &Config) -> anyhow::Result<(
         None => (random_secret(12), true),
     };
     let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("{e}"))?;
-    match store.create_user(&config.admin_username, &hash, Role::Admin).await {
+    match store
+        .create_user(&config.admin_username, &hash, Role::Admin)
+        .await
+    {
         Ok(_) => {}
         Err(mailing_jobs::StoreError::Conflict(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
@@ -142,14 +152,22 @@ pub fn providers(config: &Config) -> anyhow::Result<Providers> {
         Some(smtp) => Some(Provider::Smtp(SmtpProvider::new(smtp)?)),
         None => None,
     };
-    Ok(Providers { file: Some(Provider::File(FileProvider::new(&config.outbox_dir))), smtp })
+    Ok(Providers {
+        file: Some(Provider::File(FileProvider::new(&config.outbox_dir))),
+        smtp,
+    })
 }
 
 fn instance_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect::<String>())
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect::<String>()
+        })
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "host".into());
     format!("{host}-{}-{}", std::process::id(), &random_secret(3))
@@ -158,13 +176,14 @@ fn instance_id() -> String {
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
@@ -201,11 +220,13 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let instance = instance_id();
     let mut children = Vec::new();
 
-    let fault_slot: Arc<std::sync::OnceLock<mailing_api::FaultInjector>> = Arc::new(std::sync::OnceLock::new());
+    let fault_slot: Arc<std::sync::OnceLock<mailing_api::FaultInjector>> =
+        Arc::new(std::sync::OnceLock::new());
     if mode != Mode::Worker {
         let slot = fault_slot.clone();
         let injector: Option<mailing_api::FaultInjector> = config.fault_injection.then(|| {
-            Arc::new(move |name: &str| slot.get().is_some_and(|f| f(name))) as mailing_api::FaultInjector
+            Arc::new(move |name: &str| slot.get().is_some_and(|f| f(name)))
+                as mailing_api::FaultInjector
         });
         let state = Arc::new(AppState {
             store: store.clone(),
@@ -238,22 +259,35 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
             spawn: Arc::new(move |sup| {
                 let args = args.clone();
                 Box::pin(async move {
-                    HttpServer::spawn_linked(Some(crate::supervisor::http::NAME.into()), HttpServer, args, sup)
-                        .await
-                        .map(|(a, _)| a)
+                    HttpServer::spawn_linked(
+                        Some(crate::supervisor::http::NAME.into()),
+                        HttpServer,
+                        args,
+                        sup,
+                    )
+                    .await
+                    .map(|(a, _)| a)
                 })
             }),
         });
     }
-    let scheduler = SchedulerArgs { ctx: ctx.clone(), tick: Duration::from_secs(1) };
+    let scheduler = SchedulerArgs {
+        ctx: ctx.clone(),
+        tick: Duration::from_secs(1),
+    };
     children.push(ChildSpec {
         name: crate::supervisor::scheduler::NAME,
         spawn: Arc::new(move |sup| {
             let args = scheduler.clone();
             Box::pin(async move {
-                Scheduler::spawn_linked(Some(crate::supervisor::scheduler::NAME.into()), Scheduler, args, sup)
-                    .await
-                    .map(|(a, _)| a)
+                Scheduler::spawn_linked(
+                    Some(crate::supervisor::scheduler::NAME.into()),
+                    Scheduler,
+                    args,
+                    sup,
+                )
+                .await
+                .map(|(a, _)| a)
             })
         }),
     });
@@ -274,9 +308,14 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
                 spawn: Arc::new(move |sup| {
                     let args = args.clone();
                     Box::pin(async move {
-                        StageSupervisor::spawn_linked(Some(stage.as_str().into()), StageSupervisor, args, sup)
-                            .await
-                            .map(|(a, _)| a)
+                        StageSupervisor::spawn_linked(
+                            Some(stage.as_str().into()),
+                            StageSupervisor,
+                            args,
+                            sup,
+                        )
+                        .await
+                        .map(|(a, _)| a)
                     })
                 }),
             });

@@ -48,55 +48,306 @@ pub struct Setting {
 
 /// Every setting Mailing reads.
 pub const SETTINGS: &[Setting] = &[
-    Setting { name: "ENVIRONMENT", default: "development", secret: false, doc: "`development` or `production` (strong secrets required, JSON logs)" },
-    Setting { name: "HTTP_HOST", default: "0.0.0.0", secret: false, doc: "address the HTTP server binds" },
-    Setting { name: "HTTP_PORT", default: "8080", secret: false, doc: "HTTP port" },
-    Setting { name: "PUBLIC_URL", default: "http://localhost:8080", secret: false, doc: "base URL of links in messages (unsubscribe)" },
-    Setting { name: "DATA_DIR", default: "./data", secret: false, doc: "directory for the SQLite files, the outbox and generated secrets" },
-    Setting { name: "DATABASE_URL", default: "sqlite://./data/mailing.sqlite3", secret: true, doc: "`sqlite://PATH` or `postgres://USER@HOST/DB`" },
-    Setting { name: "REDIS_URL", default: "", secret: true, doc: "when set, the job queue is Redis (a worker fleet); else SQLite in DATA_DIR" },
-    Setting { name: "REDIS_HOST", default: "", secret: false, doc: "alternative to REDIS_URL, with REDIS_PORT" },
-    Setting { name: "REDIS_PORT", default: "6379", secret: false, doc: "with REDIS_HOST" },
-    Setting { name: "AUTH_SECRET_KEY", default: "", secret: true, doc: "HS256 key for access tokens, 32+ bytes; generated into DATA_DIR in development" },
-    Setting { name: "ADMIN_USERNAME", default: "admin", secret: false, doc: "the first admin's name, created when no user exists" },
-    Setting { name: "ADMIN_PASSWORD", default: "", secret: true, doc: "the first admin's password; generated and printed once in development" },
-    Setting { name: "ACCESS_TOKEN_TTL", default: "900", secret: false, doc: "access token lifetime, seconds" },
-    Setting { name: "REFRESH_TOKEN_TTL", default: "1209600", secret: false, doc: "refresh token lifetime, seconds" },
-    Setting { name: "OUTBOX_DIR", default: "./data/outbox", secret: false, doc: "where the `file` provider writes `.eml` files" },
-    Setting { name: "SMTP_HOST", default: "", secret: false, doc: "when set, the `smtp` provider is available" },
-    Setting { name: "SMTP_PORT", default: "587", secret: false, doc: "SMTP port" },
-    Setting { name: "SMTP_USERNAME", default: "", secret: false, doc: "SMTP login" },
-    Setting { name: "SMTP_PASSWORD", default: "", secret: true, doc: "SMTP password" },
-    Setting { name: "SMTP_TLS", default: "starttls", secret: false, doc: "`none`, `starttls` or `tls`" },
-    Setting { name: "SMTP_POOL_SIZE", default: "8", secret: false, doc: "pooled SMTP connections" },
-    Setting { name: "RESEND_API_KEY", default: "", secret: true, doc: "Resend API key (the `resend` provider is not built yet)" },
-    Setting { name: "RESEND_API_URL", default: "https://api.resend.com", secret: false, doc: "Resend-compatible API base URL" },
-    Setting { name: "BATCH_SIZE", default: "500", secret: false, doc: "recipients per batch job" },
-    Setting { name: "SEND_CONCURRENCY", default: "16", secret: false, doc: "messages of one batch in flight at once" },
-    Setting { name: "WORKER_CONCURRENCY", default: "4", secret: false, doc: "batch jobs one process runs at once" },
-    Setting { name: "QUEUE_POLL_MS", default: "200", secret: false, doc: "how often an idle worker polls, milliseconds" },
-    Setting { name: "QUEUE_HEARTBEAT_SECS", default: "2", secret: false, doc: "worker heartbeat, seconds" },
-    Setting { name: "QUEUE_MISSED_HEARTBEATS", default: "3", secret: false, doc: "missed heartbeats before a dead worker's jobs run elsewhere" },
-    Setting { name: "CLAIM_LEASE_SECS", default: "120", secret: false, doc: "age after which a claimed, unanswered recipient is recovered" },
-    Setting { name: "RETRY_BACKOFF_SECS", default: "30", secret: false, doc: "wait before a temporarily failed batch is retried" },
-    Setting { name: "UNSUBSCRIBE_MAILTO", default: "", secret: false, doc: "optional mailto address in List-Unsubscribe" },
-    Setting { name: "TEMPLATE_CACHE_ENABLED", default: "true", secret: false, doc: "cache compiled templates" },
-    Setting { name: "TEMPLATE_CACHE_TTL", default: "3600", secret: false, doc: "seconds a compiled template stays cached" },
-    Setting { name: "TEMPLATE_CACHE_SIZE", default: "1000", secret: false, doc: "most compiled templates cached" },
-    Setting { name: "SHUTDOWN_TIMEOUT_SECS", default: "30", secret: false, doc: "how long SIGTERM waits for in-flight batches" },
-    Setting { name: "LOG_FORMAT", default: "pretty", secret: false, doc: "`pretty` or `json` (default `json` in production)" },
-    Setting { name: "LOG_LEVEL", default: "info", secret: false, doc: "tracing filter, e.g. `info,mailing_jobs=debug`" },
-    Setting { name: "FAULT_INJECTION", default: "false", secret: false, doc: "enable POST /admin/debug/crash/{component} (refused in production)" },
-    Setting { name: "HTTPS_ENABLED", default: "false", secret: false, doc: "TLS termination in process (not built yet: terminate TLS in a proxy)" },
-    Setting { name: "HTTPS_PORT", default: "8443", secret: false, doc: "HTTPS port" },
-    Setting { name: "FORCE_HTTPS", default: "false", secret: false, doc: "send HSTS (set it when a TLS proxy is in front)" },
-    Setting { name: "SSL_CERT_FILE", default: "certs/cert.pem", secret: false, doc: "TLS certificate" },
-    Setting { name: "SSL_KEY_FILE", default: "certs/key.pem", secret: false, doc: "TLS key" },
-    Setting { name: "METRICS_ENABLED", default: "true", secret: false, doc: "serve /metrics" },
-    Setting { name: "PROMETHEUS_PORT", default: "", secret: false, doc: "reserved: a separate metrics port (observability issue)" },
-    Setting { name: "BACKUP_ENABLED", default: "true", secret: false, doc: "reserved: scheduled backups (operations issue)" },
-    Setting { name: "BACKUP_SCHEDULE_HOURS", default: "2,14", secret: false, doc: "reserved: backup hours" },
-    Setting { name: "BACKUP_RETENTION_DAYS", default: "30", secret: false, doc: "reserved: backup retention" },
+    Setting {
+        name: "ENVIRONMENT",
+        default: "development",
+        secret: false,
+        doc: "`development` or `production` (strong secrets required, JSON logs)",
+    },
+    Setting {
+        name: "HTTP_HOST",
+        default: "0.0.0.0",
+        secret: false,
+        doc: "address the HTTP server binds",
+    },
+    Setting {
+        name: "HTTP_PORT",
+        default: "8080",
+        secret: false,
+        doc: "HTTP port",
+    },
+    Setting {
+        name: "PUBLIC_URL",
+        default: "http://localhost:8080",
+        secret: false,
+        doc: "base URL of links in messages (unsubscribe)",
+    },
+    Setting {
+        name: "DATA_DIR",
+        default: "./data",
+        secret: false,
+        doc: "directory for the SQLite files, the outbox and generated secrets",
+    },
+    Setting {
+        name: "DATABASE_URL",
+        default: "sqlite://./data/mailing.sqlite3",
+        secret: true,
+        doc: "`sqlite://PATH` or `postgres://USER@HOST/DB`",
+    },
+    Setting {
+        name: "REDIS_URL",
+        default: "",
+        secret: true,
+        doc: "when set, the job queue is Redis (a worker fleet); else SQLite in DATA_DIR",
+    },
+    Setting {
+        name: "REDIS_HOST",
+        default: "",
+        secret: false,
+        doc: "alternative to REDIS_URL, with REDIS_PORT",
+    },
+    Setting {
+        name: "REDIS_PORT",
+        default: "6379",
+        secret: false,
+        doc: "with REDIS_HOST",
+    },
+    Setting {
+        name: "AUTH_SECRET_KEY",
+        default: "",
+        secret: true,
+        doc: "HS256 key for access tokens, 32+ bytes; generated into DATA_DIR in development",
+    },
+    Setting {
+        name: "ADMIN_USERNAME",
+        default: "admin",
+        secret: false,
+        doc: "the first admin's name, created when no user exists",
+    },
+    Setting {
+        name: "ADMIN_PASSWORD",
+        default: "",
+        secret: true,
+        doc: "the first admin's password; generated and printed once in development",
+    },
+    Setting {
+        name: "ACCESS_TOKEN_TTL",
+        default: "900",
+        secret: false,
+        doc: "access token lifetime, seconds",
+    },
+    Setting {
+        name: "REFRESH_TOKEN_TTL",
+        default: "1209600",
+        secret: false,
+        doc: "refresh token lifetime, seconds",
+    },
+    Setting {
+        name: "OUTBOX_DIR",
+        default: "./data/outbox",
+        secret: false,
+        doc: "where the `file` provider writes `.eml` files",
+    },
+    Setting {
+        name: "SMTP_HOST",
+        default: "",
+        secret: false,
+        doc: "when set, the `smtp` provider is available",
+    },
+    Setting {
+        name: "SMTP_PORT",
+        default: "587",
+        secret: false,
+        doc: "SMTP port",
+    },
+    Setting {
+        name: "SMTP_USERNAME",
+        default: "",
+        secret: false,
+        doc: "SMTP login",
+    },
+    Setting {
+        name: "SMTP_PASSWORD",
+        default: "",
+        secret: true,
+        doc: "SMTP password",
+    },
+    Setting {
+        name: "SMTP_TLS",
+        default: "starttls",
+        secret: false,
+        doc: "`none`, `starttls` or `tls`",
+    },
+    Setting {
+        name: "SMTP_POOL_SIZE",
+        default: "8",
+        secret: false,
+        doc: "pooled SMTP connections",
+    },
+    Setting {
+        name: "RESEND_API_KEY",
+        default: "",
+        secret: true,
+        doc: "Resend API key (the `resend` provider is not built yet)",
+    },
+    Setting {
+        name: "RESEND_API_URL",
+        default: "https://api.resend.com",
+        secret: false,
+        doc: "Resend-compatible API base URL",
+    },
+    Setting {
+        name: "BATCH_SIZE",
+        default: "500",
+        secret: false,
+        doc: "recipients per batch job",
+    },
+    Setting {
+        name: "SEND_CONCURRENCY",
+        default: "16",
+        secret: false,
+        doc: "messages of one batch in flight at once",
+    },
+    Setting {
+        name: "WORKER_CONCURRENCY",
+        default: "4",
+        secret: false,
+        doc: "batch jobs one process runs at once",
+    },
+    Setting {
+        name: "QUEUE_POLL_MS",
+        default: "200",
+        secret: false,
+        doc: "how often an idle worker polls, milliseconds",
+    },
+    Setting {
+        name: "QUEUE_HEARTBEAT_SECS",
+        default: "2",
+        secret: false,
+        doc: "worker heartbeat, seconds",
+    },
+    Setting {
+        name: "QUEUE_MISSED_HEARTBEATS",
+        default: "3",
+        secret: false,
+        doc: "missed heartbeats before a dead worker's jobs run elsewhere",
+    },
+    Setting {
+        name: "QUEUE_NAMESPACE",
+        default: "mailing",
+        secret: false,
+        doc: "prefix of the queue names; processes of one deployment share it",
+    },
+    Setting {
+        name: "CLAIM_LEASE_SECS",
+        default: "120",
+        secret: false,
+        doc: "age after which a claimed, unanswered recipient is recovered",
+    },
+    Setting {
+        name: "RETRY_BACKOFF_SECS",
+        default: "30",
+        secret: false,
+        doc: "wait before a temporarily failed batch is retried",
+    },
+    Setting {
+        name: "UNSUBSCRIBE_MAILTO",
+        default: "",
+        secret: false,
+        doc: "optional mailto address in List-Unsubscribe",
+    },
+    Setting {
+        name: "TEMPLATE_CACHE_ENABLED",
+        default: "true",
+        secret: false,
+        doc: "cache compiled templates",
+    },
+    Setting {
+        name: "TEMPLATE_CACHE_TTL",
+        default: "3600",
+        secret: false,
+        doc: "seconds a compiled template stays cached",
+    },
+    Setting {
+        name: "TEMPLATE_CACHE_SIZE",
+        default: "1000",
+        secret: false,
+        doc: "most compiled templates cached",
+    },
+    Setting {
+        name: "SHUTDOWN_TIMEOUT_SECS",
+        default: "30",
+        secret: false,
+        doc: "how long SIGTERM waits for in-flight batches",
+    },
+    Setting {
+        name: "LOG_FORMAT",
+        default: "pretty",
+        secret: false,
+        doc: "`pretty` or `json` (default `json` in production)",
+    },
+    Setting {
+        name: "LOG_LEVEL",
+        default: "info",
+        secret: false,
+        doc: "tracing filter, e.g. `info,mailing_jobs=debug`",
+    },
+    Setting {
+        name: "FAULT_INJECTION",
+        default: "false",
+        secret: false,
+        doc: "enable POST /admin/debug/crash/{component} (refused in production)",
+    },
+    Setting {
+        name: "HTTPS_ENABLED",
+        default: "false",
+        secret: false,
+        doc: "TLS termination in process (not built yet: terminate TLS in a proxy)",
+    },
+    Setting {
+        name: "HTTPS_PORT",
+        default: "8443",
+        secret: false,
+        doc: "HTTPS port",
+    },
+    Setting {
+        name: "FORCE_HTTPS",
+        default: "false",
+        secret: false,
+        doc: "send HSTS (set it when a TLS proxy is in front)",
+    },
+    Setting {
+        name: "SSL_CERT_FILE",
+        default: "certs/cert.pem",
+        secret: false,
+        doc: "TLS certificate",
+    },
+    Setting {
+        name: "SSL_KEY_FILE",
+        default: "certs/key.pem",
+        secret: false,
+        doc: "TLS key",
+    },
+    Setting {
+        name: "METRICS_ENABLED",
+        default: "true",
+        secret: false,
+        doc: "serve /metrics",
+    },
+    Setting {
+        name: "PROMETHEUS_PORT",
+        default: "",
+        secret: false,
+        doc: "reserved: a separate metrics port (observability issue)",
+    },
+    Setting {
+        name: "BACKUP_ENABLED",
+        default: "true",
+        secret: false,
+        doc: "reserved: scheduled backups (operations issue)",
+    },
+    Setting {
+        name: "BACKUP_SCHEDULE_HOURS",
+        default: "2,14",
+        secret: false,
+        doc: "reserved: backup hours",
+    },
+    Setting {
+        name: "BACKUP_RETENTION_DAYS",
+        default: "30",
+        secret: false,
+        doc: "reserved: backup retention",
+    },
 ];
 
 /// The effective configuration.
@@ -162,14 +413,29 @@ pub struct Config {
 
 /// Values that are never acceptable as secrets in production.
 const WEAK_SECRETS: &[&str] = &[
-    "secret", "changeme", "change-me", "password", "admin", "admin123", "your-secret-key",
-    "your-256-bit-secret", "development", "test", "mailing",
+    "secret",
+    "changeme",
+    "change-me",
+    "password",
+    "admin",
+    "admin123",
+    "your-secret-key",
+    "your-256-bit-secret",
+    "development",
+    "test",
+    "mailing",
 ];
 
 fn is_weak(value: &str) -> bool {
     let lower = value.to_ascii_lowercase();
-    WEAK_SECRETS.iter().any(|w| lower == *w || lower.contains("change") && lower.contains("me"))
-        || value.chars().collect::<std::collections::HashSet<_>>().len() < 6
+    WEAK_SECRETS
+        .iter()
+        .any(|w| lower == *w || lower.contains("change") && lower.contains("me"))
+        || value
+            .chars()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            < 6
 }
 
 struct Reader<'a> {
@@ -180,23 +446,27 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn text(&mut self, name: &'static str) -> Option<String> {
-        let v = (self.get)(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let v = (self.get)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty());
         self.raw.insert(name, v.clone());
         v
     }
 
     fn default_of(name: &str) -> &'static str {
-        SETTINGS.iter().find(|s| s.name == name).map(|s| s.default).unwrap_or_default()
+        SETTINGS
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| s.default)
+            .unwrap_or_default()
     }
 
     fn string(&mut self, name: &'static str) -> String {
-        self.text(name).unwrap_or_else(|| Self::default_of(name).to_owned())
+        self.text(name)
+            .unwrap_or_else(|| Self::default_of(name).to_owned())
     }
 
-    fn parse<T: std::str::FromStr>(&mut self, name: &'static str, what: &str) -> T
-    where
-        T: Default,
-    {
+    fn parse<T: std::str::FromStr + Default>(&mut self, name: &'static str, what: &str) -> T {
         let raw = self.string(name);
         raw.parse().unwrap_or_else(|_| {
             self.errors.push(format!("{name}={raw:?} is not {what}"));
@@ -209,15 +479,20 @@ impl Reader<'_> {
             "1" | "true" | "yes" | "on" => true,
             "0" | "false" | "no" | "off" => false,
             other => {
-                self.errors.push(format!("{name}={other:?} is not a boolean (true or false)"));
+                self.errors
+                    .push(format!("{name}={other:?} is not a boolean (true or false)"));
                 false
             }
         }
     }
 
-    fn positive<T: std::str::FromStr + Default + PartialOrd + From<u8>>(&mut self, name: &'static str) -> T {
+    fn positive<T: std::str::FromStr + Default + PartialOrd + From<u8>>(
+        &mut self,
+        name: &'static str,
+    ) -> T {
+        let before = self.errors.len();
         let v: T = self.parse(name, "a positive whole number");
-        if v < T::from(1) {
+        if self.errors.len() == before && v < T::from(1) {
             self.errors.push(format!("{name} must be at least 1"));
         }
         v
@@ -232,43 +507,65 @@ impl Config {
 
     /// Reads settings through `get` (tests pass a map).
     pub fn from_lookup(get: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut r = Reader { get, errors: Vec::new(), raw: BTreeMap::new() };
+        let mut r = Reader {
+            get,
+            errors: Vec::new(),
+            raw: BTreeMap::new(),
+        };
         let environment = match r.string("ENVIRONMENT").to_ascii_lowercase().as_str() {
             "development" | "dev" => Environment::Development,
             "production" | "prod" => Environment::Production,
             other => {
-                r.errors.push(format!("ENVIRONMENT={other:?} must be development or production"));
+                r.errors.push(format!(
+                    "ENVIRONMENT={other:?} must be development or production"
+                ));
                 Environment::Development
             }
         };
         let host = r.string("HTTP_HOST");
         let port: u16 = r.positive("HTTP_PORT");
-        let public_url = r.text("PUBLIC_URL").unwrap_or_else(|| format!("http://localhost:{port}"));
-        if url::Url::parse(&public_url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
-            r.errors.push(format!("PUBLIC_URL={public_url:?} must be an http(s) URL"));
+        let public_url = r
+            .text("PUBLIC_URL")
+            .unwrap_or_else(|| format!("http://localhost:{port}"));
+        if url::Url::parse(&public_url)
+            .map(|u| !matches!(u.scheme(), "http" | "https"))
+            .unwrap_or(true)
+        {
+            r.errors
+                .push(format!("PUBLIC_URL={public_url:?} must be an http(s) URL"));
         }
         let data_dir = PathBuf::from(r.string("DATA_DIR"));
-        let database_url = r.text("DATABASE_URL").unwrap_or_else(|| {
-            format!("sqlite://{}", data_dir.join("mailing.sqlite3").display())
-        });
-        if !["sqlite:", "postgres:", "postgresql:"].iter().any(|p| database_url.starts_with(p)) {
-            r.errors.push("DATABASE_URL must start with sqlite:// or postgres://".into());
+        let database_url = r
+            .text("DATABASE_URL")
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("mailing.sqlite3").display()));
+        if !["sqlite:", "postgres:", "postgresql:"]
+            .iter()
+            .any(|p| database_url.starts_with(p))
+        {
+            r.errors
+                .push("DATABASE_URL must start with sqlite:// or postgres://".into());
         }
         let redis_host = r.text("REDIS_HOST");
         let redis_port: u16 = r.positive("REDIS_PORT");
-        let redis_url = r.text("REDIS_URL").or_else(|| redis_host.map(|h| format!("redis://{h}:{redis_port}")));
+        let redis_url = r
+            .text("REDIS_URL")
+            .or_else(|| redis_host.map(|h| format!("redis://{h}:{redis_port}")));
         let auth_secret = r.text("AUTH_SECRET_KEY");
         let admin_username = r.string("ADMIN_USERNAME");
         let admin_password = r.text("ADMIN_PASSWORD");
         let access_ttl = Duration::from_secs(r.positive::<u64>("ACCESS_TOKEN_TTL"));
         let refresh_ttl = Duration::from_secs(r.positive::<u64>("REFRESH_TOKEN_TTL"));
-        let outbox_dir = r.text("OUTBOX_DIR").map(PathBuf::from).unwrap_or_else(|| data_dir.join("outbox"));
+        let outbox_dir = r
+            .text("OUTBOX_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("outbox"));
         let smtp_tls = match r.string("SMTP_TLS").to_ascii_lowercase().as_str() {
             "none" => SmtpTls::None,
             "starttls" => SmtpTls::Starttls,
             "tls" => SmtpTls::Tls,
             other => {
-                r.errors.push(format!("SMTP_TLS={other:?} must be none, starttls or tls"));
+                r.errors
+                    .push(format!("SMTP_TLS={other:?} must be none, starttls or tls"));
                 SmtpTls::Starttls
             }
         };
@@ -276,15 +573,17 @@ impl Config {
         let smtp_pool: u32 = r.positive("SMTP_POOL_SIZE");
         let smtp_user = r.text("SMTP_USERNAME");
         let smtp_pass = r.text("SMTP_PASSWORD");
-        let smtp = r.text("SMTP_HOST").map(|host| mailing_jobs::provider::smtp::SmtpConfig {
-            host,
-            port: smtp_port,
-            username: smtp_user,
-            password: smtp_pass,
-            tls: smtp_tls,
-            pool_size: smtp_pool,
-            timeout: Duration::from_secs(30),
-        });
+        let smtp = r
+            .text("SMTP_HOST")
+            .map(|host| mailing_jobs::provider::smtp::SmtpConfig {
+                host,
+                port: smtp_port,
+                username: smtp_user,
+                password: smtp_pass,
+                tls: smtp_tls,
+                pool_size: smtp_pool,
+                timeout: Duration::from_secs(30),
+            });
         let _ = r.text("RESEND_API_KEY");
         let _ = r.string("RESEND_API_URL");
         let batch_size: u32 = r.positive("BATCH_SIZE");
@@ -298,6 +597,7 @@ impl Config {
             heartbeat: Duration::from_secs(r.positive::<u64>("QUEUE_HEARTBEAT_SECS")),
             missed_heartbeats: r.positive("QUEUE_MISSED_HEARTBEATS"),
             fetch_batch: 10,
+            namespace: r.string("QUEUE_NAMESPACE"),
         };
         let claim_lease = Duration::from_secs(r.positive::<u64>("CLAIM_LEASE_SECS"));
         let retry_backoff = Duration::from_secs(r.positive::<u64>("RETRY_BACKOFF_SECS"));
@@ -314,7 +614,8 @@ impl Config {
             Some(f) if f == "json" => LogFormat::Json,
             Some(f) if f == "pretty" || f == "text" => LogFormat::Pretty,
             Some(f) => {
-                r.errors.push(format!("LOG_FORMAT={f:?} must be pretty or json"));
+                r.errors
+                    .push(format!("LOG_FORMAT={f:?} must be pretty or json"));
                 LogFormat::Pretty
             }
         };
@@ -326,7 +627,11 @@ impl Config {
         let _ = r.string("SSL_CERT_FILE");
         let _ = r.string("SSL_KEY_FILE");
         let metrics_enabled = r.bool("METRICS_ENABLED");
-        for reserved in ["PROMETHEUS_PORT", "BACKUP_SCHEDULE_HOURS", "BACKUP_RETENTION_DAYS"] {
+        for reserved in [
+            "PROMETHEUS_PORT",
+            "BACKUP_SCHEDULE_HOURS",
+            "BACKUP_RETENTION_DAYS",
+        ] {
             let _ = r.text(reserved);
         }
         let _ = r.bool("BACKUP_ENABLED");
@@ -354,8 +659,15 @@ impl Config {
                 ),
                 _ => {}
             }
+            if !public_url.starts_with("https://") {
+                r.errors.push(format!(
+                    "PUBLIC_URL={public_url:?} must be an https:// URL in production: \
+                     one-click unsubscribe links (RFC 8058) require HTTPS"
+                ));
+            }
             if fault_injection {
-                r.errors.push("FAULT_INJECTION must not be enabled in production".into());
+                r.errors
+                    .push("FAULT_INJECTION must not be enabled in production".into());
             }
             if https_enabled {
                 r.errors.push(
@@ -404,17 +716,37 @@ impl Config {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         for s in SETTINGS {
-            let (value, source) = match self.raw.get(s.name).cloned().flatten() {
-                Some(v) => (v, "env"),
-                None => (s.default.to_owned(), "default"),
+            let derived = match s.name {
+                "DATABASE_URL" => Some(self.database_url.clone()),
+                "PUBLIC_URL" => Some(self.public_url.clone()),
+                "OUTBOX_DIR" => Some(self.outbox_dir.display().to_string()),
+                "REDIS_URL" => self.redis_url.clone(),
+                _ => None,
             };
-            let shown = if s.secret && !value.is_empty() { mask(&value) } else { value };
+            let (value, source) = match (self.raw.get(s.name).cloned().flatten(), derived) {
+                (Some(v), _) => (v, "env"),
+                (None, Some(v)) if v != s.default => (v, "derived"),
+                (None, _) => (s.default.to_owned(), "default"),
+            };
+            let shown = if s.secret && !value.is_empty() {
+                mask_setting(s.name, &value)
+            } else {
+                value
+            };
             out.push_str(&format!("{:<26} {:<40} ({source})\n", s.name, shown));
         }
         out.push_str(&format!(
             "\neffective: store={} queue={} providers=file{} http={}\n",
-            if self.database_url.starts_with("sqlite") { "sqlite" } else { "postgres" },
-            if self.redis_url.is_some() { "redis" } else { "sqlite" },
+            if self.database_url.starts_with("sqlite") {
+                "sqlite"
+            } else {
+                "postgres"
+            },
+            if self.redis_url.is_some() {
+                "redis"
+            } else {
+                "sqlite"
+            },
             if self.smtp.is_some() { ",smtp" } else { "" },
             self.http_addr,
         ));
@@ -426,23 +758,33 @@ impl Config {
 pub fn docs_table() -> String {
     let mut out = String::from("| Variable | Default | Meaning |\n| --- | --- | --- |\n");
     for s in SETTINGS {
-        let default = if s.default.is_empty() { "(unset)".to_owned() } else { format!("`{}`", s.default) };
+        let default = if s.default.is_empty() {
+            "(unset)".to_owned()
+        } else {
+            format!("`{}`", s.default)
+        };
         out.push_str(&format!("| `{}` | {} | {} |\n", s.name, default, s.doc));
     }
     out
 }
 
-/// Masks a secret: URLs keep their scheme and host, other values show nothing.
-pub fn mask(value: &str) -> String {
-    match url::Url::parse(value) {
-        Ok(mut u) if u.has_host() => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
-            }
-            u.to_string()
+/// Masks a secret for display. Connection URLs (`*_URL`) keep everything but their
+/// password; any other secret shows as `***`.
+pub fn mask_setting(name: &str, value: &str) -> String {
+    if name.ends_with("_URL")
+        && let Ok(mut u) = url::Url::parse(value)
+    {
+        if u.password().is_some() {
+            let _ = u.set_password(Some("***"));
         }
-        _ => "***".into(),
+        return u.to_string();
     }
+    "***".into()
+}
+
+/// Masks a connection URL's password (for error messages).
+pub fn mask(url: &str) -> String {
+    mask_setting("URL", url)
 }
 
 #[cfg(test)]
@@ -450,7 +792,10 @@ mod tests {
     use super::*;
 
     fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: BTreeMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(&move |k| map.get(k).cloned())
     }
 
@@ -466,9 +811,17 @@ mod tests {
 
     #[test]
     fn production_refuses_missing_secrets_and_names_them() {
-        let err = config(&[("ENVIRONMENT", "production")]).unwrap_err().to_string();
-        assert!(err.contains("AUTH_SECRET_KEY is required in production"), "{err}");
-        assert!(err.contains("ADMIN_PASSWORD is required in production"), "{err}");
+        let err = config(&[("ENVIRONMENT", "production")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("AUTH_SECRET_KEY is required in production"),
+            "{err}"
+        );
+        assert!(
+            err.contains("ADMIN_PASSWORD is required in production"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -488,8 +841,12 @@ mod tests {
     fn production_accepts_strong_secrets() {
         let c = config(&[
             ("ENVIRONMENT", "production"),
-            ("AUTH_SECRET_KEY", "q8Zx1vR4mT7pL0sW3eY6uI9oA2dF5gH8jK1lZ4xC7vB0nM3"),
+            (
+                "AUTH_SECRET_KEY",
+                "q8Zx1vR4mT7pL0sW3eY6uI9oA2dF5gH8jK1lZ4xC7vB0nM3",
+            ),
             ("ADMIN_PASSWORD", "a-long-Unusual-passphrase-42"),
+            ("PUBLIC_URL", "https://mail.example.com"),
         ])
         .unwrap();
         assert_eq!(c.log_format, LogFormat::Json);
@@ -497,9 +854,40 @@ mod tests {
 
     #[test]
     fn every_bad_value_is_reported_at_once() {
-        let err = config(&[("HTTP_PORT", "eighty"), ("SMTP_TLS", "maybe"), ("BATCH_SIZE", "0")])
-            .unwrap_err();
+        let err = config(&[
+            ("HTTP_PORT", "eighty"),
+            ("SMTP_TLS", "maybe"),
+            ("BATCH_SIZE", "0"),
+        ])
+        .unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn description_shows_values_derived_from_other_settings() {
+        let c = config(&[("HTTP_PORT", "9000"), ("DATA_DIR", "/srv/mailing")]).unwrap();
+        let text = c.describe();
+        assert!(text.contains("http://localhost:9000"), "{text}");
+        assert!(text.contains("/srv/mailing/outbox"), "{text}");
+        assert!(
+            text.contains("sqlite:///srv/mailing/mailing.sqlite3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn production_requires_an_https_public_url() {
+        let err = config(&[
+            ("ENVIRONMENT", "production"),
+            (
+                "AUTH_SECRET_KEY",
+                "q8Zx1vR4mT7pL0sW3eY6uI9oA2dF5gH8jK1lZ4xC7vB0nM3",
+            ),
+            ("ADMIN_PASSWORD", "a-long-Unusual-passphrase-42"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("PUBLIC_URL") && err.contains("https"), "{err}");
     }
 
     #[test]

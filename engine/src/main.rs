@@ -16,7 +16,7 @@ use crate::config::Config;
 
 /// A self-hosted email campaign engine.
 #[derive(Debug, Parser)]
-#[command(name = "mailing", version, about, long_about = None)]
+#[command(name = "mailing", version, about = "Mailing: a self-hosted email campaign engine", long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -49,7 +49,10 @@ enum ConfigAction {
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     let store = app::open_store(config).await?;
-    println!("database is at the latest schema ({} migrations)", store.migration_count());
+    println!(
+        "database is at the latest schema ({} migrations)",
+        store.migration_count()
+    );
     store.close().await;
     Ok(())
 }
@@ -62,7 +65,10 @@ fn main() -> ExitCode {
         eprintln!("error: cannot read .env: {e}");
         return ExitCode::from(2);
     }
-    if let Some(Command::Config { action: ConfigAction::Docs }) = &cli.command {
+    if let Some(Command::Config {
+        action: ConfigAction::Docs,
+    }) = &cli.command
+    {
         print!("{}", config::docs_table());
         return ExitCode::SUCCESS;
     }
@@ -80,7 +86,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     telemetry::init(&config);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

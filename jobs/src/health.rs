@@ -74,8 +74,11 @@ impl HealthRegistry {
 
     /// Whether every component is running (or deliberately stopped).
     pub fn all_running(&self) -> bool {
-        self.snapshot()
-            .values()
-            .all(|c| matches!(c.status, ComponentStatus::Running | ComponentStatus::Stopped))
+        self.snapshot().values().all(|c| {
+            matches!(
+                c.status,
+                ComponentStatus::Running | ComponentStatus::Stopped
+            )
+        })
     }
 }

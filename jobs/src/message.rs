@@ -56,15 +56,23 @@ fn mailbox(field: &'static str, value: &str) -> Result<Mailbox, MessageError> {
 
 /// Checks a header address such as `Shop <news@shop.example>`; the error says why not.
 pub fn check_mailbox(value: &str) -> Result<(), String> {
-    value.parse::<Mailbox>().map(|_| ()).map_err(|e| e.to_string())
+    value
+        .parse::<Mailbox>()
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Builds the message. The domain of the Message-ID is the sender's domain.
 pub fn build(envelope: &Envelope<'_>, body: &Rendered) -> Result<Message, MessageError> {
     let from = mailbox("from", envelope.from)?;
-    let to_address = envelope.to_email.parse().map_err(|e: lettre::address::AddressError| {
-        MessageError::Address { field: "to", value: envelope.to_email.into(), reason: e.to_string() }
-    })?;
+    let to_address = envelope
+        .to_email
+        .parse()
+        .map_err(|e: lettre::address::AddressError| MessageError::Address {
+            field: "to",
+            value: envelope.to_email.into(),
+            reason: e.to_string(),
+        })?;
     let to = Mailbox::new(envelope.to_name.map(str::to_owned), to_address);
     let domain = from.email.domain().to_owned();
     let mut builder = Message::builder()
@@ -95,7 +103,11 @@ pub fn build(envelope: &Envelope<'_>, body: &Rendered) -> Result<Message, Messag
     let message = match &body.text {
         Some(text) => builder.multipart(
             MultiPart::alternative()
-                .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text.clone()))
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(text.clone()),
+                )
                 .singlepart(html),
         ),
         None => builder.singlepart(html),
@@ -120,12 +132,17 @@ mod tests {
     }
 
     fn body() -> Rendered {
-        Rendered { subject: "Hello Ann".into(), html: "<p>Hi</p>".into(), text: Some("Hi".into()) }
+        Rendered {
+            subject: "Hello Ann".into(),
+            html: "<p>Hi</p>".into(),
+            text: Some("Hi".into()),
+        }
     }
 
     #[test]
     fn message_carries_one_click_unsubscribe_and_a_stable_message_id() {
         let raw = String::from_utf8(build(&envelope(), &body()).unwrap().formatted()).unwrap();
+        let raw = raw.replace("\r\n ", " ");
         assert!(raw.contains("Message-ID: <abc123@shop.example>"), "{raw}");
         assert!(raw.contains(
             "List-Unsubscribe: <https://m.example/unsubscribe/tok>, <mailto:unsub@shop.example>"

@@ -185,7 +185,10 @@ mod tests {
     #[test]
     fn unknown_role_names_the_expected_values() {
         let err = "root".parse::<Role>().unwrap_err().to_string();
-        assert_eq!(err, "unknown Role 'root': expected one of admin, editor, viewer");
+        assert_eq!(
+            err,
+            "unknown Role 'root': expected one of admin, editor, viewer"
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ pub struct UnsubscribeSigner {
 
 impl std::fmt::Debug for UnsubscribeSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UnsubscribeSigner").field("public_url", &self.public_url).finish()
+        f.debug_struct("UnsubscribeSigner")
+            .field("public_url", &self.public_url)
+            .finish()
     }
 }
 
@@ -32,7 +34,10 @@ impl UnsubscribeSigner {
     /// A signer whose key is derived from `secret`, building links under `public_url`.
     pub fn new(secret: &str, public_url: &str) -> Self {
         let key: [u8; 32] = Sha256::digest(format!("mailing:unsubscribe:{secret}")).into();
-        UnsubscribeSigner { key, public_url: public_url.trim_end_matches('/').to_owned() }
+        UnsubscribeSigner {
+            key,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+        }
     }
 
     fn mac(&self, payload: &str) -> Hmac<Sha256> {
@@ -51,7 +56,11 @@ impl UnsubscribeSigner {
 
     /// The full one-click URL.
     pub fn url(&self, campaign_id: i64, subscriber_id: i64) -> String {
-        format!("{}/unsubscribe/{}", self.public_url, self.token(campaign_id, subscriber_id))
+        format!(
+            "{}/unsubscribe/{}",
+            self.public_url,
+            self.token(campaign_id, subscriber_id)
+        )
     }
 
     /// Checks a token in constant time and returns (campaign id, subscriber id).
@@ -60,12 +69,21 @@ impl UnsubscribeSigner {
             return Err(TokenError::Invalid);
         }
         let (payload, sig) = token.split_once('.').ok_or(TokenError::Invalid)?;
-        let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Invalid)?;
-        self.mac(payload).verify_slice(&sig).map_err(|_| TokenError::Invalid)?;
-        let decoded = URL_SAFE_NO_PAD.decode(payload).map_err(|_| TokenError::Invalid)?;
+        let sig = URL_SAFE_NO_PAD
+            .decode(sig)
+            .map_err(|_| TokenError::Invalid)?;
+        self.mac(payload)
+            .verify_slice(&sig)
+            .map_err(|_| TokenError::Invalid)?;
+        let decoded = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| TokenError::Invalid)?;
         let text = String::from_utf8(decoded).map_err(|_| TokenError::Invalid)?;
         let (c, s) = text.split_once('.').ok_or(TokenError::Invalid)?;
-        Ok((c.parse().map_err(|_| TokenError::Invalid)?, s.parse().map_err(|_| TokenError::Invalid)?))
+        Ok((
+            c.parse().map_err(|_| TokenError::Invalid)?,
+            s.parse().map_err(|_| TokenError::Invalid)?,
+        ))
     }
 }
 
@@ -78,9 +96,16 @@ mod tests {
         let s = UnsubscribeSigner::new("secret", "https://m.example/");
         let t = s.token(7, 42);
         assert_eq!(s.verify(&t), Ok((7, 42)));
-        let forged = format!("{}.{}", URL_SAFE_NO_PAD.encode("7.43"), t.split_once('.').unwrap().1);
+        let forged = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode("7.43"),
+            t.split_once('.').unwrap().1
+        );
         assert_eq!(s.verify(&forged), Err(TokenError::Invalid));
-        assert_eq!(UnsubscribeSigner::new("other", "x").verify(&t), Err(TokenError::Invalid));
+        assert_eq!(
+            UnsubscribeSigner::new("other", "x").verify(&t),
+            Err(TokenError::Invalid)
+        );
         assert!(s.url(7, 42).starts_with("https://m.example/unsubscribe/"));
     }
 }

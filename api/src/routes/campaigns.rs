@@ -68,14 +68,22 @@ async fn validate(state: &AppState, input: CampaignInput) -> ApiResult<NewCampai
     };
     match state.store.template(input.template_id).await {
         Ok(_) => {}
-        Err(StoreError::NotFound(_)) => errors.push(FieldError::new("template_id", "no template has this id")),
+        Err(StoreError::NotFound(_)) => {
+            errors.push(FieldError::new("template_id", "no template has this id"))
+        }
         Err(e) => return Err(e.into()),
     }
     if input.list_ids.is_empty() || input.list_ids.len() > MAX_LISTS {
-        errors.push(FieldError::new("list_ids", format!("name 1 to {MAX_LISTS} lists")));
+        errors.push(FieldError::new(
+            "list_ids",
+            format!("name 1 to {MAX_LISTS} lists"),
+        ));
     } else {
         for missing in state.store.missing_lists(&input.list_ids).await? {
-            errors.push(FieldError::new("list_ids", format!("no list has id {missing}")));
+            errors.push(FieldError::new(
+                "list_ids",
+                format!("no list has id {missing}"),
+            ));
         }
     }
     if let Err(e) = mailing_jobs::message::check_mailbox(&input.from) {
@@ -84,7 +92,10 @@ async fn validate(state: &AppState, input: CampaignInput) -> ApiResult<NewCampai
     if let Some(r) = &input.reply_to
         && let Err(e) = mailing_jobs::message::check_mailbox(r)
     {
-        errors.push(FieldError::new("reply_to", format!("not a valid address: {e}")));
+        errors.push(FieldError::new(
+            "reply_to",
+            format!("not a valid address: {e}"),
+        ));
     }
     let provider = input.provider.unwrap_or_else(|| "file".into());
     if let Err(e) = state.providers.by_name(&provider) {
@@ -94,10 +105,16 @@ async fn validate(state: &AppState, input: CampaignInput) -> ApiResult<NewCampai
         ));
     }
     if input.plugins.len() > MAX_PLUGINS {
-        errors.push(FieldError::new("plugins", format!("at most {MAX_PLUGINS} plugins")));
+        errors.push(FieldError::new(
+            "plugins",
+            format!("at most {MAX_PLUGINS} plugins"),
+        ));
     }
     if !input.plugins.is_empty() {
-        errors.push(FieldError::new("plugins", "no plugin is registered on this server yet"));
+        errors.push(FieldError::new(
+            "plugins",
+            "no plugin is registered on this server yet",
+        ));
     }
     if let Some(at) = input.send_at
         && at.timestamp_millis() < chrono::Utc::now().timestamp_millis() - 60_000
@@ -105,7 +122,11 @@ async fn validate(state: &AppState, input: CampaignInput) -> ApiResult<NewCampai
         errors.push(FieldError::new("send_at", "is in the past"));
     }
     if !errors.is_empty() {
-        let detail = errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
         return Err(ApiError::Validation { detail, errors });
     }
     Ok(NewCampaign {
@@ -131,9 +152,15 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     let row = state.store.create_campaign(&new).await?;
     state
         .store
-        .audit(&who.username, "campaign.create", Some(&format!("campaign:{}", row.id)), &serde_json::json!({}))
+        .audit(
+            &who.username,
+            "campaign.create",
+            Some(&format!("campaign:{}", row.id)),
+            &serde_json::json!({}),
+        )
         .await?;
-    res.status_code(StatusCode::CREATED).render(Json(campaign_json(&state, &row).await?));
+    res.status_code(StatusCode::CREATED)
+        .render(Json(campaign_json(&state, &row).await?));
     Ok(())
 }
 
@@ -168,16 +195,32 @@ fn accepted(res: &mut Response, id: i64, status: CampaignStatus) {
 }
 
 fn conflict(row: &CampaignRow, action: &str) -> ApiError {
-    ApiError::Conflict(format!("campaign {} is {}; it cannot be {action}", row.id, row.status))
+    ApiError::Conflict(format!(
+        "campaign {} is {}; it cannot be {action}",
+        row.id, row.status
+    ))
 }
 
 /// Moves a campaign to running and enqueues its plan job; reverts when the queue fails.
 pub async fn start(state: &AppState, row: &CampaignRow, from: CampaignStatus) -> ApiResult<bool> {
-    if !state.store.transition_campaign(row.id, &[from], CampaignStatus::Running, None).await? {
+    if !state
+        .store
+        .transition_campaign(row.id, &[from], CampaignStatus::Running, None)
+        .await?
+    {
         return Ok(false);
     }
-    if let Err(e) = state.queue.push_plan(PlanCampaign { campaign_id: row.id }).await {
-        state.store.revert_campaign(row.id, CampaignStatus::Running, from).await?;
+    if let Err(e) = state
+        .queue
+        .push_plan(PlanCampaign {
+            campaign_id: row.id,
+        })
+        .await
+    {
+        state
+            .store
+            .revert_campaign(row.id, CampaignStatus::Running, from)
+            .await?;
         return Err(e.into());
     }
     Ok(true)
@@ -195,7 +238,13 @@ pub async fn send(req: &mut Request, depot: &mut Depot, res: &mut Response) -> A
         return Err(conflict(&row, "sent"));
     }
     if state.providers.by_name(&row.provider).is_err() {
-        return Err(ApiError::field("provider", format!("provider '{}' is not configured on this server", row.provider)));
+        return Err(ApiError::field(
+            "provider",
+            format!(
+                "provider '{}' is not configured on this server",
+                row.provider
+            ),
+        ));
     }
     if state.store.audience_page(row.id, 0, 1).await?.is_empty() {
         return Err(ApiError::field(
@@ -205,7 +254,11 @@ pub async fn send(req: &mut Request, depot: &mut Depot, res: &mut Response) -> A
     }
     let now = chrono::Utc::now().timestamp_millis();
     let next = if row.send_at.is_some_and(|at| at > now) {
-        if !state.store.transition_campaign(row.id, &[status], CampaignStatus::Scheduled, None).await? {
+        if !state
+            .store
+            .transition_campaign(row.id, &[status], CampaignStatus::Scheduled, None)
+            .await?
+        {
             return Err(conflict(&row, "scheduled"));
         }
         CampaignStatus::Scheduled
@@ -217,7 +270,12 @@ pub async fn send(req: &mut Request, depot: &mut Depot, res: &mut Response) -> A
     };
     state
         .store
-        .audit(&who.username, "campaign.send", Some(&format!("campaign:{}", row.id)), &serde_json::json!({"status": next}))
+        .audit(
+            &who.username,
+            "campaign.send",
+            Some(&format!("campaign:{}", row.id)),
+            &serde_json::json!({"status": next}),
+        )
         .await?;
     accepted(res, row.id, next);
     Ok(())
@@ -230,10 +288,27 @@ pub async fn pause(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
     let who = principal(depot)?;
     who.require(Role::Editor)?;
     let row = state.store.campaign(path_id(req, "id")?).await?;
-    if !state.store.transition_campaign(row.id, &[CampaignStatus::Running], CampaignStatus::Paused, None).await? {
+    if !state
+        .store
+        .transition_campaign(
+            row.id,
+            &[CampaignStatus::Running],
+            CampaignStatus::Paused,
+            None,
+        )
+        .await?
+    {
         return Err(conflict(&row, "paused"));
     }
-    state.store.audit(&who.username, "campaign.pause", Some(&format!("campaign:{}", row.id)), &serde_json::json!({})).await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "campaign.pause",
+            Some(&format!("campaign:{}", row.id)),
+            &serde_json::json!({}),
+        )
+        .await?;
     accepted(res, row.id, CampaignStatus::Paused);
     Ok(())
 }
@@ -248,7 +323,15 @@ pub async fn resume(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     if !start(&state, &row, CampaignStatus::Paused).await? {
         return Err(conflict(&row, "resumed"));
     }
-    state.store.audit(&who.username, "campaign.resume", Some(&format!("campaign:{}", row.id)), &serde_json::json!({})).await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "campaign.resume",
+            Some(&format!("campaign:{}", row.id)),
+            &serde_json::json!({}),
+        )
+        .await?;
     accepted(res, row.id, CampaignStatus::Running);
     Ok(())
 }
@@ -260,12 +343,32 @@ pub async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     let who = principal(depot)?;
     who.require(Role::Editor)?;
     let row = state.store.campaign(path_id(req, "id")?).await?;
-    let from = [CampaignStatus::Draft, CampaignStatus::Scheduled, CampaignStatus::Running, CampaignStatus::Paused];
-    if !state.store.transition_campaign(row.id, &from, CampaignStatus::Cancelled, None).await? {
+    let from = [
+        CampaignStatus::Draft,
+        CampaignStatus::Scheduled,
+        CampaignStatus::Running,
+        CampaignStatus::Paused,
+    ];
+    if !state
+        .store
+        .transition_campaign(row.id, &from, CampaignStatus::Cancelled, None)
+        .await?
+    {
         return Err(conflict(&row, "cancelled"));
     }
-    state.store.skip_pending(row.id, "campaign cancelled").await?;
-    state.store.audit(&who.username, "campaign.cancel", Some(&format!("campaign:{}", row.id)), &serde_json::json!({})).await?;
+    state
+        .store
+        .skip_pending(row.id, "campaign cancelled")
+        .await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "campaign.cancel",
+            Some(&format!("campaign:{}", row.id)),
+            &serde_json::json!({}),
+        )
+        .await?;
     accepted(res, row.id, CampaignStatus::Cancelled);
     Ok(())
 }

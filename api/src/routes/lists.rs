@@ -3,12 +3,12 @@
 use salvo::prelude::*;
 use serde::Deserialize;
 
-use super::{json_body, pagination, path_id, required_text, JSON_LIMIT};
+use super::{JSON_LIMIT, json_body, pagination, path_id, required_text};
 use crate::auth::principal;
 use crate::problem::{ApiError, ApiResult, parse_error};
 use crate::state::from_depot;
-use mailing_jobs::store::subscribers::NewSubscriber;
 use mailing_jobs::Role;
+use mailing_jobs::store::subscribers::NewSubscriber;
 
 /// The largest subscriber import body (JSON or CSV).
 pub const IMPORT_LIMIT: usize = 8 * 1024 * 1024;
@@ -33,15 +33,26 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     let name = required_text("name", &body.name, 200)?;
     let description = match body.description.as_deref().map(str::trim) {
         Some(d) if d.chars().count() > 2000 => {
-            return Err(ApiError::field("description", "must be at most 2000 characters"));
+            return Err(ApiError::field(
+                "description",
+                "must be at most 2000 characters",
+            ));
         }
         Some("") | None => None,
         Some(d) => Some(d.to_owned()),
     };
-    let list = state.store.create_list(&name, description.as_deref()).await?;
+    let list = state
+        .store
+        .create_list(&name, description.as_deref())
+        .await?;
     state
         .store
-        .audit(&who.username, "list.create", Some(&format!("list:{}", list.id)), &serde_json::json!({}))
+        .audit(
+            &who.username,
+            "list.create",
+            Some(&format!("list:{}", list.id)),
+            &serde_json::json!({}),
+        )
         .await?;
     res.status_code(StatusCode::CREATED).render(Json(list));
     Ok(())
@@ -52,19 +63,26 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
 pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
     let state = from_depot(depot)?;
     let (after, limit) = pagination(req)?;
-    Ok(Json(serde_json::json!(state.store.lists(after, limit).await?)))
+    Ok(Json(serde_json::json!(
+        state.store.lists(after, limit).await?
+    )))
 }
 
 /// `GET /api/v1/lists/{id}`.
 #[handler]
 pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
     let state = from_depot(depot)?;
-    Ok(Json(serde_json::json!(state.store.list(path_id(req, "id")?).await?)))
+    Ok(Json(serde_json::json!(
+        state.store.list(path_id(req, "id")?).await?
+    )))
 }
 
 /// `GET /api/v1/lists/{id}/subscribers`.
 #[handler]
-pub async fn subscribers(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+pub async fn subscribers(
+    req: &mut Request,
+    depot: &mut Depot,
+) -> ApiResult<Json<serde_json::Value>> {
     let state = from_depot(depot)?;
     let id = path_id(req, "id")?;
     state.store.list(id).await?;
@@ -91,7 +109,10 @@ pub async fn subscribers(req: &mut Request, depot: &mut Depot) -> ApiResult<Json
 /// Parses a CSV body with a header row: `email` (required), `name`, and any other
 /// column becomes an attribute.
 fn parse_csv(bytes: &[u8]) -> ApiResult<Vec<NewSubscriber>> {
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).flexible(false).from_reader(bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(false)
+        .from_reader(bytes);
     let headers = reader
         .headers()
         .map_err(|e| ApiError::BadRequest(format!("the CSV header row cannot be read: {e}")))?
@@ -99,7 +120,9 @@ fn parse_csv(bytes: &[u8]) -> ApiResult<Vec<NewSubscriber>> {
     let email_col = headers
         .iter()
         .position(|h| h.eq_ignore_ascii_case("email"))
-        .ok_or_else(|| ApiError::field("email", "the CSV header row must have an `email` column"))?;
+        .ok_or_else(|| {
+            ApiError::field("email", "the CSV header row must have an `email` column")
+        })?;
     let name_col = headers.iter().position(|h| h.eq_ignore_ascii_case("name"));
     let mut rows = Vec::new();
     for (i, record) in reader.records().enumerate() {
@@ -125,7 +148,11 @@ fn parse_csv(bytes: &[u8]) -> ApiResult<Vec<NewSubscriber>> {
 /// `POST /api/v1/lists/{id}/subscribers`: a JSON array of subscribers, or `text/csv`.
 /// Valid rows are written in one transaction; invalid ones are reported per row.
 #[handler]
-pub async fn add_subscribers(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+pub async fn add_subscribers(
+    req: &mut Request,
+    depot: &mut Depot,
+    res: &mut Response,
+) -> ApiResult<()> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
@@ -134,7 +161,10 @@ pub async fn add_subscribers(req: &mut Request, depot: &mut Depot, res: &mut Res
         .content_type()
         .is_some_and(|m| m.type_() == "text" && m.subtype() == "csv");
     let rows: Vec<NewSubscriber> = if is_csv {
-        let bytes = req.payload_with_max_size(IMPORT_LIMIT).await.map_err(|e| parse_error(e, IMPORT_LIMIT))?;
+        let bytes = req
+            .payload_with_max_size(IMPORT_LIMIT)
+            .await
+            .map_err(|e| parse_error(e, IMPORT_LIMIT))?;
         parse_csv(bytes)?
     } else {
         json_body(req, IMPORT_LIMIT).await?
@@ -143,7 +173,10 @@ pub async fn add_subscribers(req: &mut Request, depot: &mut Depot, res: &mut Res
         return Err(ApiError::field("body", "send at least one subscriber"));
     }
     if rows.len() > IMPORT_MAX_ROWS {
-        return Err(ApiError::field("body", format!("send at most {IMPORT_MAX_ROWS} subscribers per request")));
+        return Err(ApiError::field(
+            "body",
+            format!("send at most {IMPORT_MAX_ROWS} subscribers per request"),
+        ));
     }
     let report = state.store.add_subscribers(id, &rows).await?;
     state
@@ -173,6 +206,9 @@ mod tests {
 
     #[test]
     fn csv_without_email_column_is_refused() {
-        assert!(matches!(parse_csv(b"name\nAnn\n"), Err(ApiError::Validation { .. })));
+        assert!(matches!(
+            parse_csv(b"name\nAnn\n"),
+            Err(ApiError::Validation { .. })
+        ));
     }
 }

@@ -58,7 +58,12 @@ pub fn pagination(req: &Request) -> ApiResult<(i64, u32)> {
         None => DEFAULT_PAGE,
         Some(raw) => match raw.parse::<u32>() {
             Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
-            _ => return Err(ApiError::field("limit", format!("must be between 1 and {MAX_PAGE}"))),
+            _ => {
+                return Err(ApiError::field(
+                    "limit",
+                    format!("must be between 1 and {MAX_PAGE}"),
+                ));
+            }
         },
     };
     Ok((after, limit))
@@ -71,7 +76,10 @@ pub fn required_text(field: &str, value: &str, max: usize) -> ApiResult<String> 
         return Err(ApiError::field(field, "must not be empty"));
     }
     if v.chars().count() > max {
-        return Err(ApiError::field(field, format!("must be at most {max} characters")));
+        return Err(ApiError::field(
+            field,
+            format!("must be at most {max} characters"),
+        ));
     }
     Ok(v.to_owned())
 }

@@ -11,17 +11,31 @@ use salvo::prelude::*;
 use crate::auth::principal;
 use crate::problem::{ApiError, ApiResult};
 use crate::state::from_depot;
-use mailing_jobs::health::ComponentStatus;
 use mailing_jobs::Role;
+use mailing_jobs::health::ComponentStatus;
 
-/// `GET /health`: answers 200 while the process serves; `status` is `degraded` when a
-/// supervised component is not running.
+/// `GET /health`: cheap liveness. 200 with `status: ok` when every supervised
+/// component runs, `degraded` (still 200) while one is being restarted, and 503
+/// `failed` when a component exceeded its restart limit and was given up.
 #[handler]
-pub async fn health(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+pub async fn health(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     let state = from_depot(depot)?;
     let components = state.health.snapshot();
-    let status = if state.health.all_running() { "ok" } else { "degraded" };
-    Ok(Json(serde_json::json!({ "status": status, "components": components })))
+    let failed = components
+        .values()
+        .any(|c| c.status == ComponentStatus::Failed);
+    let status = if failed {
+        res.status_code(StatusCode::SERVICE_UNAVAILABLE);
+        "failed"
+    } else if state.health.all_running() {
+        "ok"
+    } else {
+        "degraded"
+    };
+    res.render(Json(
+        serde_json::json!({ "status": status, "components": components }),
+    ));
+    Ok(())
 }
 
 /// `GET /health/ready`: checks the database and the queue; 503 when either fails.
@@ -87,7 +101,15 @@ pub async fn cache_clear(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>
     let who = principal(depot)?;
     who.require(Role::Admin)?;
     let cleared = state.renderer.clear();
-    state.store.audit(&who.username, "cache.clear", None, &serde_json::json!({"cleared": cleared})).await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "cache.clear",
+            None,
+            &serde_json::json!({"cleared": cleared}),
+        )
+        .await?;
     Ok(Json(serde_json::json!({ "cleared": cleared })))
 }
 
@@ -104,9 +126,13 @@ pub async fn crash(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
         .ok_or_else(|| ApiError::NotFound("fault injection is disabled".into()))?;
     if !injector(&name) {
         let known: Vec<String> = state.health.snapshot().into_keys().collect();
-        return Err(ApiError::NotFound(format!("no component named '{name}'; known: {}", known.join(", "))));
+        return Err(ApiError::NotFound(format!(
+            "no component named '{name}'; known: {}",
+            known.join(", ")
+        )));
     }
-    res.status_code(StatusCode::ACCEPTED).render(Json(serde_json::json!({ "crashed": name })));
+    res.status_code(StatusCode::ACCEPTED)
+        .render(Json(serde_json::json!({ "crashed": name })));
     Ok(())
 }
 
@@ -123,31 +149,57 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     let state = from_depot(depot)?;
     let mut out = String::new();
     let cache = state.renderer.stats();
-    let _ = writeln!(out, "# HELP mailing_template_cache_hits_total Template cache lookups answered from the cache.");
+    let _ = writeln!(
+        out,
+        "# HELP mailing_template_cache_hits_total Template cache lookups answered from the cache."
+    );
     let _ = writeln!(out, "# TYPE mailing_template_cache_hits_total counter");
     let _ = writeln!(out, "mailing_template_cache_hits_total {}", cache.hits);
-    let _ = writeln!(out, "# HELP mailing_template_cache_misses_total Template cache lookups that compiled the template.");
+    let _ = writeln!(
+        out,
+        "# HELP mailing_template_cache_misses_total Template cache lookups that compiled the template."
+    );
     let _ = writeln!(out, "# TYPE mailing_template_cache_misses_total counter");
     let _ = writeln!(out, "mailing_template_cache_misses_total {}", cache.misses);
-    let _ = writeln!(out, "# HELP mailing_template_cache_entries Compiled templates held.");
+    let _ = writeln!(
+        out,
+        "# HELP mailing_template_cache_entries Compiled templates held."
+    );
     let _ = writeln!(out, "# TYPE mailing_template_cache_entries gauge");
     let _ = writeln!(out, "mailing_template_cache_entries {}", cache.size);
     if let Ok((plan, send)) = state.queue.depth().await {
-        let _ = writeln!(out, "# HELP mailing_queue_depth_jobs Jobs waiting per stage.");
+        let _ = writeln!(
+            out,
+            "# HELP mailing_queue_depth_jobs Jobs waiting per stage."
+        );
         let _ = writeln!(out, "# TYPE mailing_queue_depth_jobs gauge");
         let _ = writeln!(out, "mailing_queue_depth_jobs{{stage=\"plan\"}} {plan}");
         let _ = writeln!(out, "mailing_queue_depth_jobs{{stage=\"send\"}} {send}");
     }
     let components = state.health.snapshot();
-    let _ = writeln!(out, "# HELP mailing_actor_restarts_total Restarts of each supervised component.");
+    let _ = writeln!(
+        out,
+        "# HELP mailing_actor_restarts_total Restarts of each supervised component."
+    );
     let _ = writeln!(out, "# TYPE mailing_actor_restarts_total counter");
     for (name, c) in &components {
-        let _ = writeln!(out, "mailing_actor_restarts_total{{actor=\"{name}\"}} {}", c.restarts);
+        let _ = writeln!(
+            out,
+            "mailing_actor_restarts_total{{actor=\"{name}\"}} {}",
+            c.restarts
+        );
     }
-    let _ = writeln!(out, "# HELP mailing_actor_up Whether each supervised component is running.");
+    let _ = writeln!(
+        out,
+        "# HELP mailing_actor_up Whether each supervised component is running."
+    );
     let _ = writeln!(out, "# TYPE mailing_actor_up gauge");
     for (name, c) in &components {
-        let _ = writeln!(out, "mailing_actor_up{{actor=\"{name}\"}} {}", status_value(c.status));
+        let _ = writeln!(
+            out,
+            "mailing_actor_up{{actor=\"{name}\"}} {}",
+            status_value(c.status)
+        );
     }
     res.headers_mut().insert(
         salvo::http::header::CONTENT_TYPE,
@@ -156,4 +208,3 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     res.render(out);
     Ok(())
 }
-

@@ -25,14 +25,24 @@ struct NewTemplate {
 
 fn render_problem(err: RenderError) -> ApiError {
     let field = match &err {
-        RenderError::Parse { field, .. } | RenderError::TooLarge { field } | RenderError::Render { field, .. } => *field,
+        RenderError::Parse { field, .. }
+        | RenderError::TooLarge { field }
+        | RenderError::Render { field, .. } => *field,
     };
     let message = err.to_string();
     let mut fe = FieldError::new(field, message.clone());
-    if let RenderError::Parse { line, message: parser, .. } = &err {
+    if let RenderError::Parse {
+        line,
+        message: parser,
+        ..
+    } = &err
+    {
         fe.message = format!("line {line}: {parser}");
     }
-    ApiError::Validation { detail: format!("the template does not parse: {message}"), errors: vec![fe] }
+    ApiError::Validation {
+        detail: format!("the template does not parse: {message}"),
+        errors: vec![fe],
+    }
 }
 
 /// `POST /api/v1/templates`.
@@ -51,7 +61,11 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     }
     state
         .renderer
-        .compile(TemplateSource { subject: &body.subject, html: &body.html, text: body.text.as_deref() })
+        .compile(TemplateSource {
+            subject: &body.subject,
+            html: &body.html,
+            text: body.text.as_deref(),
+        })
         .map_err(render_problem)?;
     let template = state
         .store
@@ -59,7 +73,12 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
         .await?;
     state
         .store
-        .audit(&who.username, "template.create", Some(&format!("template:{}", template.id)), &serde_json::json!({}))
+        .audit(
+            &who.username,
+            "template.create",
+            Some(&format!("template:{}", template.id)),
+            &serde_json::json!({}),
+        )
         .await?;
     res.status_code(StatusCode::CREATED).render(Json(template));
     Ok(())
@@ -70,14 +89,18 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
 pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
     let state = from_depot(depot)?;
     let (after, limit) = pagination(req)?;
-    Ok(Json(serde_json::json!(state.store.templates(after, limit).await?)))
+    Ok(Json(serde_json::json!(
+        state.store.templates(after, limit).await?
+    )))
 }
 
 /// `GET /api/v1/templates/{id}`.
 #[handler]
 pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
     let state = from_depot(depot)?;
-    Ok(Json(serde_json::json!(state.store.template(path_id(req, "id")?).await?)))
+    Ok(Json(serde_json::json!(
+        state.store.template(path_id(req, "id")?).await?
+    )))
 }
 
 #[derive(Deserialize, Default)]
@@ -102,14 +125,22 @@ pub async fn preview(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<ser
     let state = from_depot(depot)?;
     let id = path_id(req, "id")?;
     let template = state.store.template(id).await?;
-    let body: Preview = if has_body(req) { json_body(req, 64 * 1024).await? } else { Preview::default() };
+    let body: Preview = if has_body(req) {
+        json_body(req, 64 * 1024).await?
+    } else {
+        Preview::default()
+    };
     let sub = body.subscriber.unwrap_or_default();
     let compiled = state
         .renderer
         .compiled(
             template.id,
             template.updated_at,
-            TemplateSource { subject: &template.subject, html: &template.html, text: template.text.as_deref() },
+            TemplateSource {
+                subject: &template.subject,
+                html: &template.html,
+                text: template.text.as_deref(),
+            },
         )
         .map_err(render_problem)?;
     let ctx = RenderContext {

@@ -1,38 +1,65 @@
 //! `GET` and `POST /unsubscribe/{token}`: the link in every message. `POST` is the
-//! RFC 8058 one-click request mail clients send; `GET` is a person following the link.
-//! Both unsubscribe at once (the token is signed) and answer without revealing whom.
+//! RFC 8058 one-click request mail clients send (and the confirmation form's submit);
+//! `GET` only shows that form, because mail scanners follow links and must not
+//! unsubscribe anyone. Answers never reveal whom a token names.
 
 use salvo::prelude::*;
 
 use crate::problem::{ApiError, ApiResult};
 use crate::state::from_depot;
 
-async fn unsubscribe(req: &mut Request, depot: &mut Depot) -> ApiResult<(i64, bool)> {
+fn token(req: &Request) -> String {
+    req.param::<String>("token").unwrap_or_default()
+}
+
+fn page(title: &str, body: &str) -> Text<String> {
+    Text::Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body><h1>{title}</h1>{body}</body></html>"
+    ))
+}
+
+/// `GET /unsubscribe/{token}`: a confirmation page whose button POSTs.
+#[handler]
+pub async fn confirm(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     let state = from_depot(depot)?;
-    let token = req.param::<String>("token").unwrap_or_default();
-    let (campaign_id, subscriber_id) = state
+    let token = token(req);
+    state
         .signer
         .verify(&token)
         .map_err(|e| ApiError::NotFound(e.to_string()))?;
-    let changed = state.store.unsubscribe(subscriber_id, campaign_id).await?;
-    Ok((campaign_id, changed))
-}
-
-/// `POST /unsubscribe/{token}` (one-click).
-#[handler]
-pub async fn one_click(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
-    unsubscribe(req, depot).await?;
-    res.render(Json(serde_json::json!({ "unsubscribed": true })));
+    res.render(page(
+        "Unsubscribe",
+        &format!(
+            "<p>Stop receiving these emails?</p><form method=\"post\" action=\"/unsubscribe/{token}\">\
+             <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
+             <button type=\"submit\">Unsubscribe</button></form>"
+        ),
+    ));
     Ok(())
 }
 
-/// `GET /unsubscribe/{token}`: a small confirmation page.
+/// `POST /unsubscribe/{token}`: unsubscribes at once (RFC 8058 one-click).
 #[handler]
-pub async fn page(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
-    unsubscribe(req, depot).await?;
-    res.render(Text::Html(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Unsubscribed</title></head>\
-         <body><h1>You are unsubscribed</h1><p>You will not receive these emails any more.</p></body></html>",
-    ));
+pub async fn one_click(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    let (campaign_id, subscriber_id) = state
+        .signer
+        .verify(&token(req))
+        .map_err(|e| ApiError::NotFound(e.to_string()))?;
+    state.store.unsubscribe(subscriber_id, campaign_id).await?;
+    let wants_html = req
+        .headers()
+        .get(salvo::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    if wants_html {
+        res.render(page(
+            "You are unsubscribed",
+            "<p>You will not receive these emails any more.</p>",
+        ));
+    } else {
+        res.render(Json(serde_json::json!({ "unsubscribed": true })));
+    }
     Ok(())
 }

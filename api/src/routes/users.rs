@@ -30,7 +30,9 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     let username = body.username.trim();
     if username.is_empty()
         || username.len() > 64
-        || !username.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
+        || !username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
     {
         return Err(ApiError::field(
             "username",
@@ -43,7 +45,10 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             format!("must be at least {MIN_PASSWORD_LEN} characters (and at most 1024 bytes)"),
         ));
     }
-    let role: Role = body.role.parse().map_err(|e: mailing_jobs::UnknownValue| ApiError::field("role", e.to_string()))?;
+    let role: Role = body
+        .role
+        .parse()
+        .map_err(|e: mailing_jobs::UnknownValue| ApiError::field("role", e.to_string()))?;
     let password = body.password;
     let hash = tokio::task::spawn_blocking(move || hash_password(&password))
         .await
@@ -51,7 +56,12 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     let user = state.store.create_user(username, &hash, role).await?;
     state
         .store
-        .audit(&who.username, "user.create", Some(&format!("user:{}", user.id)), &serde_json::json!({"role": role}))
+        .audit(
+            &who.username,
+            "user.create",
+            Some(&format!("user:{}", user.id)),
+            &serde_json::json!({"role": role}),
+        )
         .await?;
     res.status_code(StatusCode::CREATED).render(Json(serde_json::json!({
         "id": user.id, "username": user.username, "role": user.role, "created_at": user.created_at
@@ -65,5 +75,7 @@ pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde
     let state = from_depot(depot)?;
     principal(depot)?.require(Role::Admin)?;
     let (after, limit) = pagination(req)?;
-    Ok(Json(serde_json::json!(state.store.users(after, limit).await?)))
+    Ok(Json(serde_json::json!(
+        state.store.users(after, limit).await?
+    )))
 }

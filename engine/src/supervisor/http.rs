@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use mailing_api::AppState;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use salvo::Server;
 use salvo::conn::{Acceptor, Listener, TcpListener};
 use salvo::server::ServerHandle;
-use salvo::Server;
 use tokio::sync::Mutex;
 use tracing::info;
 
@@ -55,7 +55,11 @@ impl Actor for HttpServer {
     type State = HttpArgs;
     type Arguments = HttpArgs;
 
-    async fn pre_start(&self, _me: ActorRef<ComponentMsg>, args: HttpArgs) -> Result<HttpArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<ComponentMsg>,
+        args: HttpArgs,
+    ) -> Result<HttpArgs, ActorProcessingErr> {
         let mut slot = args.slot.lock().await;
         if let Some(running) = slot.as_ref()
             && !running.join.is_finished()
@@ -81,18 +85,28 @@ impl Actor for HttpServer {
         let join = tokio::spawn(async move {
             server.serve(service).await;
             if !flag.load(Ordering::SeqCst)
-                && let Some(cell) = ractor::registry::where_is(NAME.to_owned())
+                && let Some(cell) = ractor::registry::where_is(NAME)
             {
                 let _ = cell.send_message(ComponentMsg::Exited("the HTTP server stopped".into()));
             }
         });
         info!(%addr, "Listening");
-        *slot = Some(RunningServer { handle, join, stopping, addr });
+        *slot = Some(RunningServer {
+            handle,
+            join,
+            stopping,
+            addr,
+        });
         drop(slot);
         Ok(args)
     }
 
-    async fn handle(&self, _me: ActorRef<ComponentMsg>, msg: ComponentMsg, _args: &mut HttpArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<ComponentMsg>,
+        msg: ComponentMsg,
+        _args: &mut HttpArgs,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             ComponentMsg::Crash => panic!("fault injection: the http component was told to crash"),
             ComponentMsg::Exited(reason) => Err(reason.into()),
@@ -100,11 +114,17 @@ impl Actor for HttpServer {
         }
     }
 
-    async fn post_stop(&self, _me: ActorRef<ComponentMsg>, args: &mut HttpArgs) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<ComponentMsg>,
+        args: &mut HttpArgs,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(running) = args.slot.lock().await.take() {
             running.stopping.store(true, Ordering::SeqCst);
             running.handle.stop_graceful(args.shutdown_timeout);
-            let _ = tokio::time::timeout(args.shutdown_timeout + Duration::from_secs(1), running.join).await;
+            let _ =
+                tokio::time::timeout(args.shutdown_timeout + Duration::from_secs(1), running.join)
+                    .await;
             info!("HTTP server stopped");
         }
         Ok(())

@@ -35,7 +35,10 @@ pub enum ComponentMsg {
 
 /// Starts one child, linked to the supervisor.
 pub type SpawnFn = Arc<
-    dyn Fn(ActorCell) -> Pin<Box<dyn Future<Output = Result<ActorRef<ComponentMsg>, SpawnErr>> + Send>>
+    dyn Fn(
+            ActorCell,
+        )
+            -> Pin<Box<dyn Future<Output = Result<ActorRef<ComponentMsg>, SpawnErr>> + Send>>
         + Send
         + Sync,
 >;
@@ -101,7 +104,9 @@ pub struct Root;
 
 impl Root {
     async fn start(me: &ActorRef<RootMsg>, state: &mut RootState, name: &'static str) {
-        let Some(child) = state.children.get_mut(name) else { return };
+        let Some(child) = state.children.get_mut(name) else {
+            return;
+        };
         match (child.spec.spawn)(me.get_cell()).await {
             Ok(actor) => {
                 child.actor = Some(actor);
@@ -117,21 +122,32 @@ impl Root {
 
     fn failed(me: &ActorRef<RootMsg>, state: &mut RootState, name: &'static str, reason: String) {
         let policy = state.policy.clone();
-        let Some(child) = state.children.get_mut(name) else { return };
+        let Some(child) = state.children.get_mut(name) else {
+            return;
+        };
         child.actor = None;
         let now = Instant::now();
-        child.restarts.retain(|t| now.duration_since(*t) < policy.window);
+        child
+            .restarts
+            .retain(|t| now.duration_since(*t) < policy.window);
         if child.restarts.len() as u32 >= policy.max_restarts {
             error!(component = name, error = %reason, max_restarts = policy.max_restarts,
                    "Component failed too often; leaving it stopped");
-            state.health.set(name, ComponentStatus::Failed, Some(reason));
+            state
+                .health
+                .set(name, ComponentStatus::Failed, Some(reason));
             return;
         }
         let exponent = child.restarts.len().min(16) as u32;
-        let delay = policy.base_backoff.saturating_mul(1 << exponent).min(policy.max_backoff);
+        let delay = policy
+            .base_backoff
+            .saturating_mul(1 << exponent)
+            .min(policy.max_backoff);
         child.restarts.push(now);
         warn!(component = name, error = %reason, delay_ms = delay.as_millis() as u64, "Component failed; restarting");
-        state.health.set(name, ComponentStatus::Restarting, Some(reason));
+        state
+            .health
+            .set(name, ComponentStatus::Restarting, Some(reason));
         state.health.restarted(name);
         me.send_after(delay, move || RootMsg::Start(name));
     }
@@ -140,7 +156,11 @@ impl Root {
         state
             .children
             .iter()
-            .find(|(_, c)| c.actor.as_ref().is_some_and(|a| a.get_id() == cell.get_id()))
+            .find(|(_, c)| {
+                c.actor
+                    .as_ref()
+                    .is_some_and(|a| a.get_id() == cell.get_id())
+            })
             .map(|(name, _)| *name)
     }
 }
@@ -150,13 +170,26 @@ impl Actor for Root {
     type State = RootState;
     type Arguments = RootArgs;
 
-    async fn pre_start(&self, me: ActorRef<RootMsg>, args: RootArgs) -> Result<RootState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<RootMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
         let order: Vec<&'static str> = args.children.iter().map(|c| c.name).collect();
         let mut state = RootState {
             children: args
                 .children
                 .into_iter()
-                .map(|spec| (spec.name, ChildState { spec, actor: None, restarts: Vec::new() }))
+                .map(|spec| {
+                    (
+                        spec.name,
+                        ChildState {
+                            spec,
+                            actor: None,
+                            restarts: Vec::new(),
+                        },
+                    )
+                })
                 .collect(),
             order: order.clone(),
             policy: args.policy,
@@ -169,7 +202,12 @@ impl Actor for Root {
         Ok(state)
     }
 
-    async fn handle(&self, me: ActorRef<RootMsg>, msg: RootMsg, state: &mut RootState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        me: ActorRef<RootMsg>,
+        msg: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
             RootMsg::Start(name) => Self::start(&me, state, name).await,
         }
@@ -191,7 +229,12 @@ impl Actor for Root {
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
                 if let Some(name) = Self::child_of(state, &cell) {
                     let reason = reason.unwrap_or_else(|| "stopped".into());
-                    Self::failed(&me, state, name, format!("terminated unexpectedly: {reason}"));
+                    Self::failed(
+                        &me,
+                        state,
+                        name,
+                        format!("terminated unexpectedly: {reason}"),
+                    );
                 }
             }
             _ => {}
@@ -199,13 +242,26 @@ impl Actor for Root {
         Ok(())
     }
 
-    async fn post_stop(&self, _me: ActorRef<RootMsg>, state: &mut RootState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<RootMsg>,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
         for name in state.order.clone() {
-            let Some(child) = state.children.get_mut(name) else { continue };
+            let Some(child) = state.children.get_mut(name) else {
+                continue;
+            };
             if let Some(actor) = child.actor.take() {
                 info!(component = name, "Stopping component");
-                if actor.stop_and_wait(Some("shutdown".into()), Some(state.policy.shutdown_timeout)).await.is_err() {
-                    warn!(component = name, "Component did not stop in time; killing it");
+                if actor
+                    .stop_and_wait(Some("shutdown".into()), Some(state.policy.shutdown_timeout))
+                    .await
+                    .is_err()
+                {
+                    warn!(
+                        component = name,
+                        "Component did not stop in time; killing it"
+                    );
                     actor.kill();
                 }
             }
@@ -233,7 +289,7 @@ impl Tree {
     pub fn crasher(&self) -> Arc<dyn Fn(&str) -> bool + Send + Sync> {
         Arc::new(|name: &str| {
             name != "root"
-                && ractor::registry::where_is(name.to_owned())
+                && ractor::registry::where_is(name)
                     .is_some_and(|cell| cell.send_message(ComponentMsg::Crash).is_ok())
         })
     }

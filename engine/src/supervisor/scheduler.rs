@@ -6,8 +6,8 @@
 
 use std::time::Duration;
 
-use mailing_jobs::pipeline::{PipelineContext, PlanCampaign, SendBatch};
 use mailing_jobs::CampaignStatus;
+use mailing_jobs::pipeline::{PipelineContext, PlanCampaign, SendBatch};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{info, warn};
 
@@ -38,9 +38,20 @@ pub struct Scheduler;
 
 async fn start_due(ctx: &PipelineContext) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for id in ctx.store.due_campaigns(mailing_jobs::now_ms(), 100).await? {
-        if ctx.store.transition_campaign(id, &[CampaignStatus::Scheduled], CampaignStatus::Running, None).await? {
+        if ctx
+            .store
+            .transition_campaign(
+                id,
+                &[CampaignStatus::Scheduled],
+                CampaignStatus::Running,
+                None,
+            )
+            .await?
+        {
             if let Err(e) = ctx.queue.push_plan(PlanCampaign { campaign_id: id }).await {
-                ctx.store.revert_campaign(id, CampaignStatus::Running, CampaignStatus::Scheduled).await?;
+                ctx.store
+                    .revert_campaign(id, CampaignStatus::Running, CampaignStatus::Scheduled)
+                    .await?;
                 return Err(e.into());
             }
             info!(campaign_id = id, "Scheduled campaign started");
@@ -53,20 +64,38 @@ async fn recover(ctx: &PipelineContext) -> Result<(), Box<dyn std::error::Error 
     let lease = ctx.config.claim_lease.as_millis() as i64;
     for id in ctx.store.running_campaigns().await? {
         let campaign = ctx.store.campaign(id).await?;
-        let resend_safe = ctx.providers.by_name(&campaign.provider).map(|p| p.resend_safe()).unwrap_or(false);
-        let batches = ctx.store.recover_stale_claims(id, lease, resend_safe).await?;
+        let resend_safe = ctx
+            .providers
+            .by_name(&campaign.provider)
+            .map(|p| p.resend_safe())
+            .unwrap_or(false);
+        let batches = ctx
+            .store
+            .recover_stale_claims(id, lease, resend_safe)
+            .await?;
         for batch_no in &batches {
-            ctx.queue.push_batch(SendBatch { campaign_id: id, batch_no: *batch_no }).await?;
+            ctx.queue
+                .push_batch(SendBatch {
+                    campaign_id: id,
+                    batch_no: *batch_no,
+                })
+                .await?;
         }
         if !batches.is_empty() {
-            warn!(campaign_id = id, batches = batches.len(), "Recovered recipients of a sender that stopped mid-batch");
+            warn!(
+                campaign_id = id,
+                batches = batches.len(),
+                "Recovered recipients of a sender that stopped mid-batch"
+            );
         }
         ctx.store.finish_campaign_if_complete(id).await?;
     }
     Ok(())
 }
 
-async fn housekeeping(ctx: &PipelineContext) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn housekeeping(
+    ctx: &PipelineContext,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let jobs = ctx.queue.vacuum(Duration::from_secs(7 * 24 * 3600)).await?;
     let tokens = ctx.store.purge_expired_tokens().await?;
     info!(jobs, tokens, "Housekeeping done");
@@ -78,14 +107,29 @@ impl Actor for Scheduler {
     type State = SchedulerState;
     type Arguments = SchedulerArgs;
 
-    async fn pre_start(&self, me: ActorRef<ComponentMsg>, args: SchedulerArgs) -> Result<SchedulerState, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        me: ActorRef<ComponentMsg>,
+        args: SchedulerArgs,
+    ) -> Result<SchedulerState, ActorProcessingErr> {
         let timer = me.send_interval(args.tick, || ComponentMsg::Tick);
-        Ok(SchedulerState { args, ticks: 0, timer })
+        Ok(SchedulerState {
+            args,
+            ticks: 0,
+            timer,
+        })
     }
 
-    async fn handle(&self, _me: ActorRef<ComponentMsg>, msg: ComponentMsg, state: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<ComponentMsg>,
+        msg: ComponentMsg,
+        state: &mut SchedulerState,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ComponentMsg::Crash => panic!("fault injection: the scheduler component was told to crash"),
+            ComponentMsg::Crash => {
+                panic!("fault injection: the scheduler component was told to crash")
+            }
             ComponentMsg::Exited(reason) => return Err(reason.into()),
             ComponentMsg::Tick => {
                 state.ticks += 1;
@@ -93,12 +137,12 @@ impl Actor for Scheduler {
                 if let Err(e) = start_due(ctx).await {
                     warn!(error = %e, "Starting scheduled campaigns failed; retrying next tick");
                 }
-                if state.ticks % 10 == 0
+                if state.ticks.is_multiple_of(10)
                     && let Err(e) = recover(ctx).await
                 {
                     warn!(error = %e, "Recovering stalled recipients failed; retrying later");
                 }
-                if state.ticks % 3600 == 0
+                if state.ticks.is_multiple_of(3600)
                     && let Err(e) = housekeeping(ctx).await
                 {
                     warn!(error = %e, "Housekeeping failed; retrying later");
@@ -108,7 +152,11 @@ impl Actor for Scheduler {
         Ok(())
     }
 
-    async fn post_stop(&self, _me: ActorRef<ComponentMsg>, state: &mut SchedulerState) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<ComponentMsg>,
+        state: &mut SchedulerState,
+    ) -> Result<(), ActorProcessingErr> {
         state.timer.abort();
         Ok(())
     }

@@ -57,7 +57,10 @@ async fn stop_monitor(running: RunningMonitor, timeout: Duration) {
     running.stopping.store(true, Ordering::SeqCst);
     let _ = running.stop.send(());
     let mut join = running.join;
-    if tokio::time::timeout(timeout + Duration::from_secs(1), &mut join).await.is_err() {
+    if tokio::time::timeout(timeout + Duration::from_secs(1), &mut join)
+        .await
+        .is_err()
+    {
         warn!("Stage monitor did not stop in time; aborting it");
         join.abort();
     }
@@ -68,7 +71,11 @@ impl Actor for StageSupervisor {
     type State = StageArgs;
     type Arguments = StageArgs;
 
-    async fn pre_start(&self, _me: ActorRef<ComponentMsg>, args: StageArgs) -> Result<StageArgs, ActorProcessingErr> {
+    async fn pre_start(
+        &self,
+        _me: ActorRef<ComponentMsg>,
+        args: StageArgs,
+    ) -> Result<StageArgs, ActorProcessingErr> {
         let mut slot = args.slot.lock().await;
         if let Some(old) = slot.take() {
             stop_monitor(old, args.shutdown_timeout).await;
@@ -97,7 +104,7 @@ impl Actor for StageSupervisor {
                 })
                 .await;
             if !flag.load(Ordering::SeqCst)
-                && let Some(cell) = ractor::registry::where_is(name.to_owned())
+                && let Some(cell) = ractor::registry::where_is(name)
             {
                 let reason = match result {
                     Ok(()) => "every queue worker of the stage stopped".to_owned(),
@@ -106,21 +113,42 @@ impl Actor for StageSupervisor {
                 let _ = cell.send_message(ComponentMsg::Exited(reason));
             }
         });
-        *slot = Some(RunningMonitor { stop, join, stopping });
+        *slot = Some(RunningMonitor {
+            stop,
+            join,
+            stopping,
+        });
         drop(slot);
-        info!(stage = name, concurrency = args.concurrency, queue = args.queue.backend(), "Stage workers started");
+        info!(
+            stage = name,
+            concurrency = args.concurrency,
+            queue = args.queue.backend(),
+            "Stage workers started"
+        );
         Ok(args)
     }
 
-    async fn handle(&self, _me: ActorRef<ComponentMsg>, msg: ComponentMsg, args: &mut StageArgs) -> Result<(), ActorProcessingErr> {
+    async fn handle(
+        &self,
+        _me: ActorRef<ComponentMsg>,
+        msg: ComponentMsg,
+        args: &mut StageArgs,
+    ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ComponentMsg::Crash => panic!("fault injection: the {} component was told to crash", args.stage.as_str()),
+            ComponentMsg::Crash => panic!(
+                "fault injection: the {} component was told to crash",
+                args.stage.as_str()
+            ),
             ComponentMsg::Exited(reason) => Err(reason.into()),
             ComponentMsg::Tick => Ok(()),
         }
     }
 
-    async fn post_stop(&self, _me: ActorRef<ComponentMsg>, args: &mut StageArgs) -> Result<(), ActorProcessingErr> {
+    async fn post_stop(
+        &self,
+        _me: ActorRef<ComponentMsg>,
+        args: &mut StageArgs,
+    ) -> Result<(), ActorProcessingErr> {
         if let Some(running) = args.slot.lock().await.take() {
             stop_monitor(running, args.shutdown_timeout).await;
             info!(stage = args.stage.as_str(), "Stage workers stopped");

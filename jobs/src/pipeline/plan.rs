@@ -22,30 +22,66 @@ pub async fn plan(ctx: &PipelineContext, job: &PlanCampaign) -> Result<PlanRepor
     let campaign = match ctx.store.campaign(job.campaign_id).await {
         Ok(c) => c,
         Err(crate::StoreError::NotFound(_)) => {
-            return Err(StageError::Permanent(format!("campaign {} does not exist", job.campaign_id)));
+            return Err(StageError::Permanent(format!(
+                "campaign {} does not exist",
+                job.campaign_id
+            )));
         }
         Err(e) => return Err(e.into()),
     };
     if campaign.status()? != CampaignStatus::Running {
         info!(campaign_id = campaign.id, status = %campaign.status, "Plan skipped: campaign is not running");
-        return Ok(PlanReport { batches: 0, recipients: 0 });
+        return Ok(PlanReport {
+            batches: 0,
+            recipients: 0,
+        });
     }
     let (mut after, last_batch) = ctx.store.plan_progress(campaign.id).await?;
-    let mut report = PlanReport { batches: 0, recipients: 0 };
+    let mut report = PlanReport {
+        batches: 0,
+        recipients: 0,
+    };
     if last_batch >= 0 {
         for batch_no in ctx.store.pending_batches(campaign.id).await? {
-            ctx.queue.push_batch(SendBatch { campaign_id: campaign.id, batch_no }).await?;
+            ctx.queue
+                .push_batch(SendBatch {
+                    campaign_id: campaign.id,
+                    batch_no,
+                })
+                .await?;
             report.batches += 1;
         }
     }
     let mut batch_no = last_batch + 1;
     if campaign.planned == 0 {
         loop {
-            let page = ctx.store.audience_page(campaign.id, after, ctx.config.batch_size).await?;
+            if ctx.store.campaign(campaign.id).await?.status()? != CampaignStatus::Running {
+                info!(
+                    campaign_id = campaign.id,
+                    "Planning stopped: the campaign is no longer running"
+                );
+                if ctx.store.campaign(campaign.id).await?.status()? == CampaignStatus::Cancelled {
+                    ctx.store
+                        .skip_pending(campaign.id, "campaign cancelled")
+                        .await?;
+                }
+                return Ok(report);
+            }
+            let page = ctx
+                .store
+                .audience_page(campaign.id, after, ctx.config.batch_size)
+                .await?;
             let Some(last) = page.last() else { break };
             after = last.id;
-            ctx.store.insert_deliveries(campaign.id, batch_no, &page).await?;
-            ctx.queue.push_batch(SendBatch { campaign_id: campaign.id, batch_no }).await?;
+            ctx.store
+                .insert_deliveries(campaign.id, batch_no, &page)
+                .await?;
+            ctx.queue
+                .push_batch(SendBatch {
+                    campaign_id: campaign.id,
+                    batch_no,
+                })
+                .await?;
             report.batches += 1;
             report.recipients += page.len() as u64;
             batch_no += 1;

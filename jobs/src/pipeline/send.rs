@@ -7,8 +7,10 @@
 //! 3. Hand the messages to the provider, a bounded number at once.
 //! 4. Record every outcome in one transaction; finish the campaign when nothing is left.
 //!
-//! Temporary failures put recipients back to pending and fail the job, so the queue
-//! retries it; only the failed recipients are sent again.
+//! While the batch is out, its claims are renewed every third of the lease, so a slow
+//! relay is not mistaken for a dead worker. Temporary failures put recipients back to
+//! pending and the stage reports [`StageError::Retry`]; the job handler then re-enqueues
+//! the batch after `RETRY_BACKOFF_SECS`, and only those recipients are sent again.
 
 use std::sync::Arc;
 
@@ -58,7 +60,9 @@ fn prepare(
         .map(|r| {
             let unsubscribe_url = signer.url(campaign.id, r.subscriber_id);
             let message = (|| {
-                let from = envelope_from.clone().map_err(|e| format!("invalid from address: {e}"))?;
+                let from = envelope_from
+                    .clone()
+                    .map_err(|e| format!("invalid from address: {e}"))?;
                 let attributes = serde_json::from_str(&r.attributes).unwrap_or_default();
                 let ctx = RenderContext {
                     email: r.email.clone(),
@@ -89,7 +93,10 @@ fn prepare(
                     raw: mime.formatted(),
                 })
             })();
-            Prepared { delivery_id: r.delivery_id, message }
+            Prepared {
+                delivery_id: r.delivery_id,
+                message,
+            }
         })
         .collect()
 }
@@ -98,9 +105,13 @@ async fn deliver(provider: &Provider, prepared: Prepared) -> (i64, Outcome) {
     let outcome = match prepared.message {
         Err(error) => Outcome::Failed { error },
         Ok(message) => match provider.send(&message).await {
-            Ok(provider_message_id) => Outcome::Sent { provider_message_id },
+            Ok(provider_message_id) => Outcome::Sent {
+                provider_message_id,
+            },
             Err(ProviderError::Permanent(error)) => Outcome::Failed { error },
-            Err(e @ ProviderError::Transient { .. }) => Outcome::Retry { error: e.to_string() },
+            Err(e @ ProviderError::Transient { .. }) => Outcome::Retry {
+                error: e.to_string(),
+            },
         },
     };
     (prepared.delivery_id, outcome)
@@ -111,7 +122,10 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
     let campaign = match ctx.store.campaign(job.campaign_id).await {
         Ok(c) => c,
         Err(crate::StoreError::NotFound(_)) => {
-            return Err(StageError::Permanent(format!("campaign {} does not exist", job.campaign_id)));
+            return Err(StageError::Permanent(format!(
+                "campaign {} does not exist",
+                job.campaign_id
+            )));
         }
         Err(e) => return Err(e.into()),
     };
@@ -131,12 +145,19 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         .compiled(
             template.id,
             template.updated_at,
-            TemplateSource { subject: &template.subject, html: &template.html, text: template.text.as_deref() },
+            TemplateSource {
+                subject: &template.subject,
+                html: &template.html,
+                text: template.text.as_deref(),
+            },
         )
         .map_err(|e| StageError::Permanent(format!("template {}: {e}", template.id)))?;
 
     let recipients = ctx.store.claim_batch(campaign.id, job.batch_no).await?;
-    let mut report = BatchReport { claimed: recipients.len(), ..BatchReport::default() };
+    let mut report = BatchReport {
+        claimed: recipients.len(),
+        ..BatchReport::default()
+    };
     if recipients.is_empty() {
         ctx.store.finish_campaign_if_complete(campaign.id).await?;
         return Ok(report);
@@ -147,16 +168,36 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
     let campaign = Arc::new(campaign);
     let for_render = campaign.clone();
     let prepared = tokio::task::spawn_blocking(move || {
-        prepare(&for_render, &compiled, &signer, mailto.as_deref(), recipients)
+        prepare(
+            &for_render,
+            &compiled,
+            &signer,
+            mailto.as_deref(),
+            recipients,
+        )
     })
     .await
     .map_err(|e| StageError::Permanent(format!("rendering task failed: {e}")))?;
 
+    let renewer = {
+        let store = ctx.store.clone();
+        let every = (ctx.config.claim_lease / 3).max(std::time::Duration::from_secs(1));
+        let (campaign_id, batch_no) = (campaign.id, job.batch_no);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = store.renew_claims(campaign_id, batch_no).await {
+                    warn!(campaign_id, batch_no, error = %e, "Renewing the batch's claims failed");
+                }
+            }
+        })
+    };
     let outcomes: Vec<(i64, Outcome)> = futures::stream::iter(prepared)
         .map(|p| deliver(&provider, p))
         .buffer_unordered(ctx.config.send_concurrency.max(1))
         .collect()
         .await;
+    renewer.abort();
 
     let mut last_error = String::new();
     for (_, outcome) in &outcomes {
@@ -184,7 +225,10 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
     );
     if report.retried > 0 {
         warn!(campaign_id = campaign.id, batch_no = job.batch_no, error = %last_error, "Batch will be retried");
-        return Err(StageError::Retry { failed: report.retried, last_error });
+        return Err(StageError::Retry {
+            failed: report.retried,
+            last_error,
+        });
     }
     ctx.store.finish_campaign_if_complete(campaign.id).await?;
     Ok(report)

@@ -29,8 +29,14 @@ impl FileProvider {
             message: format!("{what} {}: {e}", self.dir.display()),
             retry_after: None,
         };
-        if !message.delivery_key.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(ProviderError::Permanent("delivery key is not a safe file name".into()));
+        if !message
+            .delivery_key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(ProviderError::Permanent(
+                "delivery key is not a safe file name".into(),
+            ));
         }
         tokio::fs::create_dir_all(&self.dir)
             .await

@@ -104,7 +104,9 @@ impl Providers {
 
     /// The provider named by a campaign.
     pub fn by_name(&self, name: &str) -> Result<&Provider, ProviderNotConfigured> {
-        let kind: ProviderKind = name.parse().map_err(|_| ProviderNotConfigured(name.into()))?;
+        let kind: ProviderKind = name
+            .parse()
+            .map_err(|_| ProviderNotConfigured(name.into()))?;
         self.get(kind)
     }
 

@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use lettre::address::Envelope;
+use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
-use lettre::transport::smtp::PoolConfig;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::{Outgoing, ProviderError};
@@ -47,11 +47,16 @@ pub struct SmtpConfig {
 pub struct SmtpProvider {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     host: String,
+    /// Bounds the connections open at once to the pool size: lettre's pool only caps
+    /// idle connections, and a relay may refuse (or stall) extra ones.
+    permits: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for SmtpProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SmtpProvider").field("host", &self.host).finish_non_exhaustive()
+        f.debug_struct("SmtpProvider")
+            .field("host", &self.host)
+            .finish_non_exhaustive()
     }
 }
 
@@ -68,18 +73,29 @@ impl SmtpProvider {
             SmtpTls::Starttls | SmtpTls::Tls => {
                 let params = TlsParameters::new(config.host.clone())
                     .map_err(|e| SmtpConfigError(e.to_string()))?;
-                if config.tls == SmtpTls::Tls { Tls::Wrapper(params) } else { Tls::Required(params) }
+                if config.tls == SmtpTls::Tls {
+                    Tls::Wrapper(params)
+                } else {
+                    Tls::Required(params)
+                }
             }
         };
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.clone())
-            .port(config.port)
-            .tls(tls)
-            .timeout(Some(config.timeout))
-            .pool_config(PoolConfig::new().max_size(config.pool_size));
+        let mut builder =
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.clone())
+                .port(config.port)
+                .tls(tls)
+                .timeout(Some(config.timeout))
+                .pool_config(PoolConfig::new().max_size(config.pool_size));
         if let (Some(user), Some(pass)) = (&config.username, &config.password) {
             builder = builder.credentials(Credentials::new(user.clone(), pass.clone()));
         }
-        Ok(SmtpProvider { transport: builder.build(), host: config.host.clone() })
+        Ok(SmtpProvider {
+            transport: builder.build(),
+            host: config.host.clone(),
+            permits: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                config.pool_size.max(1) as usize
+            )),
+        })
     }
 
     /// Sends one message.
@@ -92,10 +108,21 @@ impl SmtpProvider {
         })?;
         let envelope = Envelope::new(Some(from), vec![to])
             .map_err(|e| ProviderError::Permanent(e.to_string()))?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ProviderError::Transient {
+                message: "the SMTP provider is shutting down".into(),
+                retry_after: None,
+            })?;
         match self.transport.send_raw(&envelope, &message.raw).await {
             Ok(response) => Ok(response.message().next().map(str::to_owned)),
             Err(e) if e.is_permanent() => Err(ProviderError::Permanent(e.to_string())),
-            Err(e) => Err(ProviderError::Transient { message: e.to_string(), retry_after: None }),
+            Err(e) => Err(ProviderError::Transient {
+                message: e.to_string(),
+                retry_after: None,
+            }),
         }
     }
 }

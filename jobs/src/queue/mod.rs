@@ -3,7 +3,7 @@
 //! [`workers`]. The backend-specific choices are deliberate (see PITFALLS in the design
 //! notes and ARCHITECTURE.md):
 //!
-//! * every queue is named explicitly (`mailing:plan`, `mailing:send`), never by type name;
+//! * every queue is named explicitly (`{QUEUE_NAMESPACE}:plan`, `…:send`), never by type name;
 //! * workers poll every `poll_interval` (a job pushed to an idle queue starts within it);
 //! * a killed worker's jobs are re-enqueued after `heartbeat × missed_heartbeats`;
 //! * retries with backoff are scheduled by the stages themselves (`push_*_after`); the
@@ -19,10 +19,10 @@ use apalis_sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteS
 
 use crate::pipeline::{PlanCampaign, SendBatch};
 
-/// The apalis queue name of the plan stage.
-pub const PLAN_QUEUE: &str = "mailing:plan";
-/// The apalis queue name of the send stage.
-pub const SEND_QUEUE: &str = "mailing:send";
+/// The suffix of the plan stage's queue name (`{namespace}:plan`).
+pub const PLAN_QUEUE: &str = "plan";
+/// The suffix of the send stage's queue name (`{namespace}:send`).
+pub const SEND_QUEUE: &str = "send";
 
 /// Errors of the queue.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,9 @@ pub struct QueueConfig {
     pub missed_heartbeats: u32,
     /// Jobs fetched per poll.
     pub fetch_batch: usize,
+    /// Prefix of the queue names (`QUEUE_NAMESPACE`): processes sharing a Redis or a
+    /// queue file must agree on it; separate deployments on one Redis must not.
+    pub namespace: String,
 }
 
 impl Default for QueueConfig {
@@ -69,11 +72,17 @@ impl Default for QueueConfig {
             heartbeat: Duration::from_secs(2),
             missed_heartbeats: 3,
             fetch_batch: 10,
+            namespace: "mailing".into(),
         }
     }
 }
 
 impl QueueConfig {
+    /// The full queue name of a stage.
+    pub fn queue_name(&self, stage: &str) -> String {
+        format!("{}:{stage}", self.namespace)
+    }
+
     /// How long after a worker dies its jobs run elsewhere.
     pub fn orphan_recovery(&self) -> Duration {
         self.heartbeat * self.missed_heartbeats
@@ -116,17 +125,17 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-fn sqlite_config(queue: &str, config: &QueueConfig) -> apalis_sqlite::Config {
+fn sqlite_config(stage: &str, config: &QueueConfig) -> apalis_sqlite::Config {
     apalis_sqlite::Config::default()
-        .queue(queue)
+        .queue(config.queue_name(stage))
         .batch_size(config.fetch_batch.max(1))
         .heartbeat_interval(config.heartbeat)
         .missed_heartbeats(config.missed_heartbeats as usize)
 }
 
-fn redis_config(queue: &str, config: &QueueConfig) -> apalis_redis::Config {
+fn redis_config(stage: &str, config: &QueueConfig) -> apalis_redis::Config {
     apalis_redis::Config::default()
-        .queue(queue)
+        .queue(config.queue_name(stage))
         .batch_size(config.fetch_batch.max(1))
         .heartbeat_interval(config.heartbeat)
         .missed_heartbeats(config.missed_heartbeats as usize)
@@ -145,7 +154,10 @@ impl Queue {
             .filename(path)
             .create_if_missing(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await?;
         SqliteStorage::setup(&pool).await?;
         Ok(Queue::Sqlite {
             plan: SqliteStorage::new(&pool).with_config(sqlite_config(PLAN_QUEUE, &config)),
@@ -193,7 +205,11 @@ impl Queue {
     }
 
     /// Enqueues a plan job to run after `delay`.
-    pub async fn push_plan_after(&self, job: PlanCampaign, delay: Duration) -> Result<(), QueueError> {
+    pub async fn push_plan_after(
+        &self,
+        job: PlanCampaign,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
         let task = TaskBuilder::new(job).run_after(delay).build();
         match self {
             Queue::Sqlite { plan, .. } => plan.clone().push_task(task).await.map_err(push_error),
@@ -207,7 +223,11 @@ impl Queue {
     }
 
     /// Enqueues a send job to run after `delay` (a retry with backoff).
-    pub async fn push_batch_after(&self, job: SendBatch, delay: Duration) -> Result<(), QueueError> {
+    pub async fn push_batch_after(
+        &self,
+        job: SendBatch,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
         let task = TaskBuilder::new(job).run_after(delay).build();
         match self {
             Queue::Sqlite { send, .. } => send.clone().push_task(task).await.map_err(push_error),
@@ -218,8 +238,8 @@ impl Queue {
     /// Jobs waiting (due or scheduled) per queue: `(plan, send)`.
     pub async fn depth(&self) -> Result<(u64, u64), QueueError> {
         match self {
-            Queue::Sqlite { pool, .. } => {
-                let count = |queue: &'static str| {
+            Queue::Sqlite { pool, config, .. } => {
+                let count = |queue: String| {
                     sqlx::query_scalar::<_, i64>(
                         "SELECT COUNT(*) FROM Jobs WHERE job_type = ?1 AND (status IN ('Pending', 'Queued', 'Running') \
                          OR (status = 'Failed' AND attempts < max_attempts))",
@@ -227,16 +247,24 @@ impl Queue {
                     .bind(queue)
                     .fetch_one(pool)
                 };
-                Ok((count(PLAN_QUEUE).await? as u64, count(SEND_QUEUE).await? as u64))
+                let plan = count(config.queue_name(PLAN_QUEUE)).await? as u64;
+                let send = count(config.queue_name(SEND_QUEUE)).await? as u64;
+                Ok((plan, send))
             }
-            Queue::Redis { conn, plan, send, .. } => {
+            Queue::Redis {
+                conn, plan, send, ..
+            } => {
                 let mut conn = conn.clone();
                 let (p, s) = (plan.get_config(), send.get_config());
                 let (pa, ps, sa, ss): (u64, u64, u64, u64) = redis::pipe()
-                    .cmd("LLEN").arg(p.active_jobs_list())
-                    .cmd("ZCARD").arg(p.scheduled_jobs_set())
-                    .cmd("LLEN").arg(s.active_jobs_list())
-                    .cmd("ZCARD").arg(s.scheduled_jobs_set())
+                    .cmd("LLEN")
+                    .arg(p.active_jobs_list())
+                    .cmd("ZCARD")
+                    .arg(p.scheduled_jobs_set())
+                    .cmd("LLEN")
+                    .arg(s.active_jobs_list())
+                    .cmd("ZCARD")
+                    .arg(s.scheduled_jobs_set())
                     .query_async(&mut conn)
                     .await?;
                 Ok((pa + ps, sa + ss))
@@ -259,8 +287,8 @@ impl Queue {
     }
 
     /// Deletes finished jobs older than `age` so the queue does not grow without bound.
-    /// Returns how many went (SQLite; Redis keeps its own TTL-free done set, trimmed
-    /// here too).
+    /// Returns how many went. SQLite only for now: apalis-redis's done set is not
+    /// trimmed yet (see the pipeline issue).
     pub async fn vacuum(&self, age: Duration) -> Result<u64, QueueError> {
         match self {
             Queue::Sqlite { pool, .. } => {

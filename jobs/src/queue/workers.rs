@@ -75,8 +75,8 @@ pub async fn plan_job(job: PlanCampaign, ctx: Data<PipelineContext>) -> Result<(
 }
 
 /// The send stage's job handler. Temporary failures of some recipients are retried by
-/// re-enqueueing the batch with exponential backoff (the ledger keeps the attempts), so
-/// the job itself succeeds.
+/// re-enqueueing the batch after `retry_backoff` (the ledger counts the attempts and
+/// fails a recipient after `MAX_ATTEMPTS`), so the job itself succeeds.
 pub async fn send_job(job: SendBatch, ctx: Data<PipelineContext>) -> Result<(), BoxDynError> {
     let what = format!("send campaign {} batch {}", job.campaign_id, job.batch_no);
     let result = match send::send_batch(&ctx, &job).await {
@@ -84,7 +84,10 @@ pub async fn send_job(job: SendBatch, ctx: Data<PipelineContext>) -> Result<(), 
             let delay = ctx.config.retry_backoff;
             warn!(campaign_id = job.campaign_id, batch_no = job.batch_no, failed, error = %last_error,
                   delay_ms = delay.as_millis() as u64, "Batch retry scheduled");
-            ctx.queue.push_batch_after(job.clone(), delay).await.map_err(StageError::from)
+            ctx.queue
+                .push_batch_after(job.clone(), delay)
+                .await
+                .map_err(StageError::from)
         }
         Err(StageError::Permanent(reason)) => {
             let _ = ctx
@@ -110,13 +113,18 @@ macro_rules! stage_worker {
         let workers = $workers;
         let poll = $poll;
         $monitor.register(move |restarts| {
-            WorkerBuilder::new(format!("{}-{}-{}", workers.stage.as_str(), workers.instance, restarts))
-                .backend(backend.clone().poll_with_interval(poll))
-                .data(ctx.clone())
-                .concurrency(workers.concurrency.max(1))
-                .catch_panic()
-                .parallelize(tokio::spawn)
-                .build($handler)
+            WorkerBuilder::new(format!(
+                "{}-{}-{}",
+                workers.stage.as_str(),
+                workers.instance,
+                restarts
+            ))
+            .backend(backend.clone().poll_with_interval(poll))
+            .data(ctx.clone())
+            .concurrency(workers.concurrency.max(1))
+            .catch_panic()
+            .parallelize(tokio::spawn)
+            .build($handler)
         })
     }};
 }

@@ -125,7 +125,9 @@ pub struct Renderer {
 
 impl std::fmt::Debug for Renderer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Renderer").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Renderer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -166,7 +168,11 @@ impl Renderer {
         }
     }
 
-    fn parse_part(&self, field: &'static str, source: &str) -> Result<liquid::Template, RenderError> {
+    fn parse_part(
+        &self,
+        field: &'static str,
+        source: &str,
+    ) -> Result<liquid::Template, RenderError> {
         if source.len() > MAX_TEMPLATE_BYTES {
             return Err(RenderError::TooLarge { field });
         }
@@ -178,11 +184,20 @@ impl Renderer {
                 .filter_map(|l| l.trim().strip_prefix("= "))
                 .collect();
             let message = if reason.is_empty() {
-                full.lines().next().unwrap_or_default().trim_start_matches("liquid:").trim().to_owned()
+                full.lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim_start_matches("liquid:")
+                    .trim()
+                    .to_owned()
             } else {
                 reason.join("; ")
             };
-            RenderError::Parse { field, line: line_of(&full), message }
+            RenderError::Parse {
+                field,
+                line: line_of(&full),
+                message,
+            }
         })
     }
 
@@ -191,7 +206,10 @@ impl Renderer {
         Ok(CompiledTemplate {
             subject: self.parse_part("subject", source.subject)?,
             html: self.parse_part("html", source.html)?,
-            text: source.text.map(|t| self.parse_part("text", t)).transpose()?,
+            text: source
+                .text
+                .map(|t| self.parse_part("text", t))
+                .transpose()?,
         })
     }
 
@@ -239,7 +257,11 @@ impl Renderer {
             size: self.cache.entry_count(),
             capacity: self.config.capacity,
             ttl_seconds: self.config.ttl.as_secs(),
-            hit_ratio: if total == 0 { 0.0 } else { hits as f64 / total as f64 },
+            hit_ratio: if total == 0 {
+                0.0
+            } else {
+                hits as f64 / total as f64
+            },
         }
     }
 }
@@ -280,10 +302,12 @@ pub fn escape_html(s: &str) -> String {
 fn escape_json(v: &serde_json::Value) -> serde_json::Value {
     match v {
         serde_json::Value::String(s) => serde_json::Value::String(escape_html(s)),
-        serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(escape_json).collect()),
-        serde_json::Value::Object(o) => serde_json::Value::Object(
-            o.iter().map(|(k, v)| (k.clone(), escape_json(v))).collect(),
-        ),
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.iter().map(escape_json).collect())
+        }
+        serde_json::Value::Object(o) => {
+            serde_json::Value::Object(o.iter().map(|(k, v)| (k.clone(), escape_json(v))).collect())
+        }
         other => other.clone(),
     }
 }
@@ -305,11 +329,18 @@ impl RenderContext {
         }
         root.insert(
             "subscriber".into(),
-            if escaped { escape_json(&raw) } else { raw.clone() },
+            if escaped {
+                escape_json(&raw)
+            } else {
+                raw.clone()
+            },
         );
         root.insert("subscriber_raw".into(), raw);
         root.insert("campaign".into(), self.campaign.clone());
-        root.insert("unsubscribe_url".into(), self.unsubscribe_url.clone().into());
+        root.insert(
+            "unsubscribe_url".into(),
+            self.unsubscribe_url.clone().into(),
+        );
         match liquid::model::to_value(&serde_json::Value::Object(root)) {
             Ok(Value::Object(o)) => o,
             _ => Object::new(),
@@ -322,7 +353,12 @@ impl CompiledTemplate {
     pub fn render(&self, ctx: &RenderContext) -> Result<Rendered, RenderError> {
         let plain = ctx.object(false);
         let escaped = ctx.object(true);
-        let fail = |field| move |e: liquid::Error| RenderError::Render { field, message: e.to_string() };
+        let fail = |field| {
+            move |e: liquid::Error| RenderError::Render {
+                field,
+                message: e.to_string(),
+            }
+        };
         let subject = self.subject.render(&plain).map_err(fail("subject"))?;
         Ok(Rendered {
             subject: subject.replace(['\r', '\n'], " ").trim().to_owned(),
@@ -341,7 +377,11 @@ mod tests {
     use super::*;
 
     fn renderer(enabled: bool) -> Renderer {
-        Renderer::new(CacheConfig { enabled, ttl: Duration::from_secs(60), capacity: 2 })
+        Renderer::new(CacheConfig {
+            enabled,
+            ttl: Duration::from_secs(60),
+            capacity: 2,
+        })
     }
 
     fn ctx(name: &str) -> RenderContext {
@@ -358,7 +398,11 @@ mod tests {
     #[test]
     fn parse_error_names_the_line() {
         let err = renderer(true)
-            .compile(TemplateSource { subject: "Hi", html: "<p>\n{% if x %}\nno end", text: None })
+            .compile(TemplateSource {
+                subject: "Hi",
+                html: "<p>\n{% if x %}\nno end",
+                text: None,
+            })
             .unwrap_err();
         match err {
             RenderError::Parse { field, line, .. } => {
@@ -387,7 +431,11 @@ mod tests {
     #[test]
     fn cache_counts_hits_and_misses_and_clears() {
         let r = renderer(true);
-        let src = TemplateSource { subject: "s", html: "h", text: None };
+        let src = TemplateSource {
+            subject: "s",
+            html: "h",
+            text: None,
+        };
         r.compiled(1, 10, src).unwrap();
         r.compiled(1, 10, src).unwrap();
         r.compiled(1, 11, src).unwrap();
@@ -400,7 +448,11 @@ mod tests {
     #[test]
     fn disabled_cache_always_compiles() {
         let r = renderer(false);
-        let src = TemplateSource { subject: "s", html: "h", text: None };
+        let src = TemplateSource {
+            subject: "s",
+            html: "h",
+            text: None,
+        };
         r.compiled(1, 10, src).unwrap();
         r.compiled(1, 10, src).unwrap();
         assert_eq!((r.stats().hits, r.stats().misses), (0, 2));

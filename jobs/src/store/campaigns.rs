@@ -99,7 +99,7 @@ pub struct CampaignStats {
     pub sent: i64,
     /// Failed for good.
     pub failed: i64,
-    /// Skipped (plugin verdict, suppressed at send time).
+    /// Skipped (unsubscribed or suppressed after planning, or the campaign was cancelled).
     pub skipped: i64,
     /// Bounced.
     pub bounced: i64,
@@ -121,8 +121,8 @@ impl Store {
     /// Creates a draft campaign and its list links in one transaction.
     pub async fn create_campaign(&self, new: &NewCampaign) -> Result<CampaignRow, StoreError> {
         let now = now_ms();
-        let plugins = serde_json::to_string(&new.plugins)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let plugins =
+            serde_json::to_string(&new.plugins).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.pool().begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO campaigns (workspace_id, name, template_id, from_addr, reply_to, \
@@ -156,7 +156,10 @@ impl Store {
 
     /// A campaign by id.
     pub async fn campaign(&self, id: i64) -> Result<CampaignRow, StoreError> {
-        sqlx::query_as::<_, CampaignRow>(concat!(select_campaign!(), " WHERE id = $1 AND workspace_id = $2"))
+        sqlx::query_as::<_, CampaignRow>(concat!(
+            select_campaign!(),
+            " WHERE id = $1 AND workspace_id = $2"
+        ))
         .bind(id)
         .bind(DEFAULT_WORKSPACE)
         .fetch_optional(self.pool())
@@ -166,7 +169,10 @@ impl Store {
 
     /// A page of campaigns by id.
     pub async fn campaigns(&self, after: i64, limit: u32) -> Result<Page<CampaignRow>, StoreError> {
-        let rows = sqlx::query_as::<_, CampaignRow>(concat!(select_campaign!(), " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3"))
+        let rows = sqlx::query_as::<_, CampaignRow>(concat!(
+            select_campaign!(),
+            " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        ))
         .bind(DEFAULT_WORKSPACE)
         .bind(after)
         .bind(i64::from(limit) + 1)
@@ -211,7 +217,11 @@ impl Store {
              WHERE id = $4 AND status IN ({})",
             placeholders.join(", ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(to.as_str()).bind(now).bind(error).bind(id);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to.as_str())
+            .bind(now)
+            .bind(error)
+            .bind(id);
         for s in allowed {
             query = query.bind(s);
         }
@@ -226,13 +236,15 @@ impl Store {
         from: CampaignStatus,
         to: CampaignStatus,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE campaigns SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4")
-            .bind(to.as_str())
-            .bind(now_ms())
-            .bind(id)
-            .bind(from.as_str())
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "UPDATE campaigns SET status = $1, updated_at = $2 WHERE id = $3 AND status = $4",
+        )
+        .bind(to.as_str())
+        .bind(now_ms())
+        .bind(id)
+        .bind(from.as_str())
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 

@@ -147,7 +147,10 @@ impl Store {
                 ));
             }
             sql.push_str(" ON CONFLICT (campaign_id, subscriber_id) DO NOTHING");
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(campaign_id).bind(batch_no).bind(now);
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(campaign_id)
+                .bind(batch_no)
+                .bind(now);
             for m in chunk {
                 query = query
                     .bind(m.id)
@@ -169,6 +172,18 @@ impl Store {
     ) -> Result<Vec<Recipient>, StoreError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
+        sqlx::query(
+            "UPDATE deliveries SET status = 'skipped', updated_at = $1, \
+             last_error = 'unsubscribed or suppressed after the campaign was planned' \
+             WHERE campaign_id = $2 AND batch_no = $3 AND status = 'pending' AND (\
+               EXISTS (SELECT 1 FROM subscribers s WHERE s.id = deliveries.subscriber_id AND s.status <> 'enabled') \
+               OR EXISTS (SELECT 1 FROM suppressions x WHERE x.email = deliveries.email))",
+        )
+        .bind(now)
+        .bind(campaign_id)
+        .bind(batch_no)
+        .execute(&mut *tx)
+        .await?;
         let ids: Vec<i64> = sqlx::query_scalar(
             "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = $1, \
              updated_at = $1 WHERE campaign_id = $2 AND batch_no = $3 AND status = 'pending' \
@@ -199,6 +214,20 @@ impl Store {
         Ok(recipients)
     }
 
+    /// Renews the claims this sender holds on a batch, so a slow batch is not mistaken
+    /// for a dead one. Returns how many rows were renewed.
+    pub async fn renew_claims(&self, campaign_id: i64, batch_no: i64) -> Result<u64, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE deliveries SET claimed_at = $1 WHERE campaign_id = $2 AND batch_no = $3 AND status = 'sending'",
+        )
+        .bind(now_ms())
+        .bind(campaign_id)
+        .bind(batch_no)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
     /// Records the outcomes of claimed recipients in one transaction. Only rows still
     /// in `sending` change, so a late duplicate cannot overwrite a recorded outcome.
     pub async fn record_outcomes(&self, outcomes: &[(i64, Outcome)]) -> Result<(), StoreError> {
@@ -206,14 +235,23 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         for (delivery_id, outcome) in outcomes {
             let (status, message_id, error, sent_at) = match outcome {
-                Outcome::Sent { provider_message_id } => {
-                    (DeliveryStatus::Sent, provider_message_id.as_deref(), None, Some(now))
+                Outcome::Sent {
+                    provider_message_id,
+                } => (
+                    DeliveryStatus::Sent,
+                    provider_message_id.as_deref(),
+                    None,
+                    Some(now),
+                ),
+                Outcome::Failed { error } => {
+                    (DeliveryStatus::Failed, None, Some(error.as_str()), None)
                 }
-                Outcome::Failed { error } => (DeliveryStatus::Failed, None, Some(error.as_str()), None),
                 Outcome::Skipped { reason } => {
                     (DeliveryStatus::Skipped, None, Some(reason.as_str()), None)
                 }
-                Outcome::Retry { error } => (DeliveryStatus::Pending, None, Some(error.as_str()), None),
+                Outcome::Retry { error } => {
+                    (DeliveryStatus::Pending, None, Some(error.as_str()), None)
+                }
             };
             sqlx::query(
                 "UPDATE deliveries SET \

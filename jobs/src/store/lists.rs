@@ -50,7 +50,10 @@ impl Store {
 
     /// A list by id.
     pub async fn list(&self, id: i64) -> Result<MailingList, StoreError> {
-        sqlx::query_as::<_, MailingList>(concat!(select_list!(), " WHERE l.id = $1 AND l.workspace_id = $2"))
+        sqlx::query_as::<_, MailingList>(concat!(
+            select_list!(),
+            " WHERE l.id = $1 AND l.workspace_id = $2"
+        ))
         .bind(id)
         .bind(DEFAULT_WORKSPACE)
         .fetch_optional(self.pool())
@@ -60,7 +63,10 @@ impl Store {
 
     /// A page of lists by id.
     pub async fn lists(&self, after: i64, limit: u32) -> Result<Page<MailingList>, StoreError> {
-        let rows = sqlx::query_as::<_, MailingList>(concat!(select_list!(), " WHERE l.workspace_id = $1 AND l.id > $2 ORDER BY l.id LIMIT $3"))
+        let rows = sqlx::query_as::<_, MailingList>(concat!(
+            select_list!(),
+            " WHERE l.workspace_id = $1 AND l.id > $2 ORDER BY l.id LIMIT $3"
+        ))
         .bind(DEFAULT_WORKSPACE)
         .bind(after)
         .bind(i64::from(limit) + 1)
@@ -73,12 +79,13 @@ impl Store {
     pub async fn missing_lists(&self, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
         let mut missing = Vec::new();
         for id in ids {
-            let found: i64 =
-                sqlx::query_scalar("SELECT COUNT(*) FROM lists WHERE id = $1 AND workspace_id = $2")
-                    .bind(id)
-                    .bind(DEFAULT_WORKSPACE)
-                    .fetch_one(self.pool())
-                    .await?;
+            let found: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM lists WHERE id = $1 AND workspace_id = $2",
+            )
+            .bind(id)
+            .bind(DEFAULT_WORKSPACE)
+            .fetch_one(self.pool())
+            .await?;
             if found == 0 {
                 missing.push(*id);
             }

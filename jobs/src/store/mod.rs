@@ -239,7 +239,10 @@ mod tests {
             sqlite_path("sqlite://./data/mailing.sqlite3").as_deref(),
             Some("./data/mailing.sqlite3")
         );
-        assert_eq!(sqlite_path("sqlite:///var/m.db?mode=rwc").as_deref(), Some("/var/m.db"));
+        assert_eq!(
+            sqlite_path("sqlite:///var/m.db?mode=rwc").as_deref(),
+            Some("/var/m.db")
+        );
         assert_eq!(sqlite_path("sqlite::memory:"), None);
     }
 

@@ -79,7 +79,11 @@ pub fn normalize_email(raw: &str) -> Result<String, String> {
     let address: lettre::Address = email
         .parse()
         .map_err(|e| format!("not a valid email address: {e}"))?;
-    Ok(format!("{}@{}", address.user(), address.domain().to_ascii_lowercase()))
+    Ok(format!(
+        "{}@{}",
+        address.user(),
+        address.domain().to_ascii_lowercase()
+    ))
 }
 
 impl NewSubscriber {
@@ -99,7 +103,9 @@ impl NewSubscriber {
         let attributes = serde_json::Value::Object(self.attributes.clone().unwrap_or_default());
         let attributes = attributes.to_string();
         if attributes.len() > MAX_ATTRIBUTES_BYTES {
-            return Err(format!("attributes exceed {MAX_ATTRIBUTES_BYTES} bytes of JSON"));
+            return Err(format!(
+                "attributes exceed {MAX_ATTRIBUTES_BYTES} bytes of JSON"
+            ));
         }
         Ok((email, name, attributes))
     }
@@ -189,7 +195,11 @@ impl Store {
 
     /// Unsubscribes a subscriber (from every list of the workspace) and records why.
     /// Returns whether the status changed (false when already unsubscribed or unknown).
-    pub async fn unsubscribe(&self, subscriber_id: i64, campaign_id: i64) -> Result<bool, StoreError> {
+    pub async fn unsubscribe(
+        &self,
+        subscriber_id: i64,
+        campaign_id: i64,
+    ) -> Result<bool, StoreError> {
         let changed = sqlx::query(
             "UPDATE subscribers SET status = 'unsubscribed', updated_at = $1 \
              WHERE id = $2 AND status = 'enabled'",
@@ -239,7 +249,10 @@ mod tests {
 
     #[test]
     fn email_domain_is_lowercased_and_local_part_kept() {
-        assert_eq!(normalize_email(" Ann.Lee@Example.COM ").as_deref(), Ok("Ann.Lee@example.com"));
+        assert_eq!(
+            normalize_email(" Ann.Lee@Example.COM ").as_deref(),
+            Ok("Ann.Lee@example.com")
+        );
     }
 
     #[test]

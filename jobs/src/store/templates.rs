@@ -58,7 +58,10 @@ impl Store {
 
     /// A template by id.
     pub async fn template(&self, id: i64) -> Result<Template, StoreError> {
-        sqlx::query_as::<_, Template>(concat!(select_template!(), " WHERE id = $1 AND workspace_id = $2"))
+        sqlx::query_as::<_, Template>(concat!(
+            select_template!(),
+            " WHERE id = $1 AND workspace_id = $2"
+        ))
         .bind(id)
         .bind(DEFAULT_WORKSPACE)
         .fetch_optional(self.pool())
@@ -68,7 +71,10 @@ impl Store {
 
     /// A page of templates by id.
     pub async fn templates(&self, after: i64, limit: u32) -> Result<Page<Template>, StoreError> {
-        let rows = sqlx::query_as::<_, Template>(concat!(select_template!(), " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3"))
+        let rows = sqlx::query_as::<_, Template>(concat!(
+            select_template!(),
+            " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+        ))
         .bind(DEFAULT_WORKSPACE)
         .bind(after)
         .bind(i64::from(limit) + 1)

@@ -1,4 +1,4 @@
-//! Session state kept in the database when Redis is not configured: refresh tokens
+//! Session state, kept in the database (shared by every API process): refresh tokens
 //! (rotated; a reused one revokes its family) and revoked access-token ids.
 
 use super::{Store, StoreError};
@@ -110,13 +110,13 @@ impl Store {
 
     /// Whether an access token was revoked.
     pub async fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        Ok(
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM revoked_access_tokens WHERE jti = $1")
-                .bind(jti)
-                .fetch_one(self.pool())
-                .await?
-                > 0,
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM revoked_access_tokens WHERE jti = $1",
         )
+        .bind(jti)
+        .fetch_one(self.pool())
+        .await?
+            > 0)
     }
 
     /// Deletes expired session rows; returns how many went.

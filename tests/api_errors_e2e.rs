@@ -1,0 +1,155 @@
+//! End to end: bad input gets a clear RFC 9457 answer and leaves nothing behind.
+
+mod support;
+
+use serde_json::json;
+use support::{Backend, Server, create_campaign, seed_list};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_and_tokens_get_401_problems() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let res = server
+        .http
+        .post(format!("{}/auth/login", server.base))
+        .json(&json!({"username": "admin", "password": "wrong"}))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 401);
+    assert_eq!(
+        res.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let body: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(body["status"], 401);
+    assert_eq!(body["detail"], "wrong username or password");
+
+    let (status, body) = server.request("GET", "/api/v1/lists", None, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Authorization: Bearer")
+    );
+    let (status, _) = server
+        .request("GET", "/api/v1/lists", Some("garbage.token.here"), None)
+        .await;
+    assert_eq!(status, 401);
+
+    let token = server.login().await;
+    let (status, _) = server
+        .request("GET", "/api/v1/lists", Some(&token), None)
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = server
+        .request("POST", "/auth/logout", Some(&token), None)
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = server
+        .request("GET", "/api/v1/lists", Some(&token), None)
+        .await;
+    assert_eq!(status, 401, "a logged-out token stops working: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liquid_that_does_not_parse_is_a_422_naming_the_line_and_stores_nothing() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let token = server.login().await;
+    let (status, body) = server
+        .request(
+            "POST",
+            "/api/v1/templates",
+            Some(&token),
+            Some(json!({"name": "Broken", "subject": "Hi", "html": "<p>\n{% if subscriber.name %}\nno end"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["field"], "html");
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("line 3:"), "{message}");
+    assert!(
+        message.contains("endif"),
+        "the parser's message is kept: {message}"
+    );
+    let (_, page) = server
+        .request("GET", "/api/v1/templates", Some(&token), None)
+        .await;
+    assert_eq!(
+        page["items"].as_array().map(Vec::len),
+        Some(0),
+        "no template row was written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaign_whose_lists_are_empty_is_refused_and_stays_a_draft() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let token = server.login().await;
+    let list = seed_list(&server, &token, 0).await;
+    let campaign = create_campaign(&server, &token, list, "file").await;
+    let (status, body) = server
+        .request(
+            "POST",
+            &format!("/api/v1/campaigns/{campaign}/send"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["field"], "list_ids");
+    let (_, after) = server
+        .request(
+            "GET",
+            &format!("/api/v1/campaigns/{campaign}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(after["status"], "draft");
+    assert_eq!(after["stats"]["total"], 0, "no delivery rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_campaign_fields_are_all_reported_and_nothing_is_created() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let token = server.login().await;
+    let list = seed_list(&server, &token, 1).await;
+    let (status, body) = server
+        .request(
+            "POST",
+            "/api/v1/campaigns",
+            Some(&token),
+            Some(json!({"name": "", "template_id": 999, "list_ids": [list, 424242], "from": "nobody", "provider": "pigeon"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    for f in ["name", "template_id", "list_ids", "from", "provider"] {
+        assert!(fields.contains(&f), "{f} reported in {body}");
+    }
+    let (_, page) = server
+        .request("GET", "/api/v1/campaigns", Some(&token), None)
+        .await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(0));
+
+    let res = server
+        .http
+        .post(format!("{}/api/v1/lists", server.base))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 400);
+    let (status, body) = server.request("GET", "/no/such/route", None, None).await;
+    assert_eq!((status, body["status"].clone()), (404, json!(404)));
+}
