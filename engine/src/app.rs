@@ -14,10 +14,12 @@ use mailing_api::auth::{AuthConfig, LoginThrottle, hash_password};
 use mailing_jobs::health::HealthRegistry;
 use mailing_jobs::pipeline::{PipelineConfig, PipelineContext};
 use mailing_jobs::provider::file::FileProvider;
+use mailing_jobs::provider::resend::ResendProvider;
 use mailing_jobs::provider::smtp::SmtpProvider;
-use mailing_jobs::provider::{Provider, Providers};
+use mailing_jobs::provider::{Limits, Provider, Providers, Transport};
 use mailing_jobs::queue::Queue;
 use mailing_jobs::queue::workers::Stage;
+use mailing_jobs::ratelimit::{Rate, RateLimiter};
 use mailing_jobs::render::Renderer;
 use mailing_jobs::store::StoreConfig;
 use mailing_jobs::unsubscribe::UnsubscribeSigner;
@@ -146,15 +148,47 @@ pub async fn bootstrap_admin(store: &Store, config: &Config) -> anyhow::Result<(
     Ok(())
 }
 
-/// The providers this configuration enables.
-pub fn providers(config: &Config) -> anyhow::Result<Providers> {
+/// The providers this configuration enables, each with its rate limits: shared by the
+/// fleet through Redis when the queue is on Redis, in process otherwise.
+pub fn providers(config: &Config, queue: &Queue) -> anyhow::Result<Providers> {
+    let redis = queue.redis_connection();
+    let limiter = |name: &str, what: &str, rate: Option<f64>| {
+        let rate = rate.map(|per_second| Rate { per_second });
+        match &redis {
+            Some(conn) => RateLimiter::redis(
+                rate,
+                conn.clone(),
+                format!("{}:ratelimit:{name}:{what}", config.queue.namespace),
+            ),
+            None => RateLimiter::local(rate),
+        }
+    };
+    let limits = |name: &str, messages: Option<f64>, requests: Option<f64>| Limits {
+        messages: limiter(name, "messages", messages),
+        requests: limiter(name, "requests", requests),
+        throttle_retries: 5,
+    };
     let smtp = match &config.smtp {
-        Some(smtp) => Some(Provider::Smtp(SmtpProvider::new(smtp)?)),
+        Some(smtp) => Some(Provider {
+            transport: Transport::Smtp(SmtpProvider::new(smtp)?),
+            limits: limits("smtp", config.rates.smtp, None),
+        }),
+        None => None,
+    };
+    let resend = match &config.resend {
+        Some(resend) => Some(Provider {
+            transport: Transport::Resend(ResendProvider::new(resend.clone())?),
+            limits: limits("resend", config.rates.resend, config.rates.resend_requests),
+        }),
         None => None,
     };
     Ok(Providers {
-        file: Some(Provider::File(FileProvider::new(&config.outbox_dir))),
+        file: Some(Provider {
+            transport: Transport::File(FileProvider::new(&config.outbox_dir)),
+            limits: limits("file", config.rates.file, None),
+        }),
         smtp,
+        resend,
     })
 }
 
@@ -200,7 +234,7 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let secret = auth_secret(&config)?;
     bootstrap_admin(&store, &config).await?;
     let renderer = Renderer::new(config.template_cache.clone());
-    let providers = providers(&config)?;
+    let providers = providers(&config, &queue)?;
     let signer = UnsubscribeSigner::new(&secret, &config.public_url);
     let health = HealthRegistry::default();
     let ctx = PipelineContext {
@@ -215,6 +249,11 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
             unsubscribe_mailto: config.unsubscribe_mailto.clone(),
             claim_lease: config.claim_lease,
             retry_backoff: config.retry_backoff,
+            batch_window: config.batch_window,
+            max_attempts: config.max_attempts,
+            retry_backoff_max: config.retry_backoff_max,
+            failure_pause_ratio: config.failure_pause_ratio,
+            failure_pause_min: config.failure_pause_min,
         },
     };
     let instance = instance_id();
@@ -274,6 +313,7 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let scheduler = SchedulerArgs {
         ctx: ctx.clone(),
         tick: Duration::from_secs(1),
+        stall_after: config.stall_recovery,
     };
     children.push(ChildSpec {
         name: crate::supervisor::scheduler::NAME,

@@ -47,307 +47,68 @@ pub struct Setting {
 }
 
 /// Every setting Mailing reads.
+#[rustfmt::skip]
 pub const SETTINGS: &[Setting] = &[
-    Setting {
-        name: "ENVIRONMENT",
-        default: "development",
-        secret: false,
-        doc: "`development` or `production` (strong secrets required, JSON logs)",
-    },
-    Setting {
-        name: "HTTP_HOST",
-        default: "0.0.0.0",
-        secret: false,
-        doc: "address the HTTP server binds",
-    },
-    Setting {
-        name: "HTTP_PORT",
-        default: "8080",
-        secret: false,
-        doc: "HTTP port",
-    },
-    Setting {
-        name: "PUBLIC_URL",
-        default: "http://localhost:8080",
-        secret: false,
-        doc: "base URL of links in messages (unsubscribe)",
-    },
-    Setting {
-        name: "DATA_DIR",
-        default: "./data",
-        secret: false,
-        doc: "directory for the SQLite files, the outbox and generated secrets",
-    },
-    Setting {
-        name: "DATABASE_URL",
-        default: "sqlite://./data/mailing.sqlite3",
-        secret: true,
-        doc: "`sqlite://PATH` or `postgres://USER@HOST/DB`",
-    },
-    Setting {
-        name: "REDIS_URL",
-        default: "",
-        secret: true,
-        doc: "when set, the job queue is Redis (a worker fleet); else SQLite in DATA_DIR",
-    },
-    Setting {
-        name: "REDIS_HOST",
-        default: "",
-        secret: false,
-        doc: "alternative to REDIS_URL, with REDIS_PORT",
-    },
-    Setting {
-        name: "REDIS_PORT",
-        default: "6379",
-        secret: false,
-        doc: "with REDIS_HOST",
-    },
-    Setting {
-        name: "AUTH_SECRET_KEY",
-        default: "",
-        secret: true,
-        doc: "HS256 key for access tokens, 32+ bytes; generated into DATA_DIR in development",
-    },
-    Setting {
-        name: "ADMIN_USERNAME",
-        default: "admin",
-        secret: false,
-        doc: "the first admin's name, created when no user exists",
-    },
-    Setting {
-        name: "ADMIN_PASSWORD",
-        default: "",
-        secret: true,
-        doc: "the first admin's password; generated and printed once in development",
-    },
-    Setting {
-        name: "ACCESS_TOKEN_TTL",
-        default: "900",
-        secret: false,
-        doc: "access token lifetime, seconds",
-    },
-    Setting {
-        name: "REFRESH_TOKEN_TTL",
-        default: "1209600",
-        secret: false,
-        doc: "refresh token lifetime, seconds",
-    },
-    Setting {
-        name: "OUTBOX_DIR",
-        default: "./data/outbox",
-        secret: false,
-        doc: "where the `file` provider writes `.eml` files",
-    },
-    Setting {
-        name: "SMTP_HOST",
-        default: "",
-        secret: false,
-        doc: "when set, the `smtp` provider is available",
-    },
-    Setting {
-        name: "SMTP_PORT",
-        default: "587",
-        secret: false,
-        doc: "SMTP port",
-    },
-    Setting {
-        name: "SMTP_USERNAME",
-        default: "",
-        secret: false,
-        doc: "SMTP login",
-    },
-    Setting {
-        name: "SMTP_PASSWORD",
-        default: "",
-        secret: true,
-        doc: "SMTP password",
-    },
-    Setting {
-        name: "SMTP_TLS",
-        default: "starttls",
-        secret: false,
-        doc: "`none`, `starttls` or `tls`",
-    },
-    Setting {
-        name: "SMTP_POOL_SIZE",
-        default: "8",
-        secret: false,
-        doc: "pooled SMTP connections",
-    },
-    Setting {
-        name: "RESEND_API_KEY",
-        default: "",
-        secret: true,
-        doc: "Resend API key (the `resend` provider is not built yet)",
-    },
-    Setting {
-        name: "RESEND_API_URL",
-        default: "https://api.resend.com",
-        secret: false,
-        doc: "Resend-compatible API base URL",
-    },
-    Setting {
-        name: "BATCH_SIZE",
-        default: "500",
-        secret: false,
-        doc: "recipients per batch job",
-    },
-    Setting {
-        name: "SEND_CONCURRENCY",
-        default: "16",
-        secret: false,
-        doc: "messages of one batch in flight at once",
-    },
-    Setting {
-        name: "WORKER_CONCURRENCY",
-        default: "4",
-        secret: false,
-        doc: "batch jobs one process runs at once",
-    },
-    Setting {
-        name: "QUEUE_POLL_MS",
-        default: "200",
-        secret: false,
-        doc: "how often an idle worker polls, milliseconds",
-    },
-    Setting {
-        name: "QUEUE_HEARTBEAT_SECS",
-        default: "2",
-        secret: false,
-        doc: "worker heartbeat, seconds",
-    },
-    Setting {
-        name: "QUEUE_MISSED_HEARTBEATS",
-        default: "3",
-        secret: false,
-        doc: "missed heartbeats before a dead worker's jobs run elsewhere",
-    },
-    Setting {
-        name: "QUEUE_NAMESPACE",
-        default: "mailing",
-        secret: false,
-        doc: "prefix of the queue names; processes of one deployment share it",
-    },
-    Setting {
-        name: "CLAIM_LEASE_SECS",
-        default: "120",
-        secret: false,
-        doc: "age after which a claimed, unanswered recipient is recovered",
-    },
-    Setting {
-        name: "RETRY_BACKOFF_SECS",
-        default: "30",
-        secret: false,
-        doc: "wait before a temporarily failed batch is retried",
-    },
-    Setting {
-        name: "UNSUBSCRIBE_MAILTO",
-        default: "",
-        secret: false,
-        doc: "optional mailto address in List-Unsubscribe",
-    },
-    Setting {
-        name: "TEMPLATE_CACHE_ENABLED",
-        default: "true",
-        secret: false,
-        doc: "cache compiled templates",
-    },
-    Setting {
-        name: "TEMPLATE_CACHE_TTL",
-        default: "3600",
-        secret: false,
-        doc: "seconds a compiled template stays cached",
-    },
-    Setting {
-        name: "TEMPLATE_CACHE_SIZE",
-        default: "1000",
-        secret: false,
-        doc: "most compiled templates cached",
-    },
-    Setting {
-        name: "SHUTDOWN_TIMEOUT_SECS",
-        default: "30",
-        secret: false,
-        doc: "how long SIGTERM waits for in-flight batches",
-    },
-    Setting {
-        name: "LOG_FORMAT",
-        default: "pretty",
-        secret: false,
-        doc: "`pretty` or `json` (default `json` in production)",
-    },
-    Setting {
-        name: "LOG_LEVEL",
-        default: "info",
-        secret: false,
-        doc: "tracing filter, e.g. `info,mailing_jobs=debug`",
-    },
-    Setting {
-        name: "FAULT_INJECTION",
-        default: "false",
-        secret: false,
-        doc: "enable POST /admin/debug/crash/{component} (refused in production)",
-    },
-    Setting {
-        name: "HTTPS_ENABLED",
-        default: "false",
-        secret: false,
-        doc: "TLS termination in process (not built yet: terminate TLS in a proxy)",
-    },
-    Setting {
-        name: "HTTPS_PORT",
-        default: "8443",
-        secret: false,
-        doc: "HTTPS port",
-    },
-    Setting {
-        name: "FORCE_HTTPS",
-        default: "false",
-        secret: false,
-        doc: "send HSTS (set it when a TLS proxy is in front)",
-    },
-    Setting {
-        name: "SSL_CERT_FILE",
-        default: "certs/cert.pem",
-        secret: false,
-        doc: "TLS certificate",
-    },
-    Setting {
-        name: "SSL_KEY_FILE",
-        default: "certs/key.pem",
-        secret: false,
-        doc: "TLS key",
-    },
-    Setting {
-        name: "METRICS_ENABLED",
-        default: "true",
-        secret: false,
-        doc: "serve /metrics",
-    },
-    Setting {
-        name: "PROMETHEUS_PORT",
-        default: "",
-        secret: false,
-        doc: "reserved: a separate metrics port (observability issue)",
-    },
-    Setting {
-        name: "BACKUP_ENABLED",
-        default: "true",
-        secret: false,
-        doc: "reserved: scheduled backups (operations issue)",
-    },
-    Setting {
-        name: "BACKUP_SCHEDULE_HOURS",
-        default: "2,14",
-        secret: false,
-        doc: "reserved: backup hours",
-    },
-    Setting {
-        name: "BACKUP_RETENTION_DAYS",
-        default: "30",
-        secret: false,
-        doc: "reserved: backup retention",
-    },
+    Setting { name: "ENVIRONMENT", default: "development", secret: false, doc: "`development` or `production` (strong secrets required, JSON logs)" },
+    Setting { name: "HTTP_HOST", default: "0.0.0.0", secret: false, doc: "address the HTTP server binds" },
+    Setting { name: "HTTP_PORT", default: "8080", secret: false, doc: "HTTP port" },
+    Setting { name: "PUBLIC_URL", default: "http://localhost:8080", secret: false, doc: "base URL of links in messages (unsubscribe)" },
+    Setting { name: "DATA_DIR", default: "./data", secret: false, doc: "directory for the SQLite files, the outbox and generated secrets" },
+    Setting { name: "DATABASE_URL", default: "sqlite://./data/mailing.sqlite3", secret: true, doc: "`sqlite://PATH` or `postgres://USER@HOST/DB`" },
+    Setting { name: "REDIS_URL", default: "", secret: true, doc: "when set, the job queue is Redis (a worker fleet); else SQLite in DATA_DIR" },
+    Setting { name: "REDIS_HOST", default: "", secret: false, doc: "alternative to REDIS_URL, with REDIS_PORT" },
+    Setting { name: "REDIS_PORT", default: "6379", secret: false, doc: "with REDIS_HOST" },
+    Setting { name: "AUTH_SECRET_KEY", default: "", secret: true, doc: "HS256 key for access tokens, 32+ bytes; generated into DATA_DIR in development" },
+    Setting { name: "ADMIN_USERNAME", default: "admin", secret: false, doc: "the first admin's name, created when no user exists" },
+    Setting { name: "ADMIN_PASSWORD", default: "", secret: true, doc: "the first admin's password; generated and printed once in development" },
+    Setting { name: "ACCESS_TOKEN_TTL", default: "900", secret: false, doc: "access token lifetime, seconds" },
+    Setting { name: "REFRESH_TOKEN_TTL", default: "1209600", secret: false, doc: "refresh token lifetime, seconds" },
+    Setting { name: "OUTBOX_DIR", default: "./data/outbox", secret: false, doc: "where the `file` provider writes `.eml` files" },
+    Setting { name: "SMTP_HOST", default: "", secret: false, doc: "when set, the `smtp` provider is available" },
+    Setting { name: "SMTP_PORT", default: "587", secret: false, doc: "SMTP port" },
+    Setting { name: "SMTP_USERNAME", default: "", secret: false, doc: "SMTP login" },
+    Setting { name: "SMTP_PASSWORD", default: "", secret: true, doc: "SMTP password" },
+    Setting { name: "SMTP_TLS", default: "starttls", secret: false, doc: "`none`, `starttls` or `tls`" },
+    Setting { name: "SMTP_POOL_SIZE", default: "8", secret: false, doc: "pooled SMTP connections" },
+    Setting { name: "RESEND_API_KEY", default: "", secret: true, doc: "when set, the `resend` provider is available" },
+    Setting { name: "RESEND_API_URL", default: "https://api.resend.com", secret: false, doc: "Resend-compatible API base URL" },
+    Setting { name: "FILE_RATE_LIMIT", default: "", secret: false, doc: "messages/s of the `file` provider (unset: unlimited)" },
+    Setting { name: "SMTP_RATE_LIMIT", default: "", secret: false, doc: "messages/s of the `smtp` provider, fleet-wide with Redis (unset: unlimited)" },
+    Setting { name: "RESEND_RATE_LIMIT", default: "", secret: false, doc: "messages/s of the `resend` provider, fleet-wide with Redis (unset: unlimited)" },
+    Setting { name: "RESEND_REQUEST_RATE", default: "2", secret: false, doc: "API requests/s of the `resend` provider (Resend's default limit is 2/s)" },
+    Setting { name: "BATCH_SIZE", default: "500", secret: false, doc: "recipients per batch job" },
+    Setting { name: "BATCH_WINDOW", default: "8", secret: false, doc: "batches of one campaign in the queue at once (backpressure)" },
+    Setting { name: "SEND_CONCURRENCY", default: "16", secret: false, doc: "messages of one batch in flight at once" },
+    Setting { name: "WORKER_CONCURRENCY", default: "4", secret: false, doc: "batch jobs one process runs at once" },
+    Setting { name: "QUEUE_POLL_MS", default: "200", secret: false, doc: "how often an idle worker polls, milliseconds" },
+    Setting { name: "QUEUE_HEARTBEAT_SECS", default: "2", secret: false, doc: "worker heartbeat, seconds" },
+    Setting { name: "QUEUE_MISSED_HEARTBEATS", default: "3", secret: false, doc: "missed heartbeats before a dead worker's jobs run elsewhere" },
+    Setting { name: "QUEUE_NAMESPACE", default: "mailing", secret: false, doc: "prefix of the queue names; processes of one deployment share it" },
+    Setting { name: "CLAIM_LEASE_SECS", default: "120", secret: false, doc: "age after which a claimed, unanswered recipient is recovered" },
+    Setting { name: "RETRY_BACKOFF_SECS", default: "30", secret: false, doc: "first retry delay of a temporarily failed recipient; doubles per attempt, with jitter" },
+    Setting { name: "RETRY_BACKOFF_MAX_SECS", default: "600", secret: false, doc: "longest retry delay" },
+    Setting { name: "MAX_ATTEMPTS", default: "5", secret: false, doc: "attempts per recipient before it is failed with its last error" },
+    Setting { name: "FAILURE_PAUSE_RATIO", default: "0.5", secret: false, doc: "pause a campaign when this share of its finished recipients failed (0: never)" },
+    Setting { name: "FAILURE_PAUSE_MIN", default: "100", secret: false, doc: "finished recipients before FAILURE_PAUSE_RATIO applies" },
+    Setting { name: "STALL_RECOVERY_SECS", default: "900", secret: false, doc: "re-enqueue a batch whose pending recipients nobody touched for this long (a lost queue)" },
+    Setting { name: "UNSUBSCRIBE_MAILTO", default: "", secret: false, doc: "optional mailto address in List-Unsubscribe" },
+    Setting { name: "TEMPLATE_CACHE_ENABLED", default: "true", secret: false, doc: "cache compiled templates" },
+    Setting { name: "TEMPLATE_CACHE_TTL", default: "3600", secret: false, doc: "seconds a compiled template stays cached" },
+    Setting { name: "TEMPLATE_CACHE_SIZE", default: "1000", secret: false, doc: "most compiled templates cached" },
+    Setting { name: "SHUTDOWN_TIMEOUT_SECS", default: "30", secret: false, doc: "how long SIGTERM waits for in-flight batches" },
+    Setting { name: "LOG_FORMAT", default: "pretty", secret: false, doc: "`pretty` or `json` (default `json` in production)" },
+    Setting { name: "LOG_LEVEL", default: "info", secret: false, doc: "tracing filter, e.g. `info,mailing_jobs=debug`" },
+    Setting { name: "FAULT_INJECTION", default: "false", secret: false, doc: "enable POST /admin/debug/crash/{component} (refused in production)" },
+    Setting { name: "HTTPS_ENABLED", default: "false", secret: false, doc: "TLS termination in process (not built yet: terminate TLS in a proxy)" },
+    Setting { name: "HTTPS_PORT", default: "8443", secret: false, doc: "HTTPS port" },
+    Setting { name: "FORCE_HTTPS", default: "false", secret: false, doc: "send HSTS (set it when a TLS proxy is in front)" },
+    Setting { name: "SSL_CERT_FILE", default: "certs/cert.pem", secret: false, doc: "TLS certificate" },
+    Setting { name: "SSL_KEY_FILE", default: "certs/key.pem", secret: false, doc: "TLS key" },
+    Setting { name: "METRICS_ENABLED", default: "true", secret: false, doc: "serve /metrics" },
+    Setting { name: "PROMETHEUS_PORT", default: "", secret: false, doc: "reserved: a separate metrics port (observability issue)" },
+    Setting { name: "BACKUP_ENABLED", default: "true", secret: false, doc: "reserved: scheduled backups (operations issue)" },
+    Setting { name: "BACKUP_SCHEDULE_HOURS", default: "2,14", secret: false, doc: "reserved: backup hours" },
+    Setting { name: "BACKUP_RETENTION_DAYS", default: "30", secret: false, doc: "reserved: backup retention" },
 ];
 
 /// The effective configuration.
@@ -379,6 +140,10 @@ pub struct Config {
     pub outbox_dir: PathBuf,
     /// SMTP, when `SMTP_HOST` is set.
     pub smtp: Option<mailing_jobs::provider::smtp::SmtpConfig>,
+    /// Resend, when `RESEND_API_KEY` is set.
+    pub resend: Option<mailing_jobs::provider::resend::ResendConfig>,
+    /// `{FILE,SMTP,RESEND}_RATE_LIMIT` and `RESEND_REQUEST_RATE`.
+    pub rates: ProviderRates,
     /// `BATCH_SIZE`.
     pub batch_size: u32,
     /// `SEND_CONCURRENCY`.
@@ -391,6 +156,18 @@ pub struct Config {
     pub claim_lease: Duration,
     /// `RETRY_BACKOFF_SECS`.
     pub retry_backoff: Duration,
+    /// `RETRY_BACKOFF_MAX_SECS`.
+    pub retry_backoff_max: Duration,
+    /// `MAX_ATTEMPTS`.
+    pub max_attempts: u32,
+    /// `BATCH_WINDOW`.
+    pub batch_window: u32,
+    /// `FAILURE_PAUSE_RATIO`.
+    pub failure_pause_ratio: f64,
+    /// `FAILURE_PAUSE_MIN`.
+    pub failure_pause_min: i64,
+    /// `STALL_RECOVERY_SECS`.
+    pub stall_recovery: Duration,
     /// `UNSUBSCRIBE_MAILTO`.
     pub unsubscribe_mailto: Option<String>,
     /// `TEMPLATE_CACHE_*`.
@@ -409,6 +186,19 @@ pub struct Config {
     pub metrics_enabled: bool,
     /// Raw values, for `config check`.
     pub raw: BTreeMap<&'static str, Option<String>>,
+}
+
+/// Rate limits per provider; None is unlimited.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderRates {
+    /// `FILE_RATE_LIMIT`, messages/s.
+    pub file: Option<f64>,
+    /// `SMTP_RATE_LIMIT`, messages/s.
+    pub smtp: Option<f64>,
+    /// `RESEND_RATE_LIMIT`, messages/s.
+    pub resend: Option<f64>,
+    /// `RESEND_REQUEST_RATE`, requests/s.
+    pub resend_requests: Option<f64>,
 }
 
 /// Values that are never acceptable as secrets in production.
@@ -482,6 +272,22 @@ impl Reader<'_> {
                 self.errors
                     .push(format!("{name}={other:?} is not a boolean (true or false)"));
                 false
+            }
+        }
+    }
+
+    fn rate(&mut self, name: &'static str) -> Option<f64> {
+        let raw = self.string(name);
+        if raw.is_empty() || raw == "0" {
+            return None;
+        }
+        match raw.parse::<f64>() {
+            Ok(v) if v > 0.0 && v.is_finite() => Some(v),
+            _ => {
+                self.errors.push(format!(
+                    "{name}={raw:?} is not a positive number per second"
+                ));
+                None
             }
         }
     }
@@ -584,8 +390,27 @@ impl Config {
                 pool_size: smtp_pool,
                 timeout: Duration::from_secs(30),
             });
-        let _ = r.text("RESEND_API_KEY");
-        let _ = r.string("RESEND_API_URL");
+        let resend_key = r.text("RESEND_API_KEY");
+        let resend_url = r.string("RESEND_API_URL").trim_end_matches('/').to_owned();
+        if url::Url::parse(&resend_url)
+            .map(|u| !matches!(u.scheme(), "http" | "https"))
+            .unwrap_or(true)
+        {
+            r.errors.push(format!(
+                "RESEND_API_URL={resend_url:?} must be an http(s) URL"
+            ));
+        }
+        let resend = resend_key.map(|api_key| mailing_jobs::provider::resend::ResendConfig {
+            api_key,
+            base_url: resend_url,
+            timeout: Duration::from_secs(30),
+        });
+        let rates = ProviderRates {
+            file: r.rate("FILE_RATE_LIMIT"),
+            smtp: r.rate("SMTP_RATE_LIMIT"),
+            resend: r.rate("RESEND_RATE_LIMIT"),
+            resend_requests: r.rate("RESEND_REQUEST_RATE"),
+        };
         let batch_size: u32 = r.positive("BATCH_SIZE");
         if batch_size > 10_000 {
             r.errors.push("BATCH_SIZE must be at most 10000".into());
@@ -601,6 +426,16 @@ impl Config {
         };
         let claim_lease = Duration::from_secs(r.positive::<u64>("CLAIM_LEASE_SECS"));
         let retry_backoff = Duration::from_secs(r.positive::<u64>("RETRY_BACKOFF_SECS"));
+        let retry_backoff_max = Duration::from_secs(r.positive::<u64>("RETRY_BACKOFF_MAX_SECS"));
+        let max_attempts: u32 = r.positive("MAX_ATTEMPTS");
+        let batch_window: u32 = r.positive("BATCH_WINDOW");
+        let failure_pause_ratio: f64 = r.parse("FAILURE_PAUSE_RATIO", "a number between 0 and 1");
+        if !(0.0..=1.0).contains(&failure_pause_ratio) {
+            r.errors
+                .push("FAILURE_PAUSE_RATIO must be between 0 and 1".into());
+        }
+        let failure_pause_min: i64 = r.positive("FAILURE_PAUSE_MIN");
+        let stall_recovery = Duration::from_secs(r.positive::<u64>("STALL_RECOVERY_SECS"));
         let unsubscribe_mailto = r.text("UNSUBSCRIBE_MAILTO");
         let template_cache = mailing_jobs::render::CacheConfig {
             enabled: r.bool("TEMPLATE_CACHE_ENABLED"),
@@ -694,12 +529,20 @@ impl Config {
             refresh_ttl,
             outbox_dir,
             smtp,
+            resend,
+            rates,
             batch_size,
             send_concurrency,
             worker_concurrency,
             queue,
             claim_lease,
             retry_backoff,
+            retry_backoff_max,
+            max_attempts,
+            batch_window,
+            failure_pause_ratio,
+            failure_pause_min,
+            stall_recovery,
             unsubscribe_mailto,
             template_cache,
             shutdown_timeout,
@@ -736,7 +579,7 @@ impl Config {
             out.push_str(&format!("{:<26} {:<40} ({source})\n", s.name, shown));
         }
         out.push_str(&format!(
-            "\neffective: store={} queue={} providers=file{} http={}\n",
+            "\neffective: store={} queue={} providers=file{}{} http={}\n",
             if self.database_url.starts_with("sqlite") {
                 "sqlite"
             } else {
@@ -748,6 +591,7 @@ impl Config {
                 "sqlite"
             },
             if self.smtp.is_some() { ",smtp" } else { "" },
+            if self.resend.is_some() { ",resend" } else { "" },
             self.http_addr,
         ));
         out

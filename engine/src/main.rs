@@ -59,6 +59,8 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the process (reqwest and lettre both use rustls).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(e) = dotenvy::dotenv()
         && !e.not_found()
     {

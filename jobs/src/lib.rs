@@ -12,6 +12,7 @@ pub mod model;
 pub mod pipeline;
 pub mod provider;
 pub mod queue;
+pub mod ratelimit;
 pub mod render;
 pub mod store;
 pub mod unsubscribe;

@@ -62,6 +62,14 @@ pub fn check_mailbox(value: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// The `List-Unsubscribe` header value: the https URL, then the mailto when configured.
+pub fn list_unsubscribe(url: &str, mailto: Option<&str>) -> String {
+    match mailto {
+        Some(mailto) => format!("<{url}>, <mailto:{mailto}>"),
+        None => format!("<{url}>"),
+    }
+}
+
 /// Builds the message. The domain of the Message-ID is the sender's domain.
 pub fn build(envelope: &Envelope<'_>, body: &Rendered) -> Result<Message, MessageError> {
     let from = mailbox("from", envelope.from)?;
@@ -84,10 +92,7 @@ pub fn build(envelope: &Envelope<'_>, body: &Rendered) -> Result<Message, Messag
     if let Some(reply_to) = envelope.reply_to {
         builder = builder.reply_to(mailbox("reply_to", reply_to)?);
     }
-    let list_unsubscribe = match envelope.unsubscribe_mailto {
-        Some(mailto) => format!("<{}>, <mailto:{}>", envelope.unsubscribe_url, mailto),
-        None => format!("<{}>", envelope.unsubscribe_url),
-    };
+    let list_unsubscribe = list_unsubscribe(envelope.unsubscribe_url, envelope.unsubscribe_mailto);
     builder = builder
         .raw_header(HeaderValue::new(
             HeaderName::new_from_ascii_str("List-Unsubscribe"),

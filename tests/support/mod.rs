@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod resend_mock;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -170,6 +172,13 @@ pub struct Server {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// An HTTP client for tests (installs the process's TLS crypto provider first, as the
+/// binary does).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("client")
+}
+
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_mailing")
 }
@@ -239,10 +248,7 @@ impl Server {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
             dir: dir.to_path_buf(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()
-                .expect("client"),
+            http: http_client(),
             _tmp: None,
         };
         if command != "worker" {

@@ -1,7 +1,9 @@
 //! The `scheduler` component: a one-second clock that starts scheduled campaigns whose
-//! time has come, recovers recipients whose sender died mid-batch (claims older than the
-//! lease), finishes campaigns with nothing left to send, and periodically trims finished
-//! queue jobs and expired sessions. A failing tick is logged and retried on the next
+//! time has come and, every ten seconds, recovers recipients whose sender died mid-batch
+//! (claims older than the lease), re-enqueues batches whose jobs were lost (pending rows
+//! untouched for `STALL_RECOVERY_SECS`, e.g. a Redis without persistence restarted),
+//! tops up each campaign's send window and finishes campaigns with nothing left to send.
+//! Hourly it trims finished queue jobs and expired sessions. A failing tick is logged and retried on the next
 //! one; it never crashes the component (only fault injection does).
 
 use std::time::Duration;
@@ -23,6 +25,8 @@ pub struct SchedulerArgs {
     pub ctx: PipelineContext,
     /// Time between ticks.
     pub tick: Duration,
+    /// Re-enqueue enqueued batches whose pending rows nobody touched for this long.
+    pub stall_after: Duration,
 }
 
 /// State of the scheduler.
@@ -60,7 +64,10 @@ async fn start_due(ctx: &PipelineContext) -> Result<(), Box<dyn std::error::Erro
     Ok(())
 }
 
-async fn recover(ctx: &PipelineContext) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn recover(
+    ctx: &PipelineContext,
+    stall_after: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let lease = ctx.config.claim_lease.as_millis() as i64;
     for id in ctx.store.running_campaigns().await? {
         let campaign = ctx.store.campaign(id).await?;
@@ -88,6 +95,26 @@ async fn recover(ctx: &PipelineContext) -> Result<(), Box<dyn std::error::Error 
                 "Recovered recipients of a sender that stopped mid-batch"
             );
         }
+        let stalled = ctx
+            .store
+            .stalled_batches(id, stall_after.as_millis() as i64)
+            .await?;
+        for batch_no in &stalled {
+            ctx.queue
+                .push_batch(SendBatch {
+                    campaign_id: id,
+                    batch_no: *batch_no,
+                })
+                .await?;
+        }
+        if !stalled.is_empty() {
+            warn!(
+                campaign_id = id,
+                batches = stalled.len(),
+                "Re-enqueued batches whose jobs were lost"
+            );
+        }
+        mailing_jobs::pipeline::window::fill(ctx, id).await?;
         ctx.store.finish_campaign_if_complete(id).await?;
     }
     Ok(())
@@ -138,7 +165,7 @@ impl Actor for Scheduler {
                     warn!(error = %e, "Starting scheduled campaigns failed; retrying next tick");
                 }
                 if state.ticks.is_multiple_of(10)
-                    && let Err(e) = recover(ctx).await
+                    && let Err(e) = recover(ctx, state.args.stall_after).await
                 {
                     warn!(error = %e, "Recovering stalled recipients failed; retrying later");
                 }

@@ -12,6 +12,7 @@
 
 pub mod plan;
 pub mod send;
+pub mod window;
 
 use std::time::Duration;
 
@@ -44,6 +45,17 @@ pub struct SendBatch {
 pub struct PipelineConfig {
     /// Recipients per batch (`BATCH_SIZE`).
     pub batch_size: u32,
+    /// Batches of one campaign in the queue at once (`BATCH_WINDOW`).
+    pub batch_window: u32,
+    /// Attempts per recipient before it is failed (`MAX_ATTEMPTS`).
+    pub max_attempts: u32,
+    /// The longest retry backoff (`RETRY_BACKOFF_MAX_SECS`).
+    pub retry_backoff_max: Duration,
+    /// Pause a campaign when more than this share of its finished recipients failed
+    /// (`FAILURE_PAUSE_RATIO`; 0 disables), once `failure_pause_min` have finished.
+    pub failure_pause_ratio: f64,
+    /// See `failure_pause_ratio`.
+    pub failure_pause_min: i64,
     /// Messages of one batch in flight at once.
     pub send_concurrency: usize,
     /// `mailto:` address for `List-Unsubscribe`, if any.
@@ -88,6 +100,8 @@ pub enum StageError {
         failed: usize,
         /// One of the errors.
         last_error: String,
+        /// The most attempts any of them has had (drives the backoff).
+        attempts: i64,
     },
     /// Nothing will make this job succeed.
     #[error("{0}")]

@@ -1,17 +1,18 @@
 //! The plan stage: campaign → ledger rows → batch jobs, in keyset pages so memory does
-//! not grow with the audience. Re-running it after a crash resumes after the last
+//! not grow with the audience. Batches are enqueued through the send window
+//! ([`window`]), so a campaign never has more than `BATCH_WINDOW` in the queue. Re-running it after a crash resumes after the last
 //! planned subscriber and re-enqueues the batches that still have pending recipients
 //! (a duplicate batch job is harmless: the send stage only takes unclaimed rows).
 
 use tracing::info;
 
-use super::{PipelineContext, PlanCampaign, SendBatch, StageError};
+use super::{PipelineContext, PlanCampaign, SendBatch, StageError, window};
 use crate::model::CampaignStatus;
 
 /// What the plan stage did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanReport {
-    /// Batches enqueued by this run.
+    /// Batches enqueued by this run (the window bounds them).
     pub batches: i64,
     /// Recipients planned by this run.
     pub recipients: u64,
@@ -88,6 +89,7 @@ pub async fn plan(ctx: &PipelineContext, job: &PlanCampaign) -> Result<PlanRepor
         }
         ctx.store.mark_campaign_planned(campaign.id).await?;
     }
+    report.batches += i64::from(window::fill(ctx, campaign.id).await?);
     ctx.store.finish_campaign_if_complete(campaign.id).await?;
     info!(
         campaign_id = campaign.id,

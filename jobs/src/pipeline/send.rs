@@ -14,10 +14,9 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use tracing::{info, warn};
 
-use super::{PipelineContext, SendBatch, StageError};
+use super::{PipelineContext, SendBatch, StageError, window};
 use crate::message::{self, Envelope};
 use crate::model::CampaignStatus;
 use crate::provider::{Outgoing, Provider, ProviderError};
@@ -86,11 +85,28 @@ fn prepare(
                     &body,
                 )
                 .map_err(|e| e.to_string())?;
+                let to_header = match r.name.as_deref() {
+                    Some(name) => lettre::message::Mailbox::new(
+                        Some(name.to_owned()),
+                        r.email
+                            .parse()
+                            .map_err(|e| format!("invalid recipient address: {e}"))?,
+                    )
+                    .to_string(),
+                    None => r.email.clone(),
+                };
                 Ok(Outgoing {
                     from,
                     to: r.email.clone(),
+                    from_header: campaign.from_addr.clone(),
+                    to_header,
+                    reply_to: campaign.reply_to.clone(),
+                    list_unsubscribe: message::list_unsubscribe(&unsubscribe_url, mailto),
                     delivery_key: r.delivery_key.clone(),
                     raw: mime.formatted(),
+                    subject: body.subject,
+                    html: body.html,
+                    text: body.text,
                 })
             })();
             Prepared {
@@ -101,10 +117,27 @@ fn prepare(
         .collect()
 }
 
-async fn deliver(provider: &Provider, prepared: Prepared) -> (i64, Outcome) {
-    let outcome = match prepared.message {
-        Err(error) => Outcome::Failed { error },
-        Ok(message) => match provider.send(&message).await {
+/// Sends the prepared messages; recipients whose message could not be built fail.
+async fn deliver(
+    provider: &Provider,
+    prepared: Vec<Prepared>,
+    concurrency: usize,
+) -> Vec<(i64, Outcome)> {
+    let mut outcomes = Vec::with_capacity(prepared.len());
+    let mut ids = Vec::with_capacity(prepared.len());
+    let mut messages = Vec::with_capacity(prepared.len());
+    for p in prepared {
+        match p.message {
+            Ok(m) => {
+                ids.push(p.delivery_id);
+                messages.push(m);
+            }
+            Err(error) => outcomes.push((p.delivery_id, Outcome::Failed { error })),
+        }
+    }
+    let results = provider.send_batch(&messages, concurrency).await;
+    for (id, result) in ids.into_iter().zip(results) {
+        let outcome = match result {
             Ok(provider_message_id) => Outcome::Sent {
                 provider_message_id,
             },
@@ -112,9 +145,48 @@ async fn deliver(provider: &Provider, prepared: Prepared) -> (i64, Outcome) {
             Err(e @ ProviderError::Transient { .. }) => Outcome::Retry {
                 error: e.to_string(),
             },
-        },
-    };
-    (prepared.delivery_id, outcome)
+        };
+        outcomes.push((id, outcome));
+    }
+    outcomes
+}
+
+/// Pauses a running campaign whose failure rate crossed the configured threshold, so a
+/// broken template, sender or provider does not burn the whole list.
+async fn pause_if_failing(ctx: &PipelineContext, campaign_id: i64) -> Result<(), StageError> {
+    let ratio = ctx.config.failure_pause_ratio;
+    if ratio <= 0.0 {
+        return Ok(());
+    }
+    let stats = ctx.store.campaign_stats(campaign_id).await?;
+    let finished = stats.sent + stats.failed;
+    if finished >= ctx.config.failure_pause_min && (stats.failed as f64) > ratio * finished as f64 {
+        let reason = format!(
+            "paused automatically: {} of {} finished recipients failed (threshold {:.0}%); \
+             fix the cause and resume",
+            stats.failed,
+            finished,
+            ratio * 100.0
+        );
+        if ctx
+            .store
+            .transition_campaign(
+                campaign_id,
+                &[CampaignStatus::Running],
+                CampaignStatus::Paused,
+                Some(&reason),
+            )
+            .await?
+        {
+            warn!(
+                campaign_id,
+                failed = stats.failed,
+                finished,
+                "Campaign paused: failure rate over threshold"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs the send stage for one batch.
@@ -159,10 +231,12 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         ..BatchReport::default()
     };
     if recipients.is_empty() {
+        window::fill(ctx, campaign.id).await?;
         ctx.store.finish_campaign_if_complete(campaign.id).await?;
         return Ok(report);
     }
 
+    let max_attempts_seen = recipients.iter().map(|r| r.attempts).max().unwrap_or(1);
     let signer = ctx.signer.clone();
     let mailto = ctx.config.unsubscribe_mailto.clone();
     let campaign = Arc::new(campaign);
@@ -192,11 +266,7 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
             }
         })
     };
-    let outcomes: Vec<(i64, Outcome)> = futures::stream::iter(prepared)
-        .map(|p| deliver(&provider, p))
-        .buffer_unordered(ctx.config.send_concurrency.max(1))
-        .collect()
-        .await;
+    let outcomes = deliver(&provider, prepared, ctx.config.send_concurrency).await;
     renewer.abort();
 
     let mut last_error = String::new();
@@ -214,7 +284,9 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
             Outcome::Skipped { .. } => {}
         }
     }
-    ctx.store.record_outcomes(&outcomes).await?;
+    ctx.store
+        .record_outcomes(&outcomes, ctx.config.max_attempts)
+        .await?;
     info!(
         campaign_id = campaign.id,
         batch_no = job.batch_no,
@@ -223,13 +295,16 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         retried = report.retried,
         "Batch delivered"
     );
+    pause_if_failing(ctx, campaign.id).await?;
     if report.retried > 0 {
         warn!(campaign_id = campaign.id, batch_no = job.batch_no, error = %last_error, "Batch will be retried");
         return Err(StageError::Retry {
             failed: report.retried,
             last_error,
+            attempts: max_attempts_seen,
         });
     }
+    window::fill(ctx, campaign.id).await?;
     ctx.store.finish_campaign_if_complete(campaign.id).await?;
     Ok(report)
 }

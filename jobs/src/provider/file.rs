@@ -66,6 +66,7 @@ mod tests {
             to: "c@d.co".into(),
             delivery_key: "k1".into(),
             raw: b"Subject: x\r\n\r\nbody".to_vec(),
+            ..Outgoing::default()
         };
         p.send(&m).await.unwrap();
         p.send(&m).await.unwrap();
@@ -82,6 +83,7 @@ mod tests {
             to: "c@d.co".into(),
             delivery_key: "../escape".into(),
             raw: Vec::new(),
+            ..Outgoing::default()
         };
         assert!(matches!(p.send(&m).await, Err(ProviderError::Permanent(_))));
     }

@@ -1,25 +1,48 @@
-//! Delivery providers. A provider takes one finished message and hands it on: to the
-//! outbox directory (`file`), to an SMTP relay (`smtp`). A new provider is a new module
-//! here plus one variant of [`Provider`]; nothing else in the pipeline changes.
+//! Delivery providers. A provider hands finished messages on: to the outbox directory
+//! (`file`), to an SMTP relay (`smtp`), or to a Resend-compatible HTTP API (`resend`).
+//! A new provider is a new module here plus one variant of [`Transport`]; the pipeline
+//! only calls [`Provider::send_batch`].
 //!
-//! Errors say whether to retry: [`ProviderError::Permanent`] fails the recipient for
-//! good, [`ProviderError::Transient`] puts it back for another attempt.
+//! Every provider runs under its [`Limits`] (messages/s and requests/s, in process or
+//! fleet-wide through Redis). A throttled answer pauses the provider for everyone for
+//! its `Retry-After` and the same messages are tried again, a bounded number of times;
+//! nothing is dropped. Errors say whether to retry: [`ProviderError::Permanent`] fails
+//! the recipient for good, [`ProviderError::Transient`] puts it back for another attempt.
 
 pub mod file;
+pub mod resend;
 pub mod smtp;
 
 use std::time::Duration;
 
-use crate::model::ProviderKind;
+use futures::StreamExt;
 
-/// A message ready to hand to a provider.
-#[derive(Debug, Clone)]
+use crate::model::ProviderKind;
+use crate::ratelimit::RateLimiter;
+
+/// A message ready to hand to a provider: the MIME form for SMTP and files, and its
+/// parts for HTTP APIs.
+#[derive(Debug, Clone, Default)]
 pub struct Outgoing {
     /// Envelope sender (bare address).
     pub from: String,
     /// Envelope recipient (bare address).
     pub to: String,
-    /// The delivery key: file name in the outbox, Idempotency-Key for HTTP APIs.
+    /// `From` header, e.g. `Shop <news@shop.example>`.
+    pub from_header: String,
+    /// `To` header, e.g. `Ann <ann@example.com>`.
+    pub to_header: String,
+    /// `Reply-To`, if any.
+    pub reply_to: Option<String>,
+    /// Subject line.
+    pub subject: String,
+    /// HTML body.
+    pub html: String,
+    /// Text body.
+    pub text: Option<String>,
+    /// The `List-Unsubscribe` header value.
+    pub list_unsubscribe: String,
+    /// The delivery key: file name in the outbox, part of the Idempotency-Key for APIs.
     pub delivery_key: String,
     /// The RFC 5322 message.
     pub raw: Vec<u8>,
@@ -41,38 +64,194 @@ pub enum ProviderError {
     },
 }
 
-/// A configured provider.
+/// The transports.
 #[derive(Debug, Clone)]
-pub enum Provider {
+pub enum Transport {
     /// `.eml` files in a directory.
     File(file::FileProvider),
     /// An SMTP relay.
     Smtp(smtp::SmtpProvider),
+    /// A Resend-compatible HTTP API.
+    Resend(resend::ResendProvider),
+}
+
+/// A provider's rate limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Messages per second.
+    pub messages: RateLimiter,
+    /// Requests (connections' sends, API calls) per second.
+    pub requests: RateLimiter,
+    /// How often a throttled request is tried again within one batch before its
+    /// messages go back to pending.
+    pub throttle_retries: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            messages: RateLimiter::Unlimited,
+            requests: RateLimiter::Unlimited,
+            throttle_retries: 5,
+        }
+    }
+}
+
+/// A configured provider.
+#[derive(Debug, Clone)]
+pub struct Provider {
+    /// How messages leave.
+    pub transport: Transport,
+    /// How fast.
+    pub limits: Limits,
 }
 
 impl Provider {
+    /// A provider without rate limits.
+    pub fn unlimited(transport: Transport) -> Self {
+        Provider {
+            transport,
+            limits: Limits::default(),
+        }
+    }
+
     /// Which kind this is.
     pub fn kind(&self) -> ProviderKind {
-        match self {
-            Provider::File(_) => ProviderKind::File,
-            Provider::Smtp(_) => ProviderKind::Smtp,
+        match self.transport {
+            Transport::File(_) => ProviderKind::File,
+            Transport::Smtp(_) => ProviderKind::Smtp,
+            Transport::Resend(_) => ProviderKind::Resend,
         }
     }
 
     /// Whether sending the same delivery key twice is harmless, so that a message whose
-    /// outcome is unknown (its worker died mid-send) may be sent again.
+    /// outcome is unknown (its worker died mid-send) may be sent again: the file provider
+    /// replaces the same file, Resend honours the Idempotency-Key. SMTP has no such key.
     pub fn resend_safe(&self) -> bool {
-        match self {
-            Provider::File(_) => true,
-            Provider::Smtp(_) => false,
+        match self.transport {
+            Transport::File(_) | Transport::Resend(_) => true,
+            Transport::Smtp(_) => false,
         }
     }
 
-    /// Hands a message on; returns the provider's message id, if it gives one.
-    pub async fn send(&self, message: &Outgoing) -> Result<Option<String>, ProviderError> {
-        match self {
-            Provider::File(p) => p.send(message).await,
-            Provider::Smtp(p) => p.send(message).await,
+    async fn throttled(&self, error: &ProviderError) {
+        if let ProviderError::Transient {
+            retry_after: Some(wait),
+            ..
+        } = error
+        {
+            tracing::warn!(provider = %self.kind(), wait_ms = wait.as_millis() as u64, "Provider throttled us; pausing it");
+            self.limits.messages.pause(*wait).await;
+            self.limits.requests.pause(*wait).await;
+        }
+    }
+
+    async fn send_one(&self, message: &Outgoing) -> Result<Option<String>, ProviderError> {
+        let mut attempt = 0;
+        loop {
+            self.limits.messages.acquire(1).await;
+            self.limits.requests.acquire(1).await;
+            let result = match &self.transport {
+                Transport::File(p) => p.send(message).await,
+                Transport::Smtp(p) => p.send(message).await,
+                Transport::Resend(p) => p
+                    .send_request(&[message])
+                    .await
+                    .map(|mut ids| ids.pop().flatten()),
+            };
+            match result {
+                Err(
+                    e @ ProviderError::Transient {
+                        retry_after: Some(_),
+                        ..
+                    },
+                ) if attempt < self.limits.throttle_retries => {
+                    self.throttled(&e).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_request(
+        &self,
+        chunk: &[&Outgoing],
+    ) -> Result<Vec<Option<String>>, ProviderError> {
+        let Transport::Resend(p) = &self.transport else {
+            unreachable!("only HTTP batch providers send requests of several messages")
+        };
+        let mut attempt = 0;
+        loop {
+            self.limits.messages.acquire(chunk.len() as u32).await;
+            self.limits.requests.acquire(1).await;
+            match p.send_request(chunk).await {
+                Err(
+                    e @ ProviderError::Transient {
+                        retry_after: Some(_),
+                        ..
+                    },
+                ) if attempt < self.limits.throttle_retries => {
+                    self.throttled(&e).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends messages, at most `concurrency` requests at once; the results are in the
+    /// order of `messages`.
+    ///
+    /// The future is boxed: it names concrete lifetimes here, which keeps the job
+    /// handlers' futures provably `Send`.
+    pub fn send_batch<'a>(
+        &'a self,
+        messages: &'a [Outgoing],
+        concurrency: usize,
+    ) -> futures::future::BoxFuture<'a, Vec<Result<Option<String>, ProviderError>>> {
+        use futures::FutureExt;
+        async move { self.send_batch_inner(messages, concurrency).await }.boxed()
+    }
+
+    async fn send_batch_inner(
+        &self,
+        messages: &[Outgoing],
+        concurrency: usize,
+    ) -> Vec<Result<Option<String>, ProviderError>> {
+        let concurrency = concurrency.max(1);
+        match &self.transport {
+            Transport::Resend(_) => {
+                // Stream over indices, not references: closures taking references trip
+                // rustc's higher-ranked lifetime inference in async stream pipelines.
+                let size = resend::MAX_PER_REQUEST;
+                let count = messages.len().div_ceil(size);
+                let results: Vec<Vec<Result<Option<String>, ProviderError>>> =
+                    futures::stream::iter(0..count)
+                        .map(|i| {
+                            let chunk: Vec<&Outgoing> = messages
+                                [i * size..((i + 1) * size).min(messages.len())]
+                                .iter()
+                                .collect();
+                            async move {
+                                match self.send_request(&chunk).await {
+                                    Ok(ids) => ids.into_iter().map(Ok).collect(),
+                                    Err(e) => vec![Err(e); chunk.len()],
+                                }
+                            }
+                        })
+                        .buffered(concurrency)
+                        .collect()
+                        .await;
+                results.into_iter().flatten().collect()
+            }
+            _ => {
+                futures::stream::iter(0..messages.len())
+                    .map(|i| self.send_one(&messages[i]))
+                    .buffered(concurrency)
+                    .collect()
+                    .await
+            }
         }
     }
 }
@@ -84,6 +263,8 @@ pub struct Providers {
     pub file: Option<Provider>,
     /// The SMTP provider.
     pub smtp: Option<Provider>,
+    /// The Resend provider.
+    pub resend: Option<Provider>,
 }
 
 /// A campaign names a provider this process does not have.
@@ -97,7 +278,7 @@ impl Providers {
         let found = match kind {
             ProviderKind::File => self.file.as_ref(),
             ProviderKind::Smtp => self.smtp.as_ref(),
-            ProviderKind::Resend => None,
+            ProviderKind::Resend => self.resend.as_ref(),
         };
         found.ok_or_else(|| ProviderNotConfigured(kind.to_string()))
     }
@@ -112,7 +293,7 @@ impl Providers {
 
     /// Names of the configured providers.
     pub fn names(&self) -> Vec<&'static str> {
-        [&self.file, &self.smtp]
+        [&self.file, &self.smtp, &self.resend]
             .into_iter()
             .flatten()
             .map(|p| p.kind().as_str())

@@ -192,6 +192,14 @@ impl Queue {
         }
     }
 
+    /// The Redis connection, when the queue is on Redis (shared rate limits use it).
+    pub fn redis_connection(&self) -> Option<ConnectionManager> {
+        match self {
+            Queue::Redis { conn, .. } => Some(conn.clone()),
+            Queue::Sqlite { .. } => None,
+        }
+    }
+
     /// The timing settings.
     pub fn config(&self) -> &QueueConfig {
         match self {

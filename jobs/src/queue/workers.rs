@@ -75,14 +75,22 @@ pub async fn plan_job(job: PlanCampaign, ctx: Data<PipelineContext>) -> Result<(
 }
 
 /// The send stage's job handler. Temporary failures of some recipients are retried by
-/// re-enqueueing the batch after `retry_backoff` (the ledger counts the attempts and
-/// fails a recipient after `MAX_ATTEMPTS`), so the job itself succeeds.
+/// re-enqueueing the batch after an exponential backoff with jitter (the ledger counts
+/// the attempts and fails a recipient after `max_attempts`), so the job itself succeeds.
 pub async fn send_job(job: SendBatch, ctx: Data<PipelineContext>) -> Result<(), BoxDynError> {
     let what = format!("send campaign {} batch {}", job.campaign_id, job.batch_no);
     let result = match send::send_batch(&ctx, &job).await {
-        Err(StageError::Retry { failed, last_error }) => {
-            let delay = ctx.config.retry_backoff;
-            warn!(campaign_id = job.campaign_id, batch_no = job.batch_no, failed, error = %last_error,
+        Err(StageError::Retry {
+            failed,
+            last_error,
+            attempts,
+        }) => {
+            let delay = retry_delay(
+                ctx.config.retry_backoff,
+                ctx.config.retry_backoff_max,
+                attempts,
+            );
+            warn!(campaign_id = job.campaign_id, batch_no = job.batch_no, failed, attempts, error = %last_error,
                   delay_ms = delay.as_millis() as u64, "Batch retry scheduled");
             ctx.queue
                 .push_batch_after(job.clone(), delay)
@@ -104,6 +112,14 @@ pub async fn send_job(job: SendBatch, ctx: Data<PipelineContext>) -> Result<(), 
         other => other.map(|_| ()),
     };
     into_job_result(result, what)
+}
+
+/// Exponential backoff with jitter: `base × 2^(attempts-1)`, capped, then scaled by a
+/// random factor in [0.5, 1) so retries of many batches spread out.
+pub fn retry_delay(base: Duration, max: Duration, attempts: i64) -> Duration {
+    let exponent = attempts.clamp(1, 20) as u32 - 1;
+    let raw = base.saturating_mul(1 << exponent).min(max);
+    raw.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
 macro_rules! stage_worker {
@@ -158,6 +174,31 @@ pub fn stage_monitor(
         }
         (Queue::Redis { send, .. }, Stage::Send) => {
             stage_worker!(monitor, send.clone(), ctx, workers, poll, send_job)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_is_capped_and_jittered() {
+        let base = Duration::from_secs(10);
+        let max = Duration::from_secs(60);
+        for _ in 0..100 {
+            let first = retry_delay(base, max, 1);
+            assert!(
+                first >= Duration::from_secs(5) && first < Duration::from_secs(10),
+                "{first:?}"
+            );
+            let third = retry_delay(base, max, 3);
+            assert!(
+                third >= Duration::from_secs(20) && third < Duration::from_secs(40),
+                "{third:?}"
+            );
+            let late = retry_delay(base, max, 12);
+            assert!(late >= Duration::from_secs(30) && late < max, "{late:?}");
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct CampaignRow {
     pub started_at: Option<i64>,
     /// When it reached a final state.
     pub finished_at: Option<i64>,
+    /// The highest batch enqueued so far (the send window's edge).
+    pub enqueued_through: i64,
 }
 
 impl CampaignRow {
@@ -113,7 +115,7 @@ macro_rules! select_campaign {
     () => {
         "SELECT id, name, template_id, from_addr, reply_to, provider, \
      plugins, status, send_at, planned, last_error, created_at, updated_at, started_at, \
-     finished_at FROM campaigns"
+     finished_at, enqueued_through FROM campaigns"
     };
 }
 

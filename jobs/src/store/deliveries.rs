@@ -10,9 +10,6 @@ use sha2::{Digest, Sha256};
 use super::{Store, StoreError};
 use crate::model::{DEFAULT_WORKSPACE, DeliveryStatus, now_ms};
 
-/// The most attempts a recipient gets before it is failed for good.
-pub const MAX_ATTEMPTS: i64 = 5;
-
 /// One recipient of the audience, as the plan stage reads it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct AudienceMember {
@@ -230,7 +227,13 @@ impl Store {
 
     /// Records the outcomes of claimed recipients in one transaction. Only rows still
     /// in `sending` change, so a late duplicate cannot overwrite a recorded outcome.
-    pub async fn record_outcomes(&self, outcomes: &[(i64, Outcome)]) -> Result<(), StoreError> {
+    /// A recipient put back for a retry that has had `max_attempts` attempts is failed
+    /// instead, keeping its last error.
+    pub async fn record_outcomes(
+        &self,
+        outcomes: &[(i64, Outcome)],
+        max_attempts: u32,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
         for (delivery_id, outcome) in outcomes {
@@ -261,7 +264,7 @@ impl Store {
                  WHERE id = $7 AND status = 'sending'",
             )
             .bind(status.as_str())
-            .bind(MAX_ATTEMPTS)
+            .bind(i64::from(max_attempts))
             .bind(message_id)
             .bind(error)
             .bind(sent_at)
@@ -328,6 +331,58 @@ impl Store {
         .execute(self.pool())
         .await?
         .rows_affected())
+    }
+
+    /// Batches of the campaign that are enqueued and not finished (some row pending or
+    /// sending): the campaign's share of the queue.
+    pub async fn outstanding_batches(&self, campaign_id: i64) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT d.batch_no) FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id \
+             WHERE d.campaign_id = $1 AND d.status IN ('pending', 'sending') AND d.batch_no <= c.enqueued_through",
+        )
+        .bind(campaign_id)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Moves the campaign's window one batch on, if the next batch has been planned;
+    /// returns the batch to enqueue. Atomic: of concurrent callers each gets a distinct
+    /// batch.
+    pub async fn advance_window(&self, campaign_id: i64) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "UPDATE campaigns SET enqueued_through = enqueued_through + 1 WHERE id = $1 AND EXISTS \
+             (SELECT 1 FROM deliveries d WHERE d.campaign_id = $1 AND d.batch_no = campaigns.enqueued_through + 1) \
+             RETURNING enqueued_through",
+        )
+        .bind(campaign_id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// Enqueued batches whose pending rows nobody touched for `idle_ms` (their job was
+    /// lost, e.g. a queue without persistence restarted). Touches the rows so the next
+    /// scan does not return them again at once.
+    pub async fn stalled_batches(
+        &self,
+        campaign_id: i64,
+        idle_ms: i64,
+    ) -> Result<Vec<i64>, StoreError> {
+        let now = now_ms();
+        let batches: Vec<i64> = sqlx::query_scalar(
+            "UPDATE deliveries SET updated_at = $1 WHERE campaign_id = $2 AND status = 'pending' \
+             AND updated_at < $3 AND batch_no <= (SELECT enqueued_through FROM campaigns WHERE id = $2) \
+             RETURNING batch_no",
+        )
+        .bind(now)
+        .bind(campaign_id)
+        .bind(now - idle_ms)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(batches
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect())
     }
 
     /// Counts a campaign's rows in one status.

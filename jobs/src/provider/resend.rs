@@ -1,0 +1,207 @@
+//! The `resend` provider: Resend's (or a compatible service's) HTTP API. Messages go in
+//! `POST {RESEND_API_URL}/emails/batch` requests of up to 100, each with an
+//! `Idempotency-Key` derived from its messages' delivery keys: a retried request with
+//! the same recipients carries the same key, so the service accepts it once.
+//!
+//! Answers: 2xx sent; 429 throttled (honours `Retry-After`); 408, 409, 5xx, 401 and 403
+//! temporary (a bad key must not burn recipients); other 4xx refused for good.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{Outgoing, ProviderError};
+
+/// The most messages one batch request may carry (Resend's limit).
+pub const MAX_PER_REQUEST: usize = 100;
+
+/// Resend settings.
+#[derive(Clone)]
+pub struct ResendConfig {
+    /// `RESEND_API_KEY`.
+    pub api_key: String,
+    /// `RESEND_API_URL`, without a trailing slash.
+    pub base_url: String,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ResendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResendConfig")
+            .field("base_url", &self.base_url)
+            .field("api_key", &"***")
+            .finish()
+    }
+}
+
+/// Sends through the Resend batch API.
+#[derive(Debug, Clone)]
+pub struct ResendProvider {
+    client: reqwest::Client,
+    config: ResendConfig,
+}
+
+/// The provider cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Resend configuration: {0}")]
+pub struct ResendConfigError(String);
+
+#[derive(Serialize)]
+struct Email<'a> {
+    from: &'a str,
+    to: [&'a str; 1],
+    subject: &'a str,
+    html: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+    headers: std::collections::BTreeMap<&'static str, &'a str>,
+}
+
+/// The idempotency key of a request: a digest of its delivery keys, in order.
+pub fn idempotency_key(messages: &[&Outgoing]) -> String {
+    let mut hash = Sha256::new();
+    for m in messages {
+        hash.update(m.delivery_key.as_bytes());
+        hash.update(b"\n");
+    }
+    let digest = hash.finalize();
+    format!(
+        "mailing-{}",
+        digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    )
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+}
+
+impl ResendProvider {
+    /// Builds the HTTP client.
+    pub fn new(config: ResendConfig) -> Result<Self, ResendConfigError> {
+        if config.api_key.trim().is_empty() {
+            return Err(ResendConfigError("RESEND_API_KEY is empty".into()));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .user_agent(concat!("mailing/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ResendConfigError(e.to_string()))?;
+        Ok(ResendProvider { client, config })
+    }
+
+    /// Sends up to [`MAX_PER_REQUEST`] messages in one request; returns their ids in order.
+    pub async fn send_request(
+        &self,
+        messages: &[&Outgoing],
+    ) -> Result<Vec<Option<String>>, ProviderError> {
+        let body: Vec<Email<'_>> = messages
+            .iter()
+            .map(|m| {
+                let mut headers = std::collections::BTreeMap::new();
+                headers.insert("List-Unsubscribe", m.list_unsubscribe.as_str());
+                headers.insert("List-Unsubscribe-Post", "List-Unsubscribe=One-Click");
+                Email {
+                    from: &m.from_header,
+                    to: [&m.to_header],
+                    subject: &m.subject,
+                    html: &m.html,
+                    text: m.text.as_deref(),
+                    reply_to: m.reply_to.as_deref(),
+                    headers,
+                }
+            })
+            .collect();
+        let response = self
+            .client
+            .post(format!("{}/emails/batch", self.config.base_url))
+            .bearer_auth(&self.config.api_key)
+            .header("Idempotency-Key", idempotency_key(messages))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| ProviderError::Transient {
+                message: format!("Resend request failed: {}", e.without_url()),
+                retry_after: None,
+            })?;
+        let status = response.status();
+        let wait = retry_after(response.headers());
+        let text = response.text().await.unwrap_or_default();
+        let detail: String = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| text.chars().take(300).collect());
+        match status.as_u16() {
+            200..=299 => {
+                let ids = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v.get("data").and_then(|d| d.as_array()).cloned())
+                    .unwrap_or_default();
+                Ok((0..messages.len())
+                    .map(|i| {
+                        ids.get(i)
+                            .and_then(|d| d.get("id"))
+                            .and_then(|id| id.as_str())
+                            .map(str::to_owned)
+                    })
+                    .collect())
+            }
+            429 => Err(ProviderError::Transient {
+                message: format!("Resend throttled the request (429): {detail}"),
+                retry_after: Some(wait.unwrap_or(Duration::from_secs(1))),
+            }),
+            401 | 403 => Err(ProviderError::Transient {
+                message: format!(
+                    "Resend refused the API key ({status}): {detail}; check RESEND_API_KEY"
+                ),
+                retry_after: None,
+            }),
+            408 | 409 | 500..=599 => Err(ProviderError::Transient {
+                message: format!("Resend answered {status}: {detail}"),
+                retry_after: wait,
+            }),
+            _ => Err(ProviderError::Permanent(format!(
+                "Resend refused the messages ({status}): {detail}"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outgoing(key: &str) -> Outgoing {
+        Outgoing {
+            delivery_key: key.into(),
+            ..Outgoing::default()
+        }
+    }
+
+    #[test]
+    fn idempotency_key_is_stable_and_depends_on_every_recipient() {
+        let (a, b, c) = (outgoing("a"), outgoing("b"), outgoing("c"));
+        assert_eq!(idempotency_key(&[&a, &b]), idempotency_key(&[&a, &b]));
+        assert_ne!(idempotency_key(&[&a, &b]), idempotency_key(&[&a, &c]));
+        assert!(idempotency_key(&[&a]).len() <= 256);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(reqwest::header::RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
+    }
+}
