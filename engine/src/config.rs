@@ -421,7 +421,9 @@ impl Config {
             poll_interval: Duration::from_millis(r.positive::<u64>("QUEUE_POLL_MS")),
             heartbeat: Duration::from_secs(r.positive::<u64>("QUEUE_HEARTBEAT_SECS")),
             missed_heartbeats: r.positive("QUEUE_MISSED_HEARTBEATS"),
-            fetch_batch: 10,
+            // Fetch no more than the worker runs: a prefetched job waits for its
+            // worker, and a killed worker's prefetched jobs wait for orphan recovery.
+            fetch_batch: worker_concurrency,
             namespace: r.string("QUEUE_NAMESPACE"),
         };
         let claim_lease = Duration::from_secs(r.positive::<u64>("CLAIM_LEASE_SECS"));

@@ -95,6 +95,20 @@ async fn recover(
                 "Recovered recipients of a sender that stopped mid-batch"
             );
         }
+        if campaign.planned == 0
+            && campaign.updated_at < mailing_jobs::now_ms() - stall_after.as_millis() as i64
+        {
+            // The plan job was lost (plan touches the campaign on every page, so this is
+            // not a slow plan): plan is idempotent, so enqueue it again.
+            ctx.store.touch_campaign(id).await?;
+            ctx.queue
+                .push_plan(mailing_jobs::pipeline::PlanCampaign { campaign_id: id })
+                .await?;
+            warn!(
+                campaign_id = id,
+                "Re-enqueued the plan of a campaign whose planning stalled"
+            );
+        }
         let stalled = ctx
             .store
             .stalled_batches(id, stall_after.as_millis() as i64)

@@ -1,8 +1,11 @@
 //! The plan stage: campaign → ledger rows → batch jobs, in keyset pages so memory does
 //! not grow with the audience. Batches are enqueued through the send window
-//! ([`window`]), so a campaign never has more than `BATCH_WINDOW` in the queue. Re-running it after a crash resumes after the last
-//! planned subscriber and re-enqueues the batches that still have pending recipients
-//! (a duplicate batch job is harmless: the send stage only takes unclaimed rows).
+//! ([`window`]), so a campaign never has more than `BATCH_WINDOW` in the queue.
+//!
+//! Re-running it (a resume, a crash mid-plan, a lost job re-enqueued by the scheduler)
+//! resumes after the last planned subscriber and re-enqueues the window's batches that
+//! still have pending recipients; a duplicate batch job is harmless, because the send
+//! stage only takes unclaimed rows.
 
 use tracing::info;
 
@@ -18,6 +21,16 @@ pub struct PlanReport {
     pub recipients: u64,
 }
 
+async fn still_running(ctx: &PipelineContext, campaign_id: i64) -> Result<bool, StageError> {
+    let status = ctx.store.campaign(campaign_id).await?.status()?;
+    if status == CampaignStatus::Cancelled {
+        ctx.store
+            .skip_pending(campaign_id, "campaign cancelled")
+            .await?;
+    }
+    Ok(status == CampaignStatus::Running)
+}
+
 /// Runs the plan stage for one campaign.
 pub async fn plan(ctx: &PipelineContext, job: &PlanCampaign) -> Result<PlanReport, StageError> {
     let campaign = match ctx.store.campaign(job.campaign_id).await {
@@ -30,42 +43,36 @@ pub async fn plan(ctx: &PipelineContext, job: &PlanCampaign) -> Result<PlanRepor
         }
         Err(e) => return Err(e.into()),
     };
-    if campaign.status()? != CampaignStatus::Running {
-        info!(campaign_id = campaign.id, status = %campaign.status, "Plan skipped: campaign is not running");
-        return Ok(PlanReport {
-            batches: 0,
-            recipients: 0,
-        });
-    }
-    let (mut after, last_batch) = ctx.store.plan_progress(campaign.id).await?;
     let mut report = PlanReport {
         batches: 0,
         recipients: 0,
     };
+    if campaign.status()? != CampaignStatus::Running {
+        info!(campaign_id = campaign.id, status = %campaign.status, "Plan skipped: campaign is not running");
+        return Ok(report);
+    }
+    let (mut after, last_batch) = ctx.store.plan_progress(campaign.id).await?;
     if last_batch >= 0 {
         for batch_no in ctx.store.pending_batches(campaign.id).await? {
-            ctx.queue
-                .push_batch(SendBatch {
-                    campaign_id: campaign.id,
-                    batch_no,
-                })
-                .await?;
-            report.batches += 1;
+            if batch_no <= campaign.enqueued_through {
+                ctx.queue
+                    .push_batch(SendBatch {
+                        campaign_id: campaign.id,
+                        batch_no,
+                    })
+                    .await?;
+                report.batches += 1;
+            }
         }
     }
     let mut batch_no = last_batch + 1;
     if campaign.planned == 0 {
         loop {
-            if ctx.store.campaign(campaign.id).await?.status()? != CampaignStatus::Running {
+            if !still_running(ctx, campaign.id).await? {
                 info!(
                     campaign_id = campaign.id,
                     "Planning stopped: the campaign is no longer running"
                 );
-                if ctx.store.campaign(campaign.id).await?.status()? == CampaignStatus::Cancelled {
-                    ctx.store
-                        .skip_pending(campaign.id, "campaign cancelled")
-                        .await?;
-                }
                 return Ok(report);
             }
             let page = ctx
@@ -77,13 +84,8 @@ pub async fn plan(ctx: &PipelineContext, job: &PlanCampaign) -> Result<PlanRepor
             ctx.store
                 .insert_deliveries(campaign.id, batch_no, &page)
                 .await?;
-            ctx.queue
-                .push_batch(SendBatch {
-                    campaign_id: campaign.id,
-                    batch_no,
-                })
-                .await?;
-            report.batches += 1;
+            ctx.store.touch_campaign(campaign.id).await?;
+            report.batches += i64::from(window::fill(ctx, campaign.id).await?);
             report.recipients += page.len() as u64;
             batch_no += 1;
         }

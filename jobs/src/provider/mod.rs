@@ -236,6 +236,15 @@ impl Provider {
                             async move {
                                 match self.send_request(&chunk).await {
                                     Ok(ids) => ids.into_iter().map(Ok).collect(),
+                                    // The API refuses a whole request for one bad message:
+                                    // send them one by one so only that one fails.
+                                    Err(ProviderError::Permanent(_)) if chunk.len() > 1 => {
+                                        let mut results = Vec::with_capacity(chunk.len());
+                                        for m in &chunk {
+                                            results.push(self.send_one(m).await);
+                                        }
+                                        results
+                                    }
                                     Err(e) => vec![Err(e); chunk.len()],
                                 }
                             }

@@ -250,6 +250,17 @@ impl Store {
         Ok(())
     }
 
+    /// Marks a campaign as just looked at (so stall recovery does not act on it again at
+    /// once).
+    pub async fn touch_campaign(&self, id: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE campaigns SET updated_at = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// Records that the plan stage wrote every delivery row of the campaign.
     pub async fn mark_campaign_planned(&self, id: i64) -> Result<(), StoreError> {
         sqlx::query("UPDATE campaigns SET planned = 1, updated_at = $1 WHERE id = $2")
