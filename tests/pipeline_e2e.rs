@@ -69,6 +69,75 @@ async fn resend_campaign_delivers_each_recipient_once_and_isolates_a_refused_add
         keys >= 10,
         "requests carry up to 100 messages, each with an Idempotency-Key ({keys} keys)"
     );
+
+    // The failed recipient is listed with its reason, by the API and the CLI...
+    let (status, failed) = server
+        .request(
+            "GET",
+            &format!("/api/v1/campaigns/{campaign}/deliveries?status=failed"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{failed}");
+    assert_eq!(failed["items"][0]["email"], "user7@example.com");
+    assert!(
+        failed["items"][0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Invalid `to`"),
+        "{failed}"
+    );
+    let out = std::process::Command::new(support::binary())
+        .args([
+            "campaign",
+            "deliveries",
+            &campaign.to_string(),
+            "--status",
+            "failed",
+        ])
+        .current_dir(&server.dir)
+        .env("DATA_DIR", server.dir.join("data"))
+        .env("LOG_LEVEL", "warn")
+        .output()
+        .expect("the CLI runs");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listing.contains("user7@example.com\tfailed"),
+        "{listing}"
+    );
+
+    // ...and, once the provider accepts the address, retried to completion.
+    mock.state.lock().expect("state").reject.clear();
+    let (status, body) = server
+        .request(
+            "POST",
+            &format!("/api/v1/campaigns/{campaign}/retry-failed"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!((status, body["retried"].clone()), (202, json!(1)), "{body}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, c) = server
+            .request(
+                "GET",
+                &format!("/api/v1/campaigns/{campaign}"),
+                Some(&token),
+                None,
+            )
+            .await;
+        if c["status"] == "done" && c["stats"]["sent"] == 1000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the retried recipient was not sent: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(mock.deliveries().get("user7@example.com"), Some(&1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -112,7 +112,11 @@ pub fn router(state: Arc<AppState>) -> Router {
                                 .push(Router::with_path("send").post(campaigns::send))
                                 .push(Router::with_path("pause").post(campaigns::pause))
                                 .push(Router::with_path("resume").post(campaigns::resume))
-                                .push(Router::with_path("cancel").post(campaigns::cancel)),
+                                .push(Router::with_path("cancel").post(campaigns::cancel))
+                                .push(Router::with_path("deliveries").get(campaigns::deliveries))
+                                .push(
+                                    Router::with_path("retry-failed").post(campaigns::retry_failed),
+                                ),
                         ),
                 )
                 .push(

@@ -37,6 +37,31 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Inspect a campaign's ledger and retry its failed recipients.
+    Campaign {
+        #[command(subcommand)]
+        action: CampaignAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CampaignAction {
+    /// List a campaign's recipients and their outcomes (one line each).
+    Deliveries {
+        /// The campaign id.
+        id: i64,
+        /// Only this status (pending, sending, sent, failed, skipped, bounced, complained).
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Put the campaign's failed recipients back to pending and send them again.
+    RetryFailed {
+        /// The campaign id.
+        id: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +78,54 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
         "database is at the latest schema ({} migrations)",
         store.migration_count()
     );
+    store.close().await;
+    Ok(())
+}
+
+async fn campaign(config: &Config, action: CampaignAction) -> anyhow::Result<()> {
+    let store = app::open_store(config).await?;
+    match action {
+        CampaignAction::Deliveries { id, status, limit } => {
+            store.campaign(id).await?;
+            let status = status
+                .map(|s| s.parse::<mailing_jobs::DeliveryStatus>())
+                .transpose()?;
+            let mut after = 0;
+            let mut left = limit;
+            while left > 0 {
+                let page = store
+                    .deliveries(id, status, None, after, left.min(500))
+                    .await?;
+                for d in &page.items {
+                    println!(
+                        "{}\t{}\t{}\tattempts={}\t{}",
+                        d.id,
+                        d.email,
+                        d.status,
+                        d.attempts,
+                        d.last_error.as_deref().unwrap_or("")
+                    );
+                }
+                left = left.saturating_sub(page.items.len() as u32);
+                match page.next.and_then(|n| n.parse().ok()) {
+                    Some(next) => after = next,
+                    None => break,
+                }
+            }
+        }
+        CampaignAction::RetryFailed { id } => {
+            store.campaign(id).await?;
+            let retried = store.retry_failed(id).await?;
+            let status = store.campaign(id).await?.status()?;
+            if retried > 0 && status == mailing_jobs::CampaignStatus::Running {
+                let queue = app::open_queue(config).await?;
+                queue
+                    .push_plan(mailing_jobs::pipeline::PlanCampaign { campaign_id: id })
+                    .await?;
+            }
+            println!("campaign {id}: {retried} failed recipients back to pending; status {status}");
+        }
+    }
     store.close().await;
     Ok(())
 }
@@ -105,6 +178,7 @@ fn main() -> ExitCode {
             Command::Worker => app::run(config, Mode::Worker).await,
             Command::Migrate => migrate(&config).await,
             Command::Config { .. } => Ok(()),
+            Command::Campaign { action } => campaign(&config, action).await,
         }
     });
     match result {

@@ -372,3 +372,79 @@ pub async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     accepted(res, row.id, CampaignStatus::Cancelled);
     Ok(())
 }
+
+/// `GET /api/v1/campaigns/{id}/deliveries?status=&email=&limit=&after=`: the ledger,
+/// one row per recipient with its outcome, attempts and last error.
+#[handler]
+pub async fn deliveries(
+    req: &mut Request,
+    depot: &mut Depot,
+) -> ApiResult<Json<serde_json::Value>> {
+    let state = from_depot(depot)?;
+    let id = path_id(req, "id")?;
+    state.store.campaign(id).await?;
+    let (after, limit) = pagination(req)?;
+    let status = match req.query::<String>("status") {
+        None => None,
+        Some(s) => Some(
+            s.parse::<mailing_jobs::DeliveryStatus>()
+                .map_err(|e| ApiError::field("status", e.to_string()))?,
+        ),
+    };
+    let email = match req.query::<String>("email") {
+        None => None,
+        Some(e) => Some(
+            mailing_jobs::store::subscribers::normalize_email(&e)
+                .map_err(|m| ApiError::field("email", m))?,
+        ),
+    };
+    Ok(Json(serde_json::json!(
+        state
+            .store
+            .deliveries(id, status, email.as_deref(), after, limit)
+            .await?
+    )))
+}
+
+/// `POST /api/v1/campaigns/{id}/retry-failed`: failed recipients go back to pending with
+/// fresh attempts; a finished campaign runs again for them.
+#[handler]
+pub async fn retry_failed(
+    req: &mut Request,
+    depot: &mut Depot,
+    res: &mut Response,
+) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Editor)?;
+    let row = state.store.campaign(path_id(req, "id")?).await?;
+    if matches!(
+        row.status()?,
+        CampaignStatus::Draft | CampaignStatus::Scheduled | CampaignStatus::Cancelled
+    ) {
+        return Err(conflict(&row, "retried"));
+    }
+    let retried = state.store.retry_failed(row.id).await?;
+    let status = state.store.campaign(row.id).await?.status()?;
+    if retried > 0 && status == CampaignStatus::Running {
+        state
+            .queue
+            .push_plan(PlanCampaign {
+                campaign_id: row.id,
+            })
+            .await?;
+    }
+    state
+        .store
+        .audit(
+            &who.username,
+            "campaign.retry_failed",
+            Some(&format!("campaign:{}", row.id)),
+            &serde_json::json!({"retried": retried}),
+        )
+        .await?;
+    res.status_code(StatusCode::ACCEPTED).render(Json(
+        serde_json::json!({ "id": row.id, "status": status, "retried": retried }),
+    ));
+    Ok(())
+}

@@ -38,6 +38,31 @@ pub struct Recipient {
     pub attempts: i64,
 }
 
+/// A ledger row as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeliveryRow {
+    /// Row id (the keyset cursor).
+    pub id: i64,
+    /// Subscriber.
+    pub subscriber_id: i64,
+    /// Address.
+    pub email: String,
+    /// Outcome.
+    pub status: String,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// The provider's message id.
+    pub provider_message_id: Option<String>,
+    /// The last error or reason.
+    pub last_error: Option<String>,
+    /// Batch.
+    pub batch_no: i64,
+    /// Last change, epoch ms.
+    pub updated_at: i64,
+    /// When the provider accepted it.
+    pub sent_at: Option<i64>,
+}
+
 /// What became of one claimed recipient.
 #[derive(Debug, Clone)]
 pub enum Outcome {
@@ -383,6 +408,58 @@ impl Store {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect())
+    }
+
+    /// A page of a campaign's ledger, optionally one status and/or one address.
+    pub async fn deliveries(
+        &self,
+        campaign_id: i64,
+        status: Option<DeliveryStatus>,
+        email: Option<&str>,
+        after: i64,
+        limit: u32,
+    ) -> Result<super::Page<DeliveryRow>, StoreError> {
+        let rows = sqlx::query_as::<_, DeliveryRow>(
+            "SELECT id, subscriber_id, email, status, attempts, provider_message_id, last_error, batch_no, \
+             updated_at, sent_at FROM deliveries WHERE campaign_id = $1 AND id > $2 \
+             AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR email = $4) ORDER BY id LIMIT $5",
+        )
+        .bind(campaign_id)
+        .bind(after)
+        .bind(status.map(|s| s.as_str()))
+        .bind(email)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(super::Page::from_rows(rows, limit, |d| d.id))
+    }
+
+    /// Puts a campaign's failed recipients back to pending with fresh attempts, and
+    /// reopens the campaign (running) if it had finished. Returns how many rows.
+    pub async fn retry_failed(&self, campaign_id: i64) -> Result<u64, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let n = sqlx::query(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, updated_at = $1, \
+             last_error = 'retry requested' WHERE campaign_id = $2 AND status = 'failed'",
+        )
+        .bind(now)
+        .bind(campaign_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            sqlx::query(
+                "UPDATE campaigns SET status = 'running', finished_at = NULL, updated_at = $1, last_error = NULL \
+                 WHERE id = $2 AND status IN ('done', 'failed')",
+            )
+            .bind(now)
+            .bind(campaign_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// Counts a campaign's rows in one status.
