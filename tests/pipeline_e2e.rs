@@ -138,6 +138,26 @@ async fn resend_campaign_delivers_each_recipient_once_and_isolates_a_refused_add
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(mock.deliveries().get("user7@example.com"), Some(&1));
+
+    // The compiled-template cache served the batches and can be emptied.
+    let (_, stats) = server
+        .request("GET", "/admin/cache/stats", Some(&token), None)
+        .await;
+    assert!(stats["hits"].as_u64().unwrap_or(0) >= 1, "{stats}");
+    let misses = stats["misses"].as_u64().unwrap_or(0);
+    assert!(
+        (1..=4).contains(&misses),
+        "compiled once per concurrently starting batch at most: {stats}"
+    );
+    assert_eq!(stats["size"], 1, "{stats}");
+    let (status, cleared) = server
+        .request("POST", "/admin/cache/clear", Some(&token), None)
+        .await;
+    assert_eq!((status, cleared["cleared"].clone()), (200, json!(1)));
+    let (_, stats) = server
+        .request("GET", "/admin/cache/stats", Some(&token), None)
+        .await;
+    assert_eq!(stats["size"], 0, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,12 +237,19 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let providers = providers(&config, &queue)?;
     let signer = UnsubscribeSigner::new(&secret, &config.public_url);
     let health = HealthRegistry::default();
+    let dkim = config
+        .dkim
+        .as_ref()
+        .map(mailing_jobs::message::DkimSigner::new)
+        .transpose()
+        .context("DKIM is configured but unusable")?;
     let ctx = PipelineContext {
         store: store.clone(),
         queue: queue.clone(),
         renderer: renderer.clone(),
         providers: providers.clone(),
         signer: signer.clone(),
+        dkim,
         config: PipelineConfig {
             batch_size: config.batch_size,
             send_concurrency: config.send_concurrency,

@@ -76,6 +76,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "SMTP_RATE_LIMIT", default: "", secret: false, doc: "messages/s of the `smtp` provider, fleet-wide with Redis (unset: unlimited)" },
     Setting { name: "RESEND_RATE_LIMIT", default: "", secret: false, doc: "messages/s of the `resend` provider, fleet-wide with Redis (unset: unlimited)" },
     Setting { name: "RESEND_REQUEST_RATE", default: "2", secret: false, doc: "API requests/s of the `resend` provider (Resend's default limit is 2/s)" },
+    Setting { name: "DKIM_DOMAIN", default: "", secret: false, doc: "when set with DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE, messages are DKIM-signed (d=)" },
+    Setting { name: "DKIM_SELECTOR", default: "", secret: false, doc: "DKIM selector (s=), the DNS name of the public key" },
+    Setting { name: "DKIM_PRIVATE_KEY_FILE", default: "", secret: false, doc: "RSA: a PKCS#1 PEM file; Ed25519: a file with the base64 32-byte key" },
+    Setting { name: "DKIM_ALGORITHM", default: "rsa", secret: false, doc: "`rsa` or `ed25519`" },
     Setting { name: "BATCH_SIZE", default: "500", secret: false, doc: "recipients per batch job" },
     Setting { name: "BATCH_WINDOW", default: "8", secret: false, doc: "batches of one campaign in the queue at once (backpressure)" },
     Setting { name: "SEND_CONCURRENCY", default: "16", secret: false, doc: "messages of one batch in flight at once" },
@@ -144,6 +148,8 @@ pub struct Config {
     pub resend: Option<mailing_jobs::provider::resend::ResendConfig>,
     /// `{FILE,SMTP,RESEND}_RATE_LIMIT` and `RESEND_REQUEST_RATE`.
     pub rates: ProviderRates,
+    /// DKIM signing, when configured.
+    pub dkim: Option<mailing_jobs::message::DkimSettings>,
     /// `BATCH_SIZE`.
     pub batch_size: u32,
     /// `SEND_CONCURRENCY`.
@@ -405,6 +411,41 @@ impl Config {
             base_url: resend_url,
             timeout: Duration::from_secs(30),
         });
+        let dkim_domain = r.text("DKIM_DOMAIN");
+        let dkim_selector = r.text("DKIM_SELECTOR");
+        let dkim_key_file = r.text("DKIM_PRIVATE_KEY_FILE");
+        let dkim_ed25519 = match r.string("DKIM_ALGORITHM").to_ascii_lowercase().as_str() {
+            "rsa" => false,
+            "ed25519" => true,
+            other => {
+                r.errors
+                    .push(format!("DKIM_ALGORITHM={other:?} must be rsa or ed25519"));
+                false
+            }
+        };
+        let dkim = match (dkim_domain, dkim_selector, dkim_key_file) {
+            (None, None, None) => None,
+            (Some(domain), Some(selector), Some(file)) => match std::fs::read_to_string(&file) {
+                Ok(private_key) => Some(mailing_jobs::message::DkimSettings {
+                    domain,
+                    selector,
+                    private_key,
+                    ed25519: dkim_ed25519,
+                }),
+                Err(e) => {
+                    r.errors.push(format!(
+                        "DKIM_PRIVATE_KEY_FILE={file:?} cannot be read: {e}"
+                    ));
+                    None
+                }
+            },
+            _ => {
+                r.errors.push(
+                    "DKIM needs all of DKIM_DOMAIN, DKIM_SELECTOR and DKIM_PRIVATE_KEY_FILE".into(),
+                );
+                None
+            }
+        };
         let rates = ProviderRates {
             file: r.rate("FILE_RATE_LIMIT"),
             smtp: r.rate("SMTP_RATE_LIMIT"),
@@ -533,6 +574,7 @@ impl Config {
             smtp,
             resend,
             rates,
+            dkim,
             batch_size,
             send_concurrency,
             worker_concurrency,

@@ -56,16 +56,38 @@ fn context(i: usize) -> RenderContext {
 
 fn render(c: &mut Criterion) {
     let (subject, html, text) = template();
-    let source = TemplateSource { subject: &subject, html: &html, text: Some(&text) };
-    let cached = Renderer::new(CacheConfig { enabled: true, ttl: Duration::from_secs(3600), capacity: 100 });
-    let uncached = Renderer::new(CacheConfig { enabled: false, ttl: Duration::from_secs(3600), capacity: 100 });
+    let source = TemplateSource {
+        subject: &subject,
+        html: &html,
+        text: Some(&text),
+    };
+    let cached = Renderer::new(CacheConfig {
+        enabled: true,
+        ttl: Duration::from_secs(3600),
+        capacity: 100,
+    });
+    let uncached = Renderer::new(CacheConfig {
+        enabled: false,
+        ttl: Duration::from_secs(3600),
+        capacity: 100,
+    });
     let ctx = context(7);
     let mut group = c.benchmark_group("render");
     group.bench_function("with_cache", |b| {
-        b.iter(|| cached.compiled(1, 1, source).and_then(|t| t.render(&ctx)).map(|r| r.html.len()))
+        b.iter(|| {
+            cached
+                .compiled(1, 1, source)
+                .and_then(|t| t.render(&ctx))
+                .map(|r| r.html.len())
+        })
     });
     group.bench_function("without_cache", |b| {
-        b.iter(|| uncached.compiled(1, 1, source).and_then(|t| t.render(&ctx)).map(|r| r.html.len()))
+        b.iter(|| {
+            uncached
+                .compiled(1, 1, source)
+                .and_then(|t| t.render(&ctx))
+                .map(|r| r.html.len())
+        })
     });
     group.finish();
 
@@ -91,7 +113,11 @@ fn render(c: &mut Criterion) {
 }
 
 fn ledger(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = std::env::temp_dir().join(format!("mailing-bench-{}", std::process::id()));
     let store = runtime.block_on(async {
         let store = Store::connect(&StoreConfig {
@@ -103,10 +129,20 @@ fn ledger(c: &mut Criterion) {
         .expect("store");
         let list = store.create_list("bench", None).await.expect("list");
         let rows: Vec<NewSubscriber> = (0..500)
-            .map(|i| NewSubscriber { email: format!("user{i}@example.com"), name: None, attributes: None })
+            .map(|i| NewSubscriber {
+                email: format!("user{i}@example.com"),
+                name: None,
+                attributes: None,
+            })
             .collect();
-        store.add_subscribers(list.id, &rows).await.expect("subscribers");
-        let template = store.create_template("t", "s", "h", None).await.expect("template");
+        store
+            .add_subscribers(list.id, &rows)
+            .await
+            .expect("subscribers");
+        let template = store
+            .create_template("t", "s", "h", None)
+            .await
+            .expect("template");
         let campaign = store
             .create_campaign(&mailing_jobs::store::campaigns::NewCampaign {
                 name: "bench".into(),
@@ -123,21 +159,35 @@ fn ledger(c: &mut Criterion) {
         (store, campaign.id)
     });
     let (store, campaign) = store;
-    let members: Vec<AudienceMember> =
-        runtime.block_on(store.audience_page(campaign, 0, 500)).expect("audience");
+    let members: Vec<AudienceMember> = runtime
+        .block_on(store.audience_page(campaign, 0, 500))
+        .expect("audience");
     let mut batch = 0;
     c.bench_function("ledger_plan_claim_record_500", |b| {
         b.iter(|| {
             runtime.block_on(async {
                 // A fresh batch number per iteration: new rows only for the first one;
                 // later ones exercise the conflict path, as a re-run of plan would.
-                store.insert_deliveries(campaign, batch, &members).await.expect("insert");
+                store
+                    .insert_deliveries(campaign, batch, &members)
+                    .await
+                    .expect("insert");
                 let claimed = store.claim_batch(campaign, 0).await.expect("claim");
                 let outcomes: Vec<(i64, Outcome)> = claimed
                     .iter()
-                    .map(|r| (r.delivery_id, Outcome::Retry { error: "bench".into() }))
+                    .map(|r| {
+                        (
+                            r.delivery_id,
+                            Outcome::Retry {
+                                error: "bench".into(),
+                            },
+                        )
+                    })
                     .collect();
-                store.record_outcomes(&outcomes, 1_000_000).await.expect("record");
+                store
+                    .record_outcomes(&outcomes, 1_000_000)
+                    .await
+                    .expect("record");
                 batch += 1;
                 claimed.len()
             })

@@ -79,6 +79,8 @@ pub struct PipelineContext {
     pub providers: Providers,
     /// Unsubscribe link signer.
     pub signer: UnsubscribeSigner,
+    /// DKIM signer, when a key is configured.
+    pub dkim: Option<crate::message::DkimSigner>,
     /// Settings.
     pub config: PipelineConfig,
 }

@@ -47,6 +47,7 @@ fn prepare(
     template: &CompiledTemplate,
     signer: &crate::unsubscribe::UnsubscribeSigner,
     mailto: Option<&str>,
+    dkim: Option<&message::DkimSigner>,
     recipients: Vec<Recipient>,
 ) -> Vec<Prepared> {
     let campaign_vars = serde_json::json!({ "id": campaign.id, "name": campaign.name });
@@ -72,7 +73,7 @@ fn prepare(
                     extra: serde_json::Map::new(),
                 };
                 let body = template.render(&ctx).map_err(|e| e.to_string())?;
-                let mime = message::build(
+                let mut mime = message::build(
                     &Envelope {
                         from: &campaign.from_addr,
                         reply_to: campaign.reply_to.as_deref(),
@@ -85,6 +86,9 @@ fn prepare(
                     &body,
                 )
                 .map_err(|e| e.to_string())?;
+                if let Some(dkim) = dkim {
+                    dkim.sign(&mut mime);
+                }
                 let to_header = match r.name.as_deref() {
                     Some(name) => lettre::message::Mailbox::new(
                         Some(name.to_owned()),
@@ -239,6 +243,7 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
     let max_attempts_seen = recipients.iter().map(|r| r.attempts).max().unwrap_or(1);
     let signer = ctx.signer.clone();
     let mailto = ctx.config.unsubscribe_mailto.clone();
+    let dkim = ctx.dkim.clone();
     let campaign = Arc::new(campaign);
     let for_render = campaign.clone();
     let prepared = tokio::task::spawn_blocking(move || {
@@ -247,6 +252,7 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
             &compiled,
             &signer,
             mailto.as_deref(),
+            dkim.as_ref(),
             recipients,
         )
     })
