@@ -41,7 +41,7 @@ fn template() -> (String, String, String) {
 
 fn context(i: usize) -> RenderContext {
     let attributes = serde_json::json!({
-        "city": "Oslo", "interest": "hiking", "tier": if i % 2 == 0 { "gold" } else { "silver" },
+        "city": "Oslo", "interest": "hiking", "tier": if i.is_multiple_of(2) { "gold" } else { "silver" },
         "since": 2019, "discount": 15
     });
     RenderContext {
