@@ -129,7 +129,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             let mut admin = Router::with_path("admin")
                 .push(Router::with_path("stats").get(ops::stats))
                 .push(Router::with_path("cache/stats").get(ops::cache_stats))
-                .push(Router::with_path("cache/clear").post(ops::cache_clear));
+                .push(Router::with_path("cache/clear").post(ops::cache_clear))
+                .push(Router::with_path("backup/list").get(ops::backup_list))
+                .push(Router::with_path("backup/create").post(ops::backup_create));
             if fault_injection {
                 admin = admin.push(Router::with_path("debug/crash/{component}").post(ops::crash));
             }

@@ -42,6 +42,8 @@ pub struct AppState {
     pub https: bool,
     /// Whether `/metrics` is served.
     pub metrics: bool,
+    /// Backup destinations (for `/admin/backup/*`).
+    pub backup: mailing_jobs::backup::BackupConfig,
 }
 
 impl std::fmt::Debug for AppState {

@@ -293,6 +293,7 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
             fault_injector: injector,
             https: config.hsts,
             metrics: config.metrics_enabled,
+            backup: config.backup.clone(),
         });
         let args = HttpArgs {
             addr: config.http_addr.clone(),
@@ -321,6 +322,13 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         ctx: ctx.clone(),
         tick: Duration::from_secs(1),
         stall_after: config.stall_recovery,
+        backups: (config.backup_enabled && mode != Mode::Worker).then(|| {
+            crate::supervisor::scheduler::BackupSchedule {
+                config: config.backup.clone(),
+                hours: config.backup_hours.clone(),
+                running: Arc::default(),
+            }
+        }),
     };
     children.push(ChildSpec {
         name: crate::supervisor::scheduler::NAME,

@@ -110,9 +110,11 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "SSL_KEY_FILE", default: "certs/key.pem", secret: false, doc: "TLS key" },
     Setting { name: "METRICS_ENABLED", default: "true", secret: false, doc: "serve /metrics" },
     Setting { name: "PROMETHEUS_PORT", default: "", secret: false, doc: "reserved: a separate metrics port (observability issue)" },
-    Setting { name: "BACKUP_ENABLED", default: "true", secret: false, doc: "reserved: scheduled backups (operations issue)" },
-    Setting { name: "BACKUP_SCHEDULE_HOURS", default: "2,14", secret: false, doc: "reserved: backup hours" },
-    Setting { name: "BACKUP_RETENTION_DAYS", default: "30", secret: false, doc: "reserved: backup retention" },
+    Setting { name: "BACKUP_ENABLED", default: "true", secret: false, doc: "take scheduled backups (in `serve` and `api` processes)" },
+    Setting { name: "BACKUP_SCHEDULE_HOURS", default: "2,14", secret: false, doc: "UTC hours at which a scheduled backup is taken, comma-separated" },
+    Setting { name: "BACKUP_RETENTION_DAYS", default: "30", secret: false, doc: "backups older than this are pruned (never the newest verified one)" },
+    Setting { name: "BACKUP_DIR", default: "./backups", secret: false, doc: "where backups are written" },
+    Setting { name: "BACKUP_COPY_DIR", default: "", secret: false, doc: "a second directory each verified backup is copied to" },
 ];
 
 /// The effective configuration.
@@ -190,6 +192,12 @@ pub struct Config {
     pub hsts: bool,
     /// `METRICS_ENABLED`.
     pub metrics_enabled: bool,
+    /// Backup destinations and retention.
+    pub backup: mailing_jobs::backup::BackupConfig,
+    /// `BACKUP_ENABLED`.
+    pub backup_enabled: bool,
+    /// `BACKUP_SCHEDULE_HOURS`.
+    pub backup_hours: Vec<u32>,
     /// Raw values, for `config check`.
     pub raw: BTreeMap<&'static str, Option<String>>,
 }
@@ -505,14 +513,29 @@ impl Config {
         let _ = r.string("SSL_CERT_FILE");
         let _ = r.string("SSL_KEY_FILE");
         let metrics_enabled = r.bool("METRICS_ENABLED");
-        for reserved in [
-            "PROMETHEUS_PORT",
-            "BACKUP_SCHEDULE_HOURS",
-            "BACKUP_RETENTION_DAYS",
-        ] {
-            let _ = r.text(reserved);
+        let _ = r.text("PROMETHEUS_PORT");
+        let backup_enabled = r.bool("BACKUP_ENABLED");
+        let hours_raw = r.string("BACKUP_SCHEDULE_HOURS");
+        let mut backup_hours = Vec::new();
+        for part in hours_raw
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            match part.parse::<u32>() {
+                Ok(h) if h < 24 => backup_hours.push(h),
+                _ => r.errors.push(format!(
+                    "BACKUP_SCHEDULE_HOURS={hours_raw:?}: {part:?} is not an hour from 0 to 23"
+                )),
+            }
         }
-        let _ = r.bool("BACKUP_ENABLED");
+        let retention_days: u32 = r.positive("BACKUP_RETENTION_DAYS");
+        let backup = mailing_jobs::backup::BackupConfig {
+            dir: PathBuf::from(r.string("BACKUP_DIR")),
+            copy_dir: r.text("BACKUP_COPY_DIR").map(PathBuf::from),
+            retention_days,
+            database_url: database_url.clone(),
+        };
 
         if environment == Environment::Production {
             match &auth_secret {
@@ -595,6 +618,9 @@ impl Config {
             fault_injection,
             hsts: https_enabled || force_https,
             metrics_enabled,
+            backup,
+            backup_enabled,
+            backup_hours,
             raw: r.raw,
         })
     }

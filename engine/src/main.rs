@@ -37,11 +37,39 @@ enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Back up, verify and restore the store.
+    Backup {
+        #[command(subcommand)]
+        action: BackupAction,
+    },
     /// Inspect a campaign's ledger and retry its failed recipients.
     Campaign {
         #[command(subcommand)]
         action: CampaignAction,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupAction {
+    /// Take a backup now (safe while campaigns run), verify it, and print its manifest.
+    Create,
+    /// List the backups in BACKUP_DIR, newest first.
+    List,
+    /// Verify a backup: checksum, open the copy, integrity check, row counts.
+    Verify {
+        /// The backup's name (see `list`).
+        name: String,
+    },
+    /// Restore a backup into the live database (stop Mailing first); the current
+    /// database is kept as a rollback point and put back if anything fails.
+    Restore {
+        /// The backup's name (see `list`).
+        name: String,
+    },
+    /// Undo the last successful restore.
+    Rollback,
+    /// Delete backups older than BACKUP_RETENTION_DAYS (never the newest verified one).
+    Prune,
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,6 +107,69 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
         store.migration_count()
     );
     store.close().await;
+    Ok(())
+}
+
+async fn backup(config: &Config, action: BackupAction) -> anyhow::Result<()> {
+    use mailing_jobs::backup;
+    let settings = &config.backup;
+    match action {
+        BackupAction::Create => {
+            let store = app::open_store(config).await?;
+            eprintln!("backing up to {} ...", settings.dir.display());
+            let manifest = backup::create(&store, settings).await?;
+            store.close().await;
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+        }
+        BackupAction::List => {
+            for m in backup::list(&settings.dir)? {
+                println!(
+                    "{}\t{}\t{} bytes\t{}\t{}",
+                    m.name,
+                    m.created_at.to_rfc3339(),
+                    m.size_bytes,
+                    if m.verified { "verified" } else { "unverified" },
+                    m.row_counts.get("deliveries").copied().unwrap_or_default(),
+                );
+            }
+        }
+        BackupAction::Verify { name } => {
+            let m = backup::verify(settings, &name).await?;
+            println!(
+                "backup {name} is intact: sha256 {} and row counts match",
+                m.sha256
+            );
+        }
+        BackupAction::Restore { name } => {
+            eprintln!(
+                "verifying {name}, keeping the current database as a rollback point, restoring ..."
+            );
+            let record = backup::restore(settings, &name).await?;
+            match record.rollback_file {
+                Some(f) => println!(
+                    "restored {name}; the previous database is kept at {} (undo with `mailing backup rollback`)",
+                    f.display()
+                ),
+                None => println!("restored {name} into a fresh data directory"),
+            }
+        }
+        BackupAction::Rollback => {
+            let record = backup::rollback(settings).await?;
+            println!(
+                "rolled back the restore of {}; the database you left is kept at {}",
+                record.restored,
+                record
+                    .rollback_file
+                    .map(|f| f.display().to_string())
+                    .unwrap_or_default()
+            );
+        }
+        BackupAction::Prune => {
+            for name in backup::prune(settings, chrono::Utc::now())? {
+                println!("pruned {name}");
+            }
+        }
+    }
     Ok(())
 }
 
@@ -179,6 +270,7 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(&config).await,
             Command::Config { .. } => Ok(()),
             Command::Campaign { action } => campaign(&config, action).await,
+            Command::Backup { action } => backup(&config, action).await,
         }
     });
     match result {

@@ -6,6 +6,7 @@
 //! supervision tree live in `mailing-engine`. Nothing here reads environment variables:
 //! every component takes its configuration as a typed struct.
 
+pub mod backup;
 pub mod health;
 pub mod message;
 pub mod model;

@@ -113,6 +113,43 @@ pub async fn cache_clear(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>
     Ok(Json(serde_json::json!({ "cleared": cleared })))
 }
 
+/// `GET /admin/backup/list`: the backups, newest first, with their manifests.
+#[handler]
+pub async fn backup_list(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+    let state = from_depot(depot)?;
+    principal(depot)?.require(Role::Admin)?;
+    let list = mailing_jobs::backup::list(&state.backup.dir)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(serde_json::json!({ "items": list })))
+}
+
+/// `POST /admin/backup/create`: takes and verifies a backup now; 201 with its manifest.
+#[handler]
+pub async fn backup_create(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Admin)?;
+    let manifest = mailing_jobs::backup::create(&state.store, &state.backup)
+        .await
+        .map_err(|e| match e {
+            mailing_jobs::backup::BackupError::MissingTool(_) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "backup.create",
+            Some(&manifest.name),
+            &serde_json::json!({"size_bytes": manifest.size_bytes}),
+        )
+        .await?;
+    res.status_code(StatusCode::CREATED).render(Json(manifest));
+    Ok(())
+}
+
 /// `POST /admin/debug/crash/{component}`: makes a supervised component fail, to prove
 /// that its supervisor restarts it. Only routed when `FAULT_INJECTION=true`.
 #[handler]

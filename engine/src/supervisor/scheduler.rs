@@ -27,6 +27,55 @@ pub struct SchedulerArgs {
     pub tick: Duration,
     /// Re-enqueue enqueued batches whose pending rows nobody touched for this long.
     pub stall_after: Duration,
+    /// Scheduled backups, in processes that take them.
+    pub backups: Option<BackupSchedule>,
+}
+
+/// When and where scheduled backups go.
+#[derive(Clone)]
+pub struct BackupSchedule {
+    /// Destinations and retention.
+    pub config: mailing_jobs::backup::BackupConfig,
+    /// UTC hours to back up at.
+    pub hours: Vec<u32>,
+    /// Set while a backup runs, so ticks do not start a second one.
+    pub running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Starts a backup when the hour is scheduled and none was taken since it began.
+fn maybe_backup(schedule: &BackupSchedule, ctx: &PipelineContext) {
+    use chrono::Timelike;
+    use std::sync::atomic::Ordering;
+    let now = chrono::Utc::now();
+    if !schedule.hours.contains(&now.hour()) || schedule.running.load(Ordering::SeqCst) {
+        return;
+    }
+    let hour_start = now
+        .with_minute(0)
+        .and_then(|t| t.with_second(0))
+        .unwrap_or(now);
+    let newest = mailing_jobs::backup::list(&schedule.config.dir)
+        .ok()
+        .and_then(|l| l.first().map(|m| m.created_at));
+    if newest.is_some_and(|t| t >= hour_start) {
+        return;
+    }
+    schedule.running.store(true, Ordering::SeqCst);
+    let (schedule, store) = (schedule.clone(), ctx.store.clone());
+    tokio::spawn(async move {
+        match mailing_jobs::backup::create(&store, &schedule.config).await {
+            Ok(m) => info!(backup = %m.name, size_bytes = m.size_bytes, "Scheduled backup done"),
+            Err(e) => warn!(error = %e, "Scheduled backup failed"),
+        }
+        match mailing_jobs::backup::prune(&schedule.config, chrono::Utc::now()) {
+            Ok(removed) if !removed.is_empty() => {
+                info!(removed = removed.len(), "Old backups pruned")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "Pruning backups failed"),
+        }
+        schedule.running.store(false, Ordering::SeqCst);
+    });
 }
 
 /// State of the scheduler.
@@ -187,6 +236,11 @@ impl Actor for Scheduler {
                     && let Err(e) = housekeeping(ctx).await
                 {
                     warn!(error = %e, "Housekeeping failed; retrying later");
+                }
+                if state.ticks.is_multiple_of(30)
+                    && let Some(schedule) = &state.args.backups
+                {
+                    maybe_backup(schedule, ctx);
                 }
             }
         }
