@@ -19,9 +19,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- runtime -----------------------------------------------------------------------
 FROM debian:bookworm-slim
-# ca-certificates: TLS to SMTP relays and HTTP APIs. curl: the compose healthcheck.
+# ca-certificates: TLS to SMTP relays and HTTP APIs. curl: the healthcheck.
+# postgresql-client: pg_dump/pg_restore for backups of a PostgreSQL store (major 15).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl postgresql-client \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 mailing \
     && useradd --system --uid 10001 --gid mailing --home-dir /app --no-create-home mailing \
@@ -35,5 +36,8 @@ USER mailing:mailing
 ENV HTTP_HOST=0.0.0.0 \
     HTTP_PORT=8080
 EXPOSE 8080
+# /health answers 503 when a supervised component was given up.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+    CMD curl -fsS -o /dev/null "http://127.0.0.1:${HTTP_PORT}/health" || exit 1
 ENTRYPOINT ["mailing"]
 CMD ["serve"]

@@ -49,7 +49,7 @@ pub enum Mode {
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Store::connect(&StoreConfig {
         url: config.database_url.clone(),
-        max_connections: 16,
+        max_connections: config.database_pool_size,
         acquire_timeout: Duration::from_secs(10),
     })
     .await
@@ -347,7 +347,10 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
         }),
     });
     if mode != Mode::Api {
-        for (stage, concurrency) in [(Stage::Plan, 2), (Stage::Send, config.worker_concurrency)] {
+        for (stage, concurrency) in [
+            (Stage::Plan, config.plan_concurrency),
+            (Stage::Send, config.worker_concurrency),
+        ] {
             let args = StageArgs {
                 stage,
                 queue: queue.clone(),

@@ -83,6 +83,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "BATCH_SIZE", default: "500", secret: false, doc: "recipients per batch job" },
     Setting { name: "BATCH_WINDOW", default: "8", secret: false, doc: "batches of one campaign in the queue at once (backpressure)" },
     Setting { name: "SEND_CONCURRENCY", default: "16", secret: false, doc: "messages of one batch in flight at once" },
+    Setting { name: "PLAN_CONCURRENCY", default: "2", secret: false, doc: "plan jobs one process runs at once" },
+    Setting { name: "DATABASE_POOL_SIZE", default: "16", secret: false, doc: "connections each process keeps to the database" },
     Setting { name: "WORKER_CONCURRENCY", default: "4", secret: false, doc: "batch jobs one process runs at once" },
     Setting { name: "QUEUE_POLL_MS", default: "200", secret: false, doc: "how often an idle worker polls, milliseconds" },
     Setting { name: "QUEUE_HEARTBEAT_SECS", default: "2", secret: false, doc: "worker heartbeat, seconds" },
@@ -158,6 +160,10 @@ pub struct Config {
     pub send_concurrency: usize,
     /// `WORKER_CONCURRENCY`.
     pub worker_concurrency: usize,
+    /// `PLAN_CONCURRENCY`.
+    pub plan_concurrency: usize,
+    /// `DATABASE_POOL_SIZE`.
+    pub database_pool_size: u32,
     /// Queue timing.
     pub queue: mailing_jobs::queue::QueueConfig,
     /// `CLAIM_LEASE_SECS`.
@@ -466,6 +472,8 @@ impl Config {
         }
         let send_concurrency: usize = r.positive("SEND_CONCURRENCY");
         let worker_concurrency: usize = r.positive("WORKER_CONCURRENCY");
+        let plan_concurrency: usize = r.positive("PLAN_CONCURRENCY");
+        let database_pool_size: u32 = r.positive("DATABASE_POOL_SIZE");
         let queue = mailing_jobs::queue::QueueConfig {
             poll_interval: Duration::from_millis(r.positive::<u64>("QUEUE_POLL_MS")),
             heartbeat: Duration::from_secs(r.positive::<u64>("QUEUE_HEARTBEAT_SECS")),
@@ -601,6 +609,8 @@ impl Config {
             batch_size,
             send_concurrency,
             worker_concurrency,
+            plan_concurrency,
+            database_pool_size,
             queue,
             claim_lease,
             retry_backoff,
