@@ -264,3 +264,68 @@ async fn postgres_backups_are_dumped_verified_and_detect_a_flipped_byte() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
     backend.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_restores_a_backup_by_restarting_the_process() {
+    let server = Server::start(
+        "serve",
+        &Backend::embedded(),
+        &[("BACKUP_DIR", "backups".to_owned())],
+    )
+    .await;
+    let token = server.login().await;
+    seed_list(&server, &token, 5).await;
+    let (status, manifest) = server
+        .request("POST", "/admin/backup/create", Some(&token), None)
+        .await;
+    assert_eq!(status, 201, "{manifest}");
+    seed_list(&server, &token, 5).await;
+    let (status, body) = server
+        .request(
+            "POST",
+            "/admin/backup/restore",
+            Some(&token),
+            Some(serde_json::json!({"name": "no-such-backup"})),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = server
+        .request(
+            "POST",
+            "/admin/backup/restore",
+            Some(&token),
+            Some(serde_json::json!({"name": manifest["name"]})),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    // The same process (exec'd) comes back on the same port with the backup's data.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Ok(r) = server
+            .http
+            .get(format!("{}/health", server.base))
+            .send()
+            .await
+            && r.status().is_success()
+        {
+            let token = server.login().await;
+            let (_, lists) = server
+                .request("GET", "/api/v1/lists", Some(&token), None)
+                .await;
+            if lists["items"].as_array().map(Vec::len) == Some(1) {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore did not complete:\n{}",
+            server.logs()
+        );
+    }
+    assert!(
+        server.logs().contains("Backup restored"),
+        "{}",
+        server.logs()
+    );
+}

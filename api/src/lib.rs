@@ -131,7 +131,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .push(Router::with_path("cache/stats").get(ops::cache_stats))
                 .push(Router::with_path("cache/clear").post(ops::cache_clear))
                 .push(Router::with_path("backup/list").get(ops::backup_list))
-                .push(Router::with_path("backup/create").post(ops::backup_create));
+                .push(Router::with_path("backup/create").post(ops::backup_create))
+                .push(Router::with_path("backup/restore").post(ops::backup_restore));
             if fault_injection {
                 admin = admin.push(Router::with_path("debug/crash/{component}").post(ops::crash));
             }

@@ -227,8 +227,26 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-/// Runs the process until a shutdown signal.
-pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
+/// What ended a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// The API asked for a restart (a restore is pending).
+    Restart,
+}
+
+/// Runs the process until a shutdown signal or a restart request.
+pub async fn run(config: Config, mode: Mode) -> anyhow::Result<Exit> {
+    if let Some(name) = mailing_jobs::backup::take_restore_request(&config.backup) {
+        info!(backup = %name, "Restoring a backup before starting");
+        match mailing_jobs::backup::restore(&config.backup, &name).await {
+            Ok(_) => info!(backup = %name, "Backup restored"),
+            Err(e) => {
+                tracing::error!(backup = %name, error = %e, "Restore failed; starting on the previous database")
+            }
+        }
+    }
     let store = open_store(&config).await?;
     let queue = open_queue(&config).await?;
     let secret = auth_secret(&config)?;
@@ -266,6 +284,7 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     let instance = instance_id();
     let mut children = Vec::new();
 
+    let restart = Arc::new(tokio::sync::Notify::new());
     let fault_slot: Arc<std::sync::OnceLock<mailing_api::FaultInjector>> =
         Arc::new(std::sync::OnceLock::new());
     if mode != Mode::Worker {
@@ -294,6 +313,7 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
             https: config.hsts,
             metrics: config.metrics_enabled,
             backup: config.backup.clone(),
+            restart: restart.clone(),
         });
         let args = HttpArgs {
             addr: config.http_addr.clone(),
@@ -395,10 +415,13 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<()> {
     .context("cannot start the supervision tree")?;
     let _ = fault_slot.set(tree.crasher());
     info!(mode = ?mode, queue = queue.backend(), instance = %instance, "Mailing started");
-    shutdown_signal().await;
-    info!("Shutdown requested; finishing in-flight work");
+    let exit = tokio::select! {
+        _ = shutdown_signal() => Exit::Signal,
+        _ = restart.notified() => Exit::Restart,
+    };
+    info!(reason = ?exit, "Shutdown requested; finishing in-flight work");
     tree.shutdown().await;
     store.close().await;
     info!("Stopped");
-    Ok(())
+    Ok(exit)
 }

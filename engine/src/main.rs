@@ -263,16 +263,55 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match command {
+        let exit = match command {
             Command::Serve => app::run(config, Mode::Serve).await,
             Command::Api => app::run(config, Mode::Api).await,
             Command::Worker => app::run(config, Mode::Worker).await,
-            Command::Migrate => migrate(&config).await,
-            Command::Config { .. } => Ok(()),
-            Command::Campaign { action } => campaign(&config, action).await,
-            Command::Backup { action } => backup(&config, action).await,
+            other => return run_command(&config, other).await,
+        };
+        match exit {
+            Ok(app::Exit::Restart) => Err(restart_self()),
+            Ok(app::Exit::Signal) => Ok(()),
+            Err(e) => Err(e),
         }
     });
+    finish(result)
+}
+
+/// Replaces this process with a fresh one (same arguments and environment). Returns only
+/// if that fails.
+fn restart_self() -> anyhow::Error {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return anyhow::anyhow!("cannot restart: {e}"),
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .exec();
+        anyhow::anyhow!("cannot restart: {err}")
+    }
+    #[cfg(not(unix))]
+    {
+        anyhow::anyhow!(
+            "restart is only supported on unix; start {} again",
+            exe.display()
+        )
+    }
+}
+
+async fn run_command(config: &Config, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Migrate => migrate(config).await,
+        Command::Campaign { action } => campaign(config, action).await,
+        Command::Backup { action } => backup(config, action).await,
+        Command::Serve | Command::Api | Command::Worker | Command::Config { .. } => Ok(()),
+    }
+}
+
+fn finish(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -150,6 +150,50 @@ pub async fn backup_create(depot: &mut Depot, res: &mut Response) -> ApiResult<(
     Ok(())
 }
 
+/// `POST /admin/backup/restore` with `{"name"}`: verifies the backup, records the
+/// request and restarts the process, which stops taking work, restores the backup
+/// (keeping the current database as a rollback point, put back on any failure) and
+/// starts again. Other processes sharing the database should be stopped first.
+#[handler]
+pub async fn backup_restore(
+    req: &mut Request,
+    depot: &mut Depot,
+    res: &mut Response,
+) -> ApiResult<()> {
+    #[derive(serde::Deserialize)]
+    struct Restore {
+        name: String,
+    }
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Admin)?;
+    let body: Restore = super::json_body(req, 4096).await?;
+    let manifest = mailing_jobs::backup::request_restore(&state.backup, &body.name)
+        .await
+        .map_err(|e| match e {
+            mailing_jobs::backup::BackupError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            mailing_jobs::backup::BackupError::Verification { .. } => {
+                ApiError::field("name", e.to_string())
+            }
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "backup.restore",
+            Some(&manifest.name),
+            &serde_json::json!({}),
+        )
+        .await?;
+    res.status_code(StatusCode::ACCEPTED).render(Json(serde_json::json!({
+        "restoring": manifest.name,
+        "detail": "the server is restarting to restore this backup; /health answers again when it is done",
+    })));
+    state.restart.notify_one();
+    Ok(())
+}
+
 /// `POST /admin/debug/crash/{component}`: makes a supervised component fail, to prove
 /// that its supervisor restarts it. Only routed when `FAULT_INJECTION=true`.
 #[handler]

@@ -404,6 +404,33 @@ async fn check_live(database_url: &str, manifest: &Manifest) -> Result<(), Backu
     Ok(())
 }
 
+fn request_path(config: &BackupConfig) -> PathBuf {
+    config.dir.join("restore-request.json")
+}
+
+/// Records that `name` is to be restored at the next start (the API's way to restore:
+/// the process restarts, and restores before it opens the database). The backup is
+/// verified first, so a bad one is refused at once.
+pub async fn request_restore(config: &BackupConfig, name: &str) -> Result<Manifest, BackupError> {
+    let manifest = verify(config, name).await?;
+    let text = serde_json::json!({ "name": name, "requested_at": chrono::Utc::now() }).to_string();
+    std::fs::write(request_path(config), text).map_err(io("cannot record the restore request"))?;
+    Ok(manifest)
+}
+
+/// Takes a pending restore request, if any (removing it, so a failing restore is not
+/// retried at every start).
+pub fn take_restore_request(config: &BackupConfig) -> Option<String> {
+    let path = request_path(config);
+    let text = std::fs::read_to_string(&path).ok()?;
+    let _ = std::fs::remove_file(&path);
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()?
+        .get("name")?
+        .as_str()
+        .map(str::to_owned)
+}
+
 /// Undoes the last successful restore: puts its rollback point back (the database as it
 /// was, kept itself as a new rollback point first).
 pub async fn rollback(config: &BackupConfig) -> Result<RestoreRecord, BackupError> {
