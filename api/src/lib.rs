@@ -120,6 +120,12 @@ pub fn router(state: Arc<AppState>) -> Router {
                         ),
                 )
                 .push(
+                    Router::with_path("suppressions")
+                        .get(suppressions::index)
+                        .post(suppressions::create)
+                        .push(Router::with_path("{email}").delete(suppressions::delete)),
+                )
+                .push(
                     Router::with_path("users")
                         .get(users::index)
                         .post(users::create),
@@ -149,6 +155,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     }
     root.push(Router::with_path("auth/login").post(session::login))
         .push(Router::with_path("auth/refresh").post(session::refresh))
+        .push(Router::with_path("webhooks/resend").post(webhooks::resend))
+        .push(Router::with_path("webhooks/bounce").post(webhooks::bounce))
         .push(
             Router::with_path("unsubscribe/{token}")
                 .get(unsubscribe::confirm)

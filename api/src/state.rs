@@ -44,6 +44,8 @@ pub struct AppState {
     pub metrics: bool,
     /// Backup destinations (for `/admin/backup/*`).
     pub backup: mailing_jobs::backup::BackupConfig,
+    /// Provider webhook secrets.
+    pub webhooks: crate::routes::webhooks::WebhookSecrets,
     /// Asks the process to restart (to restore a backup before reopening the database).
     pub restart: std::sync::Arc<tokio::sync::Notify>,
 }

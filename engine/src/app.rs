@@ -314,6 +314,10 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<Exit> {
             metrics: config.metrics_enabled,
             backup: config.backup.clone(),
             restart: restart.clone(),
+            webhooks: mailing_api::routes::webhooks::WebhookSecrets {
+                resend: config.resend_webhook_secret.clone(),
+                bounce: config.bounce_webhook_secret.clone(),
+            },
         });
         let args = HttpArgs {
             addr: config.http_addr.clone(),

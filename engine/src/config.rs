@@ -72,6 +72,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "SMTP_POOL_SIZE", default: "8", secret: false, doc: "pooled SMTP connections" },
     Setting { name: "RESEND_API_KEY", default: "", secret: true, doc: "when set, the `resend` provider is available" },
     Setting { name: "RESEND_API_URL", default: "https://api.resend.com", secret: false, doc: "Resend-compatible API base URL" },
+    Setting { name: "RESEND_WEBHOOK_SECRET", default: "", secret: true, doc: "Svix signing secret (`whsec_…`) of the Resend webhook; enables POST /webhooks/resend" },
+    Setting { name: "BOUNCE_WEBHOOK_SECRET", default: "", secret: true, doc: "shared secret of the generic POST /webhooks/bounce (X-Mailing-Webhook-Secret)" },
     Setting { name: "FILE_RATE_LIMIT", default: "", secret: false, doc: "messages/s of the `file` provider (unset: unlimited)" },
     Setting { name: "SMTP_RATE_LIMIT", default: "", secret: false, doc: "messages/s of the `smtp` provider, fleet-wide with Redis (unset: unlimited)" },
     Setting { name: "RESEND_RATE_LIMIT", default: "", secret: false, doc: "messages/s of the `resend` provider, fleet-wide with Redis (unset: unlimited)" },
@@ -150,6 +152,10 @@ pub struct Config {
     pub smtp: Option<mailing_jobs::provider::smtp::SmtpConfig>,
     /// Resend, when `RESEND_API_KEY` is set.
     pub resend: Option<mailing_jobs::provider::resend::ResendConfig>,
+    /// `RESEND_WEBHOOK_SECRET`, decoded.
+    pub resend_webhook_secret: Option<Vec<u8>>,
+    /// `BOUNCE_WEBHOOK_SECRET`.
+    pub bounce_webhook_secret: Option<String>,
     /// `{FILE,SMTP,RESEND}_RATE_LIMIT` and `RESEND_REQUEST_RATE`.
     pub rates: ProviderRates,
     /// DKIM signing, when configured.
@@ -460,6 +466,21 @@ impl Config {
                 None
             }
         };
+        let resend_webhook_secret = match r.text("RESEND_WEBHOOK_SECRET") {
+            None => None,
+            Some(s) => match mailing_api::routes::webhooks::decode_svix_secret(&s) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    r.errors.push(format!("RESEND_WEBHOOK_SECRET is {e}"));
+                    None
+                }
+            },
+        };
+        let bounce_webhook_secret = r.text("BOUNCE_WEBHOOK_SECRET");
+        if bounce_webhook_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            r.errors
+                .push("BOUNCE_WEBHOOK_SECRET must be at least 16 characters".into());
+        }
         let rates = ProviderRates {
             file: r.rate("FILE_RATE_LIMIT"),
             smtp: r.rate("SMTP_RATE_LIMIT"),
@@ -604,6 +625,8 @@ impl Config {
             outbox_dir,
             smtp,
             resend,
+            resend_webhook_secret,
+            bounce_webhook_secret,
             rates,
             dkim,
             batch_size,

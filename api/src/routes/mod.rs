@@ -5,9 +5,11 @@ pub mod campaigns;
 pub mod lists;
 pub mod ops;
 pub mod session;
+pub mod suppressions;
 pub mod templates;
 pub mod unsubscribe;
 pub mod users;
+pub mod webhooks;
 
 use salvo::prelude::*;
 use serde::de::DeserializeOwned;

@@ -11,6 +11,7 @@ pub mod campaigns;
 pub mod deliveries;
 pub mod lists;
 pub mod subscribers;
+pub mod suppressions;
 pub mod templates;
 pub mod tokens;
 pub mod users;

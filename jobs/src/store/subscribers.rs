@@ -211,6 +211,14 @@ impl Store {
         .rows_affected()
             == 1;
         if changed {
+            let email: Option<String> =
+                sqlx::query_scalar("SELECT email FROM subscribers WHERE id = $1")
+                    .bind(subscriber_id)
+                    .fetch_optional(self.pool())
+                    .await?;
+            if let Some(email) = email {
+                self.suppress(&email, "unsubscribe").await?;
+            }
             self.audit(
                 "subscriber",
                 "subscriber.unsubscribe",

@@ -1,0 +1,271 @@
+//! Provider webhooks. `POST /webhooks/resend` checks the Svix signature (`svix-id`,
+//! `svix-timestamp`, `svix-signature` with one or more `v1,` entries so keys can rotate,
+//! a 5-minute tolerance, constant-time comparison) and maps delivered, bounced,
+//! complained and delivery_delayed events onto the ledger and the suppression list;
+//! an event id is applied once. `POST /webhooks/bounce` is a generic bounce and
+//! complaint hook for other senders, authenticated by a shared secret.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use salvo::prelude::*;
+use sha2::Sha256;
+
+use crate::problem::{ApiError, ApiResult, parse_error};
+use crate::state::from_depot;
+use mailing_jobs::store::suppressions::ProviderEvent;
+
+/// The largest webhook body accepted.
+pub const WEBHOOK_LIMIT: usize = 256 * 1024;
+/// How far a webhook's timestamp may be from now.
+pub const TOLERANCE_SECS: i64 = 300;
+
+/// Webhook secrets.
+#[derive(Clone, Default)]
+pub struct WebhookSecrets {
+    /// `RESEND_WEBHOOK_SECRET` (`whsec_…`), decoded.
+    pub resend: Option<Vec<u8>>,
+    /// `BOUNCE_WEBHOOK_SECRET`.
+    pub bounce: Option<String>,
+}
+
+impl std::fmt::Debug for WebhookSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSecrets")
+            .field("resend", &self.resend.as_ref().map(|_| "***"))
+            .field("bounce", &self.bounce.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Decodes a Svix secret (`whsec_` + base64).
+pub fn decode_svix_secret(secret: &str) -> Result<Vec<u8>, String> {
+    let b64 = secret.strip_prefix("whsec_").unwrap_or(secret);
+    STANDARD
+        .decode(b64)
+        .map_err(|e| format!("not a Svix secret (whsec_ + base64): {e}"))
+}
+
+/// Checks a Svix signature; the error says what is wrong (for the 401 answer).
+pub fn verify_svix(
+    key: &[u8],
+    id: &str,
+    timestamp: &str,
+    signatures: &str,
+    body: &[u8],
+    now: i64,
+) -> Result<(), String> {
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| "svix-timestamp is not a number".to_owned())?;
+    if (now - ts).abs() > TOLERANCE_SECS {
+        return Err(format!(
+            "the webhook timestamp is {}s away from now (tolerance {TOLERANCE_SECS}s)",
+            now - ts
+        ));
+    }
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).map_err(|e| e.to_string())?;
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(timestamp.trim().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    // verify_slice compares in constant time; every `v1,` entry is tried (key rotation).
+    let matched = signatures
+        .split_whitespace()
+        .filter_map(|entry| entry.strip_prefix("v1,"))
+        .filter_map(|sig| STANDARD.decode(sig).ok())
+        .any(|sig| mac.clone().verify_slice(&sig).is_ok());
+    if matched {
+        Ok(())
+    } else {
+        Err("no signature matches (wrong secret or altered body)".into())
+    }
+}
+
+fn header(req: &Request, name: &str) -> ApiResult<String> {
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .ok_or_else(|| ApiError::Unauthorized(format!("the {name} header is missing")))
+}
+
+/// `POST /webhooks/resend`.
+#[handler]
+pub async fn resend(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    let key = state.webhooks.resend.clone().ok_or_else(|| {
+        ApiError::NotFound("the Resend webhook is not configured (RESEND_WEBHOOK_SECRET)".into())
+    })?;
+    let id = header(req, "svix-id")?;
+    let timestamp = header(req, "svix-timestamp")?;
+    let signatures = header(req, "svix-signature")?;
+    let body = req
+        .payload_with_max_size(WEBHOOK_LIMIT)
+        .await
+        .map_err(|e| parse_error(e, WEBHOOK_LIMIT))?
+        .clone();
+    verify_svix(
+        &key,
+        &id,
+        &timestamp,
+        &signatures,
+        &body,
+        chrono::Utc::now().timestamp(),
+    )
+    .map_err(|reason| ApiError::Unauthorized(format!("webhook signature refused: {reason}")))?;
+    let event: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the event is not JSON: {e}")))?;
+    let kind = event["type"].as_str().unwrap_or_default();
+    let data = &event["data"];
+    let email_id = data["email_id"].as_str();
+    let to = data["to"]
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|v| v.as_str());
+    let mapped = match kind {
+        "email.delivered" => Some(ProviderEvent::Delivered),
+        "email.delivery_delayed" => Some(ProviderEvent::Delayed),
+        "email.complained" => Some(ProviderEvent::Complained),
+        "email.bounced" => {
+            let kind = data["bounce"]["type"].as_str().unwrap_or("Permanent");
+            Some(ProviderEvent::Bounced {
+                permanent: !kind.eq_ignore_ascii_case("transient"),
+            })
+        }
+        _ => None,
+    };
+    if !state.store.first_time_event(&id, "resend").await? {
+        res.render(Json(serde_json::json!({ "status": "duplicate", "id": id })));
+        return Ok(());
+    }
+    let applied = match mapped {
+        Some(ev) => {
+            let detail = data["bounce"]["message"]
+                .as_str()
+                .unwrap_or(kind)
+                .chars()
+                .take(500)
+                .collect::<String>();
+            let to = to.and_then(|t| mailing_jobs::store::subscribers::normalize_email(t).ok());
+            state
+                .store
+                .apply_provider_event(email_id, to.as_deref(), ev, &detail)
+                .await?
+        }
+        None => false,
+    };
+    res.render(Json(
+        serde_json::json!({ "status": "ok", "type": kind, "applied": applied }),
+    ));
+    Ok(())
+}
+
+/// `POST /webhooks/bounce` with `X-Mailing-Webhook-Secret` and
+/// `{"email","type":"bounce"|"complaint","permanent"?,"message_id"?,"reason"?}`.
+#[handler]
+pub async fn bounce(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    #[derive(serde::Deserialize)]
+    struct Bounce {
+        email: String,
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        permanent: Option<bool>,
+        #[serde(default)]
+        message_id: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+    }
+    let state = from_depot(depot)?;
+    let secret = state.webhooks.bounce.clone().ok_or_else(|| {
+        ApiError::NotFound("the bounce webhook is not configured (BOUNCE_WEBHOOK_SECRET)".into())
+    })?;
+    let given = header(req, "x-mailing-webhook-secret")?;
+    let same = given.len() == secret.len()
+        && given
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0_u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if !same {
+        return Err(ApiError::Unauthorized("wrong webhook secret".into()));
+    }
+    let body: Bounce = super::json_body(req, WEBHOOK_LIMIT).await?;
+    let email = mailing_jobs::store::subscribers::normalize_email(&body.email)
+        .map_err(|m| ApiError::field("email", m))?;
+    let event = match body.kind.as_str() {
+        "bounce" => ProviderEvent::Bounced {
+            permanent: body.permanent.unwrap_or(true),
+        },
+        "complaint" => ProviderEvent::Complained,
+        other => {
+            return Err(ApiError::field(
+                "type",
+                format!("'{other}' is not bounce or complaint"),
+            ));
+        }
+    };
+    let detail = body.reason.unwrap_or_else(|| body.kind.clone());
+    let applied = state
+        .store
+        .apply_provider_event(body.message_id.as_deref(), Some(&email), event, &detail)
+        .await?;
+    res.render(Json(
+        serde_json::json!({ "status": "ok", "applied": applied }),
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign(key: &[u8], id: &str, ts: &str, body: &[u8]) -> String {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(body);
+        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    }
+
+    #[test]
+    fn valid_signature_passes_and_rotated_keys_are_accepted() {
+        let key = b"0123456789abcdef0123456789abcdef";
+        let good = sign(key, "msg_1", "1000", b"{}");
+        assert!(verify_svix(key, "msg_1", "1000", &good, b"{}", 1010).is_ok());
+        let rotated = format!("v1,AAAA {good}");
+        assert!(verify_svix(key, "msg_1", "1000", &rotated, b"{}", 1010).is_ok());
+    }
+
+    #[test]
+    fn stale_tampered_and_wrong_secret_payloads_are_refused() {
+        let key = b"0123456789abcdef0123456789abcdef";
+        let good = sign(key, "msg_1", "1000", b"{}");
+        assert!(
+            verify_svix(key, "msg_1", "1000", &good, b"{}", 1000 + 301)
+                .unwrap_err()
+                .contains("tolerance")
+        );
+        assert!(verify_svix(key, "msg_1", "1000", &good, b"{\"x\":1}", 1000).is_err());
+        assert!(
+            verify_svix(
+                b"another-secret-another-secret!!!",
+                "msg_1",
+                "1000",
+                &good,
+                b"{}",
+                1000
+            )
+            .is_err()
+        );
+        assert!(verify_svix(key, "msg_2", "1000", &good, b"{}", 1000).is_err());
+    }
+
+    #[test]
+    fn svix_secrets_decode_with_or_without_prefix() {
+        assert_eq!(decode_svix_secret("whsec_AAEC").unwrap(), vec![0, 1, 2]);
+        assert!(decode_svix_secret("whsec_!!").is_err());
+    }
+}
