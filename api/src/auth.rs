@@ -36,8 +36,10 @@ pub struct AuthConfig {
     pub access_ttl: Duration,
     /// Lifetime of refresh tokens.
     pub refresh_ttl: Duration,
-    /// Failed logins allowed per account per window.
+    /// Failed logins allowed per account from one client IP per window.
     pub max_failures_per_account: u32,
+    /// Failed logins allowed per account from all addresses together per window.
+    pub max_failures_per_account_anywhere: u32,
     /// Failed logins allowed per client IP per window.
     pub max_failures_per_ip: u32,
     /// The throttling window.

@@ -303,6 +303,7 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<Exit> {
                 access_ttl: config.access_ttl,
                 refresh_ttl: config.refresh_ttl,
                 max_failures_per_account: 10,
+                max_failures_per_account_anywhere: 200,
                 max_failures_per_ip: 50,
                 throttle_window: Duration::from_secs(15 * 60),
             },

@@ -41,11 +41,18 @@ fn client_ip(req: &Request) -> String {
 pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     let state = from_depot(depot)?;
     let body: Login = json_body(req, AUTH_BODY_LIMIT).await?;
-    let account_key = format!("user:{}", body.username.to_lowercase());
-    let ip_key = format!("ip:{}", client_ip(req));
+    // Three counters: this account from this address (a flood from one place locks only
+    // that place out), this address for any account, and this account from anywhere
+    // (a high ceiling against distributed guessing).
+    let ip = client_ip(req);
+    let account = body.username.to_lowercase();
+    let account_ip_key = format!("user:{account}:ip:{ip}");
+    let ip_key = format!("ip:{ip}");
+    let account_key = format!("user:{account}");
     for (key, limit) in [
-        (&account_key, state.auth.max_failures_per_account),
+        (&account_ip_key, state.auth.max_failures_per_account),
         (&ip_key, state.auth.max_failures_per_ip),
+        (&account_key, state.auth.max_failures_per_account_anywhere),
     ] {
         if let Some(wait) = state.throttle.blocked_for(key, limit) {
             return Err(ApiError::TooManyRequests(wait));
@@ -61,11 +68,12 @@ pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let Some(user) = user.filter(|_| ok) else {
-        state.throttle.fail(&account_key);
+        state.throttle.fail(&account_ip_key);
         state.throttle.fail(&ip_key);
+        state.throttle.fail(&account_key);
         return Err(ApiError::Unauthorized("wrong username or password".into()));
     };
-    state.throttle.reset(&account_key);
+    state.throttle.reset(&account_ip_key);
     let role: Role = user
         .role
         .parse()

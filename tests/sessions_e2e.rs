@@ -1,0 +1,298 @@
+//! End to end: every session path is refused the right way. Tampered signatures,
+//! `alg: none`, another algorithm, expired tokens and the wrong audience get 401; a
+//! reused refresh token kills its family; a viewer cannot send (403); a login flood from
+//! one address is throttled (429) while the real user logs in from another address.
+
+mod support;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use support::{Backend, Server, create_campaign, seed_list};
+
+const SECRET: &str = "test-secret-key-0123456789-abcdefghijklmnop";
+
+fn b64(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn jwt(header: &Value, claims: &Value, secret: &str, alg: &str) -> String {
+    let signing = format!("{}.{}", b64(header), b64(claims));
+    let sig = match alg {
+        "HS256" => {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
+            mac.update(signing.as_bytes());
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        }
+        "HS512" => {
+            let mut mac =
+                <Hmac<sha2::Sha512> as Mac>::new_from_slice(secret.as_bytes()).expect("key");
+            mac.update(signing.as_bytes());
+            URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        }
+        _ => String::new(),
+    };
+    format!("{signing}.{sig}")
+}
+
+fn claims(now: i64, exp: i64, aud: &str) -> Value {
+    json!({"sub": "1", "name": "admin", "role": "admin", "jti": "forged", "exp": exp, "nbf": now - 5,
+           "iat": now, "iss": "mailing", "aud": aud})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_expired_and_misaddressed_tokens_are_refused() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let hs256 = json!({"alg": "HS256", "typ": "JWT"});
+    let good = jwt(
+        &hs256,
+        &claims(now, now + 600, "mailing-api"),
+        SECRET,
+        "HS256",
+    );
+    let (status, _) = server
+        .request("GET", "/api/v1/lists", Some(&good), None)
+        .await;
+    assert_eq!(
+        status, 200,
+        "a token made the way the server makes them works (the harness is right)"
+    );
+
+    let cases = [
+        (
+            "tampered signature",
+            format!("{}x", &good[..good.len() - 1]),
+        ),
+        (
+            "alg none",
+            jwt(
+                &json!({"alg": "none", "typ": "JWT"}),
+                &claims(now, now + 600, "mailing-api"),
+                SECRET,
+                "none",
+            ),
+        ),
+        (
+            "another algorithm",
+            jwt(
+                &json!({"alg": "HS512", "typ": "JWT"}),
+                &claims(now, now + 600, "mailing-api"),
+                SECRET,
+                "HS512",
+            ),
+        ),
+        (
+            "expired",
+            jwt(
+                &hs256,
+                &claims(now - 3600, now - 1800, "mailing-api"),
+                SECRET,
+                "HS256",
+            ),
+        ),
+        (
+            "wrong audience",
+            jwt(
+                &hs256,
+                &claims(now, now + 600, "someone-else"),
+                SECRET,
+                "HS256",
+            ),
+        ),
+        (
+            "wrong secret",
+            jwt(
+                &hs256,
+                &claims(now, now + 600, "mailing-api"),
+                "another-secret-another-secret-123",
+                "HS256",
+            ),
+        ),
+    ];
+    for (what, token) in cases {
+        let (status, body) = server
+            .request("GET", "/api/v1/lists", Some(&token), None)
+            .await;
+        assert_eq!(status, 401, "{what} must be refused: {body}");
+        assert_eq!(body["status"], 401, "{what}: problem+json");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_refresh_token_revokes_its_whole_family() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let (_, first) = server
+        .request(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"username": "admin", "password": support::ADMIN_PASSWORD})),
+        )
+        .await;
+    let r1 = first["refresh_token"].clone();
+    let (status, second) = server
+        .request(
+            "POST",
+            "/auth/refresh",
+            None,
+            Some(json!({"refresh_token": r1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{second}");
+    let r2 = second["refresh_token"].clone();
+    assert_ne!(r1, r2, "refresh rotates");
+    let (status, body) = server
+        .request(
+            "POST",
+            "/auth/refresh",
+            None,
+            Some(json!({"refresh_token": r1})),
+        )
+        .await;
+    assert_eq!(status, 401, "the old token works once: {body}");
+    let (status, _) = server
+        .request(
+            "POST",
+            "/auth/refresh",
+            None,
+            Some(json!({"refresh_token": r2})),
+        )
+        .await;
+    assert_eq!(
+        status, 401,
+        "reuse revoked the whole family, the newest token too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_reads_but_cannot_send_or_manage_users() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let admin = server.login().await;
+    let list = seed_list(&server, &admin, 2).await;
+    let campaign = create_campaign(&server, &admin, list, "file").await;
+    let (status, _) = server
+        .request(
+            "POST",
+            "/api/v1/users",
+            Some(&admin),
+            Some(
+                json!({"username": "vera", "password": "a-long-viewer-password", "role": "viewer"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, login) = server
+        .request(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"username": "vera", "password": "a-long-viewer-password"})),
+        )
+        .await;
+    let viewer = login["access_token"].as_str().expect("token").to_owned();
+    let (status, _) = server
+        .request(
+            "GET",
+            &format!("/api/v1/campaigns/{campaign}"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body) = server
+        .request(
+            "POST",
+            &format!("/api/v1/campaigns/{campaign}/send"),
+            Some(&viewer),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("editor"),
+        "{body}"
+    );
+    let (status, _) = server
+        .request(
+            "POST",
+            "/api/v1/users",
+            Some(&viewer),
+            Some(json!({"username": "eve", "password": "a-long-password-123", "role": "admin"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (_, c) = server
+        .request(
+            "GET",
+            &format!("/api/v1/campaigns/{campaign}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(c["status"], "draft", "nothing was sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_from_one_address_is_throttled_but_the_user_logs_in_from_another() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let res = server
+            .http
+            .post(format!("{}/auth/login", server.base))
+            .json(&json!({"username": "admin", "password": "guess"}))
+            .send()
+            .await
+            .expect("sent");
+        statuses.push((
+            res.status().as_u16(),
+            res.headers().get("retry-after").is_some(),
+        ));
+    }
+    assert!(
+        statuses[..10].iter().all(|(s, _)| *s == 401),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses[10],
+        (429, true),
+        "the 11th attempt is throttled with Retry-After: {statuses:?}"
+    );
+    let (status, _) = server
+        .request(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"username": "admin", "password": support::ADMIN_PASSWORD})),
+        )
+        .await;
+    assert_eq!(
+        status, 429,
+        "even the right password waits, from the flooding address"
+    );
+
+    let elsewhere = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("client");
+    let res = elsewhere
+        .post(format!("{}/auth/login", server.base))
+        .json(&json!({"username": "admin", "password": support::ADMIN_PASSWORD}))
+        .send()
+        .await
+        .expect("sent from 127.0.0.2");
+    assert_eq!(
+        res.status(),
+        200,
+        "the real user logs in from another address"
+    );
+}
