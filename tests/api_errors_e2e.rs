@@ -153,3 +153,82 @@ async fn invalid_campaign_fields_are_all_reported_and_nothing_is_created() {
     let (status, body) = server.request("GET", "/no/such/route", None, None).await;
     assert_eq!((status, body["status"].clone()), (404, json!(404)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csv_of_100000_subscribers_with_malformed_rows_imports_with_a_correct_report() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let token = server.login().await;
+    let (_, list) = server
+        .request(
+            "POST",
+            "/api/v1/lists",
+            Some(&token),
+            Some(json!({"name": "Big"})),
+        )
+        .await;
+    let id = list["id"].as_i64().expect("id");
+    let mut csv = String::from("email,name,city\n");
+    let mut bad_rows = Vec::new();
+    for i in 0..100_000 {
+        if i % 2000 == 7 {
+            csv.push_str(&format!("not-an-address-{i},Bad {i},Oslo\n"));
+            bad_rows.push(i);
+        } else {
+            csv.push_str(&format!("person{i}@example.com,Person {i},Oslo\n"));
+        }
+    }
+    csv.push_str("person1@example.com,Duplicate,Oslo\n");
+    let res = server
+        .http
+        .post(format!("{}/api/v1/lists/{id}/subscribers", server.base))
+        .bearer_auth(&token)
+        .header("content-type", "text/csv")
+        .body(csv)
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 200);
+    let report: serde_json::Value = res.json().await.expect("json");
+    let rejected = report["rejected"].as_array().expect("rejected");
+    assert_eq!(
+        report["inserted"],
+        100_000 - bad_rows.len(),
+        "{}",
+        report["inserted"]
+    );
+    assert_eq!(report["updated"], 0);
+    assert_eq!(
+        rejected.len(),
+        bad_rows.len() + 1,
+        "every malformed row and the duplicate"
+    );
+    let rows: Vec<i64> = rejected.iter().filter_map(|r| r["row"].as_i64()).collect();
+    assert_eq!(rows[0], 7, "rows are numbered from the first data row");
+    assert!(rejected.last().is_some_and(|r| {
+        r["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("duplicate")
+    }));
+    let (_, shown) = server
+        .request("GET", &format!("/api/v1/lists/{id}"), Some(&token), None)
+        .await;
+    assert_eq!(shown["subscriber_count"], 100_000 - bad_rows.len());
+
+    // Importing again updates instead of inserting.
+    let again = "email,name\nperson2@example.com,Renamed\n";
+    let res = server
+        .http
+        .post(format!("{}/api/v1/lists/{id}/subscribers", server.base))
+        .bearer_auth(&token)
+        .header("content-type", "text/csv")
+        .body(again)
+        .send()
+        .await
+        .expect("sent");
+    let report: serde_json::Value = res.json().await.expect("json");
+    assert_eq!(
+        (report["inserted"].clone(), report["updated"].clone()),
+        (json!(0), json!(1))
+    );
+}

@@ -11,9 +11,9 @@ use mailing_jobs::Role;
 use mailing_jobs::store::subscribers::NewSubscriber;
 
 /// The largest subscriber import body (JSON or CSV).
-pub const IMPORT_LIMIT: usize = 8 * 1024 * 1024;
+pub const IMPORT_LIMIT: usize = 32 * 1024 * 1024;
 /// The most rows one import request may carry.
-pub const IMPORT_MAX_ROWS: usize = 50_000;
+pub const IMPORT_MAX_ROWS: usize = 200_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -10,6 +10,10 @@ use crate::model::{DEFAULT_WORKSPACE, now_ms};
 pub const MAX_EMAIL_LEN: usize = 254;
 /// The most characters a subscriber's name may have.
 pub const MAX_NAME_LEN: usize = 256;
+/// Subscribers written per statement by an import (3 parameters each, well under the
+/// parameter limits of SQLite and PostgreSQL).
+const UPSERT_CHUNK: usize = 500;
+
 /// The most bytes of a subscriber's attributes, serialized as JSON.
 pub const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
 
@@ -140,54 +144,66 @@ impl Store {
         }
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        for (email, name, attributes) in valid {
-            let existing: Option<i64> = sqlx::query_scalar(
-                "SELECT id FROM subscribers WHERE workspace_id = $1 AND email = $2",
-            )
-            .bind(DEFAULT_WORKSPACE)
-            .bind(&email)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let id = match existing {
-                Some(id) => {
-                    sqlx::query(
-                        "UPDATE subscribers SET name = COALESCE($1, name), attributes = $2, \
-                         updated_at = $3 WHERE id = $4",
-                    )
-                    .bind(&name)
-                    .bind(&attributes)
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
-                    report.updated += 1;
-                    id
-                }
-                None => {
-                    report.inserted += 1;
-                    sqlx::query_scalar::<_, i64>(
-                        "INSERT INTO subscribers \
-                         (workspace_id, email, name, attributes, status, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, 'enabled', $5, $5) RETURNING id",
-                    )
-                    .bind(DEFAULT_WORKSPACE)
-                    .bind(&email)
-                    .bind(&name)
-                    .bind(&attributes)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
-                    .await?
-                }
-            };
-            sqlx::query(
-                "INSERT INTO list_memberships (list_id, subscriber_id, created_at) \
-                 VALUES ($1, $2, $3) ON CONFLICT (list_id, subscriber_id) DO NOTHING",
-            )
-            .bind(list_id)
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        // In chunks: one query finds which addresses exist (for the report), one upsert
+        // writes the chunk and returns the ids, one insert adds the memberships.
+        for chunk in valid.chunks(UPSERT_CHUNK) {
+            let mut find = String::from(
+                "SELECT COUNT(*) FROM subscribers WHERE workspace_id = $1 AND email IN (",
+            );
+            for i in 0..chunk.len() {
+                find.push_str(if i == 0 { "" } else { ", " });
+                find.push_str(&format!("${}", i + 2));
+            }
+            find.push(')');
+            let mut query =
+                sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(find)).bind(DEFAULT_WORKSPACE);
+            for (email, _, _) in chunk {
+                query = query.bind(email);
+            }
+            let existing = query.fetch_one(&mut *tx).await? as u64;
+            report.updated += existing;
+            report.inserted += chunk.len() as u64 - existing;
+
+            let mut upsert = String::from(
+                "INSERT INTO subscribers (workspace_id, email, name, attributes, status, created_at, updated_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = i * 3;
+                upsert.push_str(if i == 0 { "" } else { ", " });
+                upsert.push_str(&format!(
+                    "($1, ${}, ${}, ${}, 'enabled', $2, $2)",
+                    b + 3,
+                    b + 4,
+                    b + 5
+                ));
+            }
+            upsert.push_str(
+                " ON CONFLICT (workspace_id, email) DO UPDATE SET name = COALESCE(excluded.name, subscribers.name), \
+                 attributes = excluded.attributes, updated_at = excluded.updated_at RETURNING id",
+            );
+            let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(upsert))
+                .bind(DEFAULT_WORKSPACE)
+                .bind(now);
+            for (email, name, attributes) in chunk {
+                query = query.bind(email).bind(name).bind(attributes);
+            }
+            let ids = query.fetch_all(&mut *tx).await?;
+
+            let mut members = String::from(
+                "INSERT INTO list_memberships (list_id, subscriber_id, created_at) VALUES ",
+            );
+            for i in 0..ids.len() {
+                members.push_str(if i == 0 { "" } else { ", " });
+                members.push_str(&format!("($1, ${}, $2)", i + 3));
+            }
+            members.push_str(" ON CONFLICT (list_id, subscriber_id) DO NOTHING");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(members))
+                .bind(list_id)
+                .bind(now);
+            for id in ids {
+                query = query.bind(id);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(report)
