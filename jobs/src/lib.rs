@@ -16,6 +16,7 @@ pub mod queue;
 pub mod ratelimit;
 pub mod render;
 pub mod store;
+pub mod telemetry;
 pub mod unsubscribe;
 
 pub use model::*;
