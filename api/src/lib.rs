@@ -44,7 +44,14 @@ impl Handler for SecurityHeaders {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let span = tracing::info_span!("http", request_id = %request_id, method = %req.method(), path = %req.uri().path());
         let _enter = span.enter();
+        let started = std::time::Instant::now();
         ctrl.call_next(req, depot, res).await;
+        mailing_jobs::telemetry::HttpRequestServed {
+            route: route_of(req.uri().path()),
+            status: res.status_code.map(|s| s.as_u16()).unwrap_or(200),
+            elapsed: started.elapsed(),
+        }
+        .emit();
         let headers = res.headers_mut();
         let fixed = [
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
@@ -68,6 +75,40 @@ impl Handler for SecurityHeaders {
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             headers.insert(HeaderName::from_static("x-request-id"), v);
         }
+    }
+}
+
+/// A low-cardinality route label: numeric ids and tokens become placeholders, unknown
+/// paths collapse to `other`.
+pub fn route_of(path: &str) -> String {
+    let mut parts = Vec::new();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        let shown = if seg.chars().all(|c| c.is_ascii_digit()) && !seg.is_empty() {
+            "{id}"
+        } else if (i > 0 && matches!(segments[i - 1], "unsubscribe" | "suppressions" | "crash"))
+            || seg.len() > 40
+        {
+            "{param}"
+        } else {
+            seg
+        };
+        parts.push(shown);
+    }
+    let route = format!("/{}", parts.join("/"));
+    const KNOWN: &[&str] = &[
+        "/health",
+        "/metrics",
+        "/auth",
+        "/api/v1",
+        "/admin",
+        "/unsubscribe",
+        "/webhooks",
+    ];
+    if KNOWN.iter().any(|k| route.starts_with(k)) {
+        route
+    } else {
+        "other".into()
     }
 }
 
@@ -144,7 +185,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             }
             admin
         });
-    let metrics = state.metrics;
+    let metrics = state.metrics.is_some();
     let mut root = Router::new().hoop(affix_state::inject(state)).push(
         Router::with_path("health")
             .get(ops::health)

@@ -40,8 +40,8 @@ pub struct AppState {
     pub fault_injector: Option<FaultInjector>,
     /// Whether HTTPS is in front (HSTS is sent then).
     pub https: bool,
-    /// Whether `/metrics` is served.
-    pub metrics: bool,
+    /// The registry `/metrics` encodes (None: `/metrics` is not served).
+    pub metrics: Option<prometheus::Registry>,
     /// Backup destinations (for `/admin/backup/*`).
     pub backup: mailing_jobs::backup::BackupConfig,
     /// Provider webhook secrets.

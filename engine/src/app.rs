@@ -237,7 +237,11 @@ pub enum Exit {
 }
 
 /// Runs the process until a shutdown signal or a restart request.
-pub async fn run(config: Config, mode: Mode) -> anyhow::Result<Exit> {
+pub async fn run(
+    config: Config,
+    mode: Mode,
+    metrics: prometheus::Registry,
+) -> anyhow::Result<Exit> {
     if let Some(name) = mailing_jobs::backup::take_restore_request(&config.backup) {
         info!(backup = %name, "Restoring a backup before starting");
         match mailing_jobs::backup::restore(&config.backup, &name).await {
@@ -312,7 +316,7 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<Exit> {
             signer: signer.clone(),
             fault_injector: injector,
             https: config.hsts,
-            metrics: config.metrics_enabled,
+            metrics: config.metrics_enabled.then(|| metrics.clone()),
             backup: config.backup.clone(),
             restart: restart.clone(),
             webhooks: mailing_api::routes::webhooks::WebhookSecrets {
@@ -347,6 +351,9 @@ pub async fn run(config: Config, mode: Mode) -> anyhow::Result<Exit> {
         ctx: ctx.clone(),
         tick: Duration::from_secs(1),
         stall_after: config.stall_recovery,
+        health: health.clone(),
+        data_dir: config.data_dir.clone(),
+        backup_dir: config.backup.dir.clone(),
         backups: (config.backup_enabled && mode != Mode::Worker).then(|| {
             crate::supervisor::scheduler::BackupSchedule {
                 config: config.backup.clone(),

@@ -251,7 +251,8 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    telemetry::init(&config);
+    let telemetry = telemetry::init(&config);
+    let registry = telemetry.registry.clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -263,19 +264,22 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let exit = match command {
-            Command::Serve => app::run(config, Mode::Serve).await,
-            Command::Api => app::run(config, Mode::Api).await,
-            Command::Worker => app::run(config, Mode::Worker).await,
-            other => return run_command(&config, other).await,
-        };
-        match exit {
-            Ok(app::Exit::Restart) => Err(restart_self()),
-            Ok(app::Exit::Signal) => Ok(()),
-            Err(e) => Err(e),
+        match command {
+            Command::Serve => app::run(config, Mode::Serve, registry).await,
+            Command::Api => app::run(config, Mode::Api, registry).await,
+            Command::Worker => app::run(config, Mode::Worker, registry).await,
+            other => run_command(&config, other)
+                .await
+                .map(|()| app::Exit::Signal),
         }
     });
-    finish(result)
+    drop(runtime);
+    telemetry.shutdown();
+    finish(match result {
+        Ok(app::Exit::Restart) => Err(restart_self()),
+        Ok(app::Exit::Signal) => Ok(()),
+        Err(e) => Err(e),
+    })
 }
 
 /// Replaces this process with a fresh one (same arguments and environment). Returns only

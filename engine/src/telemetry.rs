@@ -1,26 +1,135 @@
-//! Logging: tracing with JSON lines in production and readable lines in development
-//! (`LOG_FORMAT` overrides), filtered by `LOG_LEVEL` (or `RUST_LOG`). Written to stdout.
+//! Logs, metrics and traces. Logs: tracing, JSON lines in production and readable lines
+//! in development (`LOG_FORMAT`), filtered by `LOG_LEVEL` (or `RUST_LOG`), to stdout.
+//! Metrics: the OpenTelemetry SDK behind the global meter; one reader feeds `/metrics`
+//! (a Prometheus registry), and when an OTLP endpoint is configured (the standard
+//! `OTEL_EXPORTER_OTLP_*` variables, HTTP/protobuf) a periodic reader exports them too.
+//! Traces: with an OTLP endpoint, tracing spans are exported through
+//! tracing-opentelemetry. Exporters run on their own threads, so a slow or dead
+//! collector never slows sending.
 
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{Config, LogFormat};
 
-/// Installs the global subscriber. Safe to call once per process.
-pub fn init(config: &Config) {
+/// The installed telemetry; shut it down at exit to flush exporters.
+pub struct Telemetry {
+    /// What `/metrics` encodes.
+    pub registry: prometheus::Registry,
+    meters: SdkMeterProvider,
+    tracer: Option<SdkTracerProvider>,
+}
+
+fn otlp_configured() -> bool {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
+    !std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        && (set("OTEL_EXPORTER_OTLP_ENDPOINT")
+            || set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT")
+            || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+fn resource() -> Resource {
+    Resource::builder().with_service_name("mailing").build()
+}
+
+/// Installs logging, the global meter provider and, when configured, OTLP export.
+/// Call before the async runtime starts (the OTLP exporters use blocking clients).
+pub fn init(config: &Config) -> Telemetry {
+    let registry = prometheus::Registry::new();
+    let mut meters = SdkMeterProvider::builder().with_resource(resource());
+    let mut problems = Vec::new();
+    match opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .without_units()
+        .without_counter_suffixes()
+        .without_target_info()
+        .scope_info_enabled(false)
+        .build()
+    {
+        Ok(exporter) => meters = meters.with_reader(exporter),
+        Err(e) => problems.push(format!("the Prometheus exporter failed to start: {e}")),
+    }
+    let otlp = otlp_configured();
+    if otlp {
+        if std::env::var("OTEL_EXPORTER_OTLP_PROTOCOL").is_ok_and(|p| p.starts_with("grpc")) {
+            problems.push("OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported yet; exporting over HTTP/protobuf".into());
+        }
+        match opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .build()
+        {
+            Ok(exporter) => {
+                meters = meters.with_reader(
+                    opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build(),
+                );
+            }
+            Err(e) => problems.push(format!("OTLP metrics export disabled: {e}")),
+        }
+    }
+    let meters = meters.build();
+    opentelemetry::global::set_meter_provider(meters.clone());
+    mailing_jobs::telemetry::register();
+
+    let tracer = if otlp {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
+            Ok(exporter) => Some(
+                SdkTracerProvider::builder()
+                    .with_resource(resource())
+                    .with_batch_exporter(exporter)
+                    .build(),
+            ),
+            Err(e) => {
+                problems.push(format!("OTLP trace export disabled: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(&config.log_level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    let otel_layer = tracer
+        .as_ref()
+        .map(|t| tracing_opentelemetry::layer().with_tracer(t.tracer("mailing")));
+    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    let registry_layers = tracing_subscriber::registry().with(filter).with(otel_layer);
     let _ = match config.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
+        LogFormat::Json => registry_layers
+            .with(fmt.json().flatten_event(true).with_current_span(true))
             .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Pretty => registry_layers.with(fmt.compact()).try_init(),
     };
+    for p in problems {
+        tracing::warn!(problem = %p, "Telemetry");
+    }
+    if otlp {
+        tracing::info!("Exporting metrics and traces over OTLP (HTTP/protobuf)");
+    }
+    Telemetry {
+        registry,
+        meters,
+        tracer,
+    }
+}
+
+impl Telemetry {
+    /// Flushes and stops the exporters.
+    pub fn shutdown(self) {
+        if let Some(t) = self.tracer {
+            let _ = t.shutdown();
+        }
+        let _ = self.meters.shutdown();
+    }
 }

@@ -21,7 +21,9 @@ fn meter() -> Meter {
 }
 
 /// Buckets for durations in seconds, from 1 ms to 2 min.
-const SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
+const SECONDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
 
 /// The instruments events write to.
 pub struct Instruments {
@@ -49,28 +51,65 @@ impl std::fmt::Debug for Instruments {
 
 static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
     let m = meter();
-    let counter = |name: &'static str, help: &'static str| m.u64_counter(name).with_description(help).build();
+    let counter =
+        |name: &'static str, help: &'static str| m.u64_counter(name).with_description(help).build();
     let seconds = |name: &'static str, help: &'static str| {
-        m.f64_histogram(name).with_description(help).with_boundaries(SECONDS.to_vec()).build()
+        m.f64_histogram(name)
+            .with_description(help)
+            .with_boundaries(SECONDS.to_vec())
+            .build()
     };
     Instruments {
-        deliveries: counter("mailing_deliveries_total", "Recipients handed to a provider, by provider and outcome"),
-        jobs: counter("mailing_jobs_total", "Queue jobs by stage and event (started, succeeded, failed, retried, dead)"),
-        enqueued: counter("mailing_jobs_enqueued_total", "Queue jobs enqueued, by stage"),
-        throttles: counter("mailing_provider_throttles_total", "Throttled provider answers (429 or Retry-After), by provider"),
+        deliveries: counter(
+            "mailing_deliveries_total",
+            "Recipients handed to a provider, by provider and outcome",
+        ),
+        jobs: counter(
+            "mailing_jobs_total",
+            "Queue jobs by stage and event (started, succeeded, failed, retried, dead)",
+        ),
+        enqueued: counter(
+            "mailing_jobs_enqueued_total",
+            "Queue jobs enqueued, by stage",
+        ),
+        throttles: counter(
+            "mailing_provider_throttles_total",
+            "Throttled provider answers (429 or Retry-After), by provider",
+        ),
         ratelimit_wait: m
             .f64_counter("mailing_ratelimit_wait_seconds_total")
             .with_description("Seconds spent waiting for a provider's rate limit, by provider")
             .build(),
-        provider_events: counter("mailing_provider_events_total", "Provider webhook events applied, by event"),
+        provider_events: counter(
+            "mailing_provider_events_total",
+            "Provider webhook events applied, by event",
+        ),
         unsubscribes: counter("mailing_unsubscribes_total", "One-click unsubscribes"),
-        http_requests: counter("mailing_http_requests_total", "HTTP requests by route and status"),
-        campaigns_finished: counter("mailing_campaigns_finished_total", "Campaigns that reached a final status, by status"),
+        http_requests: counter(
+            "mailing_http_requests_total",
+            "HTTP requests by route and status",
+        ),
+        campaigns_finished: counter(
+            "mailing_campaigns_finished_total",
+            "Campaigns that reached a final status, by status",
+        ),
         backups: counter("mailing_backups_total", "Backups taken, by outcome"),
-        batch_duration: seconds("mailing_batch_duration_seconds", "Time to run one job, by stage"),
-        render_duration: seconds("mailing_render_duration_seconds", "Time to render and build one message"),
-        provider_duration: seconds("mailing_provider_request_duration_seconds", "Time of one provider send or request, by provider"),
-        http_duration: seconds("mailing_http_request_duration_seconds", "HTTP request latency, by route"),
+        batch_duration: seconds(
+            "mailing_batch_duration_seconds",
+            "Time to run one job, by stage",
+        ),
+        render_duration: seconds(
+            "mailing_render_duration_seconds",
+            "Time to render and build one message",
+        ),
+        provider_duration: seconds(
+            "mailing_provider_request_duration_seconds",
+            "Time of one provider send or request, by provider",
+        ),
+        http_duration: seconds(
+            "mailing_http_request_duration_seconds",
+            "HTTP request latency, by route",
+        ),
     }
 });
 
@@ -93,9 +132,13 @@ impl DeliveryRecorded<'_> {
     /// Records it.
     pub fn emit(self) {
         if self.count > 0 {
-            INSTRUMENTS
-                .deliveries
-                .add(self.count, &[kv("provider", self.provider.to_owned()), kv("outcome", self.outcome)]);
+            INSTRUMENTS.deliveries.add(
+                self.count,
+                &[
+                    kv("provider", self.provider.to_owned()),
+                    kv("outcome", self.outcome),
+                ],
+            );
         }
     }
 }
@@ -114,9 +157,13 @@ pub struct JobEvent {
 impl JobEvent {
     /// Records it (and the duration, for finished jobs).
     pub fn emit(self) {
-        INSTRUMENTS.jobs.add(1, &[kv("stage", self.stage), kv("event", self.event)]);
+        INSTRUMENTS
+            .jobs
+            .add(1, &[kv("stage", self.stage), kv("event", self.event)]);
         if let Some(d) = self.duration {
-            INSTRUMENTS.batch_duration.record(d.as_secs_f64(), &[kv("stage", self.stage)]);
+            INSTRUMENTS
+                .batch_duration
+                .record(d.as_secs_f64(), &[kv("stage", self.stage)]);
         }
     }
 }
@@ -148,7 +195,9 @@ impl BatchRendered {
     /// Records it.
     pub fn emit(self) {
         if self.messages > 0 {
-            INSTRUMENTS.render_duration.record(self.elapsed.as_secs_f64() / self.messages as f64, &[]);
+            INSTRUMENTS
+                .render_duration
+                .record(self.elapsed.as_secs_f64() / self.messages as f64, &[]);
         }
     }
 }
@@ -165,7 +214,10 @@ pub struct ProviderCall<'a> {
 impl ProviderCall<'_> {
     /// Records it.
     pub fn emit(self) {
-        INSTRUMENTS.provider_duration.record(self.elapsed.as_secs_f64(), &[kv("provider", self.provider.to_owned())]);
+        INSTRUMENTS.provider_duration.record(
+            self.elapsed.as_secs_f64(),
+            &[kv("provider", self.provider.to_owned())],
+        );
     }
 }
 
@@ -181,8 +233,14 @@ pub struct ProviderThrottled<'a> {
 impl ProviderThrottled<'_> {
     /// Records it and logs a warning.
     pub fn emit(self) {
-        tracing::warn!(provider = self.provider, wait_ms = self.wait.as_millis() as u64, "Provider throttled us; pausing it");
-        INSTRUMENTS.throttles.add(1, &[kv("provider", self.provider.to_owned())]);
+        tracing::warn!(
+            provider = self.provider,
+            wait_ms = self.wait.as_millis() as u64,
+            "Provider throttled us; pausing it"
+        );
+        INSTRUMENTS
+            .throttles
+            .add(1, &[kv("provider", self.provider.to_owned())]);
     }
 }
 
@@ -199,7 +257,10 @@ impl RateLimitWaited<'_> {
     /// Records it.
     pub fn emit(self) {
         if !self.waited.is_zero() {
-            INSTRUMENTS.ratelimit_wait.add(self.waited.as_secs_f64(), &[kv("provider", self.provider.to_owned())]);
+            INSTRUMENTS.ratelimit_wait.add(
+                self.waited.as_secs_f64(),
+                &[kv("provider", self.provider.to_owned())],
+            );
         }
     }
 }
@@ -215,7 +276,9 @@ impl ProviderEventApplied {
     /// Records it.
     pub fn emit(self) {
         tracing::info!(event = self.event, "Provider event applied");
-        INSTRUMENTS.provider_events.add(1, &[kv("event", self.event)]);
+        INSTRUMENTS
+            .provider_events
+            .add(1, &[kv("event", self.event)]);
     }
 }
 
@@ -245,8 +308,16 @@ pub struct HttpRequestServed {
 impl HttpRequestServed {
     /// Records it.
     pub fn emit(self) {
-        INSTRUMENTS.http_requests.add(1, &[kv("route", self.route.clone()), kv("status", i64::from(self.status))]);
-        INSTRUMENTS.http_duration.record(self.elapsed.as_secs_f64(), &[kv("route", self.route)]);
+        INSTRUMENTS.http_requests.add(
+            1,
+            &[
+                kv("route", self.route.clone()),
+                kv("status", i64::from(self.status)),
+            ],
+        );
+        INSTRUMENTS
+            .http_duration
+            .record(self.elapsed.as_secs_f64(), &[kv("route", self.route)]);
     }
 }
 
@@ -262,8 +333,14 @@ pub struct CampaignFinished {
 impl CampaignFinished {
     /// Records it.
     pub fn emit(self) {
-        tracing::info!(campaign_id = self.campaign_id, status = self.status, "Campaign finished");
-        INSTRUMENTS.campaigns_finished.add(1, &[kv("status", self.status)]);
+        tracing::info!(
+            campaign_id = self.campaign_id,
+            status = self.status,
+            "Campaign finished"
+        );
+        INSTRUMENTS
+            .campaigns_finished
+            .add(1, &[kv("status", self.status)]);
     }
 }
 
@@ -402,10 +479,26 @@ pub fn register() {
         })
         .build();
     for (name, help, pick) in [
-        ("mailing_delivery_rate_ratio", "Sent / (sent + failed + bounced), whole ledger", 0_usize),
-        ("mailing_bounce_rate_ratio", "Bounced / handed to providers, whole ledger", 1),
-        ("mailing_complaint_rate_ratio", "Complained / handed to providers, whole ledger", 2),
-        ("mailing_unsubscribe_rate_ratio", "Recipients who unsubscribed / handed to providers", 3),
+        (
+            "mailing_delivery_rate_ratio",
+            "Sent / (sent + failed + bounced), whole ledger",
+            0_usize,
+        ),
+        (
+            "mailing_bounce_rate_ratio",
+            "Bounced / handed to providers, whole ledger",
+            1,
+        ),
+        (
+            "mailing_complaint_rate_ratio",
+            "Complained / handed to providers, whole ledger",
+            2,
+        ),
+        (
+            "mailing_unsubscribe_rate_ratio",
+            "Recipients who unsubscribed / handed to providers",
+            3,
+        ),
     ] {
         m.f64_observable_gauge(name)
             .with_description(help)
@@ -427,14 +520,20 @@ pub fn register() {
 }
 
 /// Samples process CPU, RSS, open files and the free space under `data_dir`.
-pub fn sample_process(system: &mut sysinfo::System, disks: &mut sysinfo::Disks, data_dir: &std::path::Path) {
+pub fn sample_process(
+    system: &mut sysinfo::System,
+    disks: &mut sysinfo::Disks,
+    data_dir: &std::path::Path,
+) {
     let pid = sysinfo::Pid::from_u32(std::process::id());
     system.refresh_processes(sysinfo::ProcessesToUpdate::Some(&[pid]), true);
     let (cpu, rss) = system
         .process(pid)
         .map(|p| (p.accumulated_cpu_time() as f64 / 1000.0, p.memory()))
         .unwrap_or((0.0, 0));
-    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
     disks.refresh(true);
     let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     let free = disks

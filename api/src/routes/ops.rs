@@ -3,7 +3,6 @@
 //! `/admin/stats`, `/admin/cache/stats`, `/admin/cache/clear`, and the fault-injection
 //! route used by drills and tests (absent unless enabled, never in production).
 
-use std::fmt::Write as _;
 use std::time::Instant;
 
 use salvo::prelude::*;
@@ -217,71 +216,18 @@ pub async fn crash(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
     Ok(())
 }
 
-fn status_value(s: ComponentStatus) -> u8 {
-    match s {
-        ComponentStatus::Running => 1,
-        _ => 0,
-    }
-}
-
-/// `GET /metrics`: Prometheus text format.
+/// `GET /metrics`: every instrument of the global meter, in Prometheus text format.
 #[handler]
 pub async fn metrics(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     let state = from_depot(depot)?;
+    let registry = state
+        .metrics
+        .clone()
+        .ok_or_else(|| ApiError::NotFound("metrics are disabled".into()))?;
     let mut out = String::new();
-    let cache = state.renderer.stats();
-    let _ = writeln!(
-        out,
-        "# HELP mailing_template_cache_hits_total Template cache lookups answered from the cache."
-    );
-    let _ = writeln!(out, "# TYPE mailing_template_cache_hits_total counter");
-    let _ = writeln!(out, "mailing_template_cache_hits_total {}", cache.hits);
-    let _ = writeln!(
-        out,
-        "# HELP mailing_template_cache_misses_total Template cache lookups that compiled the template."
-    );
-    let _ = writeln!(out, "# TYPE mailing_template_cache_misses_total counter");
-    let _ = writeln!(out, "mailing_template_cache_misses_total {}", cache.misses);
-    let _ = writeln!(
-        out,
-        "# HELP mailing_template_cache_entries Compiled templates held."
-    );
-    let _ = writeln!(out, "# TYPE mailing_template_cache_entries gauge");
-    let _ = writeln!(out, "mailing_template_cache_entries {}", cache.size);
-    if let Ok((plan, send)) = state.queue.depth().await {
-        let _ = writeln!(
-            out,
-            "# HELP mailing_queue_depth_jobs Jobs waiting per stage."
-        );
-        let _ = writeln!(out, "# TYPE mailing_queue_depth_jobs gauge");
-        let _ = writeln!(out, "mailing_queue_depth_jobs{{stage=\"plan\"}} {plan}");
-        let _ = writeln!(out, "mailing_queue_depth_jobs{{stage=\"send\"}} {send}");
-    }
-    let components = state.health.snapshot();
-    let _ = writeln!(
-        out,
-        "# HELP mailing_actor_restarts_total Restarts of each supervised component."
-    );
-    let _ = writeln!(out, "# TYPE mailing_actor_restarts_total counter");
-    for (name, c) in &components {
-        let _ = writeln!(
-            out,
-            "mailing_actor_restarts_total{{actor=\"{name}\"}} {}",
-            c.restarts
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP mailing_actor_up Whether each supervised component is running."
-    );
-    let _ = writeln!(out, "# TYPE mailing_actor_up gauge");
-    for (name, c) in &components {
-        let _ = writeln!(
-            out,
-            "mailing_actor_up{{actor=\"{name}\"}} {}",
-            status_value(c.status)
-        );
-    }
+    prometheus::TextEncoder::new()
+        .encode_utf8(&registry.gather(), &mut out)
+        .map_err(|e| ApiError::Internal(format!("encoding metrics failed: {e}")))?;
     res.headers_mut().insert(
         salvo::http::header::CONTENT_TYPE,
         salvo::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -47,7 +47,9 @@ pub async fn one_click(req: &mut Request, depot: &mut Depot, res: &mut Response)
         .signer
         .verify(&token(req))
         .map_err(|e| ApiError::NotFound(e.to_string()))?;
-    state.store.unsubscribe(subscriber_id, campaign_id).await?;
+    if state.store.unsubscribe(subscriber_id, campaign_id).await? {
+        mailing_jobs::telemetry::Unsubscribed.emit();
+    }
     let wants_html = req
         .headers()
         .get(salvo::http::header::ACCEPT)

@@ -143,6 +143,7 @@ pub async fn resend(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     }
     let applied = match mapped {
         Some(ev) => {
+            event_emitted(ev);
             let detail = data["bounce"]["message"]
                 .as_str()
                 .unwrap_or(kind)
@@ -209,6 +210,7 @@ pub async fn bounce(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
         }
     };
     let detail = body.reason.unwrap_or_else(|| body.kind.clone());
+    event_emitted(event);
     let applied = state
         .store
         .apply_provider_event(body.message_id.as_deref(), Some(&email), event, &detail)
@@ -217,6 +219,17 @@ pub async fn bounce(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
         serde_json::json!({ "status": "ok", "applied": applied }),
     ));
     Ok(())
+}
+
+/// Records an applied provider event.
+fn event_emitted(event: ProviderEvent) {
+    let event = match event {
+        ProviderEvent::Delivered => "delivered",
+        ProviderEvent::Delayed => "delayed",
+        ProviderEvent::Bounced { .. } => "bounced",
+        ProviderEvent::Complained => "complained",
+    };
+    mailing_jobs::telemetry::ProviderEventApplied { event }.emit();
 }
 
 #[cfg(test)]

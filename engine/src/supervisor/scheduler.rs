@@ -29,6 +29,71 @@ pub struct SchedulerArgs {
     pub stall_after: Duration,
     /// Scheduled backups, in processes that take them.
     pub backups: Option<BackupSchedule>,
+    /// Component states, sampled into the metrics.
+    pub health: mailing_jobs::health::HealthRegistry,
+    /// The data directory (free space is sampled).
+    pub data_dir: std::path::PathBuf,
+    /// The backup directory (the newest backup is sampled).
+    pub backup_dir: std::path::PathBuf,
+}
+
+/// Refreshes the sampled metrics. `ledger` also scans the ledger for the business rates.
+async fn sample(
+    args: &SchedulerArgs,
+    system: &mut sysinfo::System,
+    disks: &mut sysinfo::Disks,
+    ledger: bool,
+) {
+    use mailing_jobs::telemetry::set_gauges;
+    let ctx = &args.ctx;
+    if let Ok((plan, send)) = ctx.queue.depth().await {
+        set_gauges(|g| {
+            g.queue_depth.insert("plan", plan);
+            g.queue_depth.insert("send", send);
+        });
+    }
+    let cache = ctx.renderer.stats();
+    let pool = ctx.store.pool();
+    let (size, idle) = (u64::from(pool.size()), pool.num_idle() as u64);
+    let actors = args
+        .health
+        .snapshot()
+        .into_iter()
+        .map(|(name, c)| {
+            (
+                name,
+                (
+                    c.status == mailing_jobs::health::ComponentStatus::Running,
+                    u64::from(c.restarts),
+                ),
+            )
+        })
+        .collect();
+    let last_backup = mailing_jobs::backup::list(&args.backup_dir)
+        .ok()
+        .and_then(|l| l.into_iter().find(|m| m.verified))
+        .map(|m| (m.created_at.timestamp(), m.size_bytes));
+    set_gauges(|g| {
+        g.template_cache = (cache.size, cache.hits, cache.misses, cache.evictions);
+        g.db_pool = (size.saturating_sub(idle), idle);
+        g.actors = actors;
+        g.last_backup = last_backup;
+    });
+    mailing_jobs::telemetry::sample_process(system, disks, &args.data_dir);
+    if ledger {
+        match (
+            ctx.store.ledger_rates().await,
+            ctx.store.campaigns_by_status().await,
+        ) {
+            (Ok(rates), Ok(campaigns)) => set_gauges(|g| {
+                g.rates = rates;
+                g.campaigns = campaigns.into_iter().collect();
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!(error = %e, "Sampling the ledger for metrics failed")
+            }
+        }
+    }
 }
 
 /// When and where scheduled backups go.
@@ -81,6 +146,8 @@ fn maybe_backup(schedule: &BackupSchedule, ctx: &PipelineContext) {
 /// State of the scheduler.
 pub struct SchedulerState {
     args: SchedulerArgs,
+    system: sysinfo::System,
+    disks: sysinfo::Disks,
     ticks: u64,
     timer: tokio::task::JoinHandle<()>,
 }
@@ -203,11 +270,15 @@ impl Actor for Scheduler {
         args: SchedulerArgs,
     ) -> Result<SchedulerState, ActorProcessingErr> {
         let timer = me.send_interval(args.tick, || ComponentMsg::Tick);
-        Ok(SchedulerState {
+        let mut state = SchedulerState {
             args,
+            system: sysinfo::System::new()?,
+            disks: sysinfo::Disks::new_with_refreshed_list()?,
             ticks: 0,
             timer,
-        })
+        };
+        sample(&state.args, &mut state.system, &mut state.disks, true).await;
+        Ok(state)
     }
 
     async fn handle(
@@ -223,6 +294,10 @@ impl Actor for Scheduler {
             ComponentMsg::Exited(reason) => return Err(reason.into()),
             ComponentMsg::Tick => {
                 state.ticks += 1;
+                if state.ticks.is_multiple_of(5) {
+                    let ledger = state.ticks.is_multiple_of(15);
+                    sample(&state.args, &mut state.system, &mut state.disks, ledger).await;
+                }
                 let ctx = &state.args.ctx;
                 if let Err(e) = start_due(ctx).await {
                     warn!(error = %e, "Starting scheduled campaigns failed; retrying next tick");

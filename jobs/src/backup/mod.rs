@@ -229,9 +229,11 @@ pub async fn create(store: &Store, config: &BackupConfig) -> Result<Manifest, Ba
         Ok(m) => m,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&partial);
+            crate::telemetry::BackupTaken { outcome: "failed" }.emit();
             return Err(e);
         }
     };
+    crate::telemetry::BackupTaken { outcome: "ok" }.emit();
     let final_dir = config.dir.join(&name);
     std::fs::rename(&partial, &final_dir)
         .map_err(io("cannot move the finished backup into place"))?;

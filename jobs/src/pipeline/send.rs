@@ -293,6 +293,18 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
     ctx.store
         .record_outcomes(&outcomes, ctx.config.max_attempts)
         .await?;
+    for (outcome, count) in [
+        ("sent", report.sent),
+        ("failed", report.failed),
+        ("retried", report.retried),
+    ] {
+        crate::telemetry::DeliveryRecorded {
+            provider: &campaign.provider,
+            outcome,
+            count: count as u64,
+        }
+        .emit();
+    }
     info!(
         campaign_id = campaign.id,
         batch_no = job.batch_no,

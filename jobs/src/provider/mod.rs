@@ -140,17 +140,31 @@ impl Provider {
             ..
         } = error
         {
-            tracing::warn!(provider = %self.kind(), wait_ms = wait.as_millis() as u64, "Provider throttled us; pausing it");
+            crate::telemetry::ProviderThrottled {
+                provider: self.kind().as_str(),
+                wait: *wait,
+            }
+            .emit();
             self.limits.messages.pause(*wait).await;
             self.limits.requests.pause(*wait).await;
         }
     }
 
+    async fn wait_for_limits(&self, messages: u32) {
+        let waited =
+            self.limits.messages.acquire(messages).await + self.limits.requests.acquire(1).await;
+        crate::telemetry::RateLimitWaited {
+            provider: self.kind().as_str(),
+            waited,
+        }
+        .emit();
+    }
+
     async fn send_one(&self, message: &Outgoing) -> Result<Option<String>, ProviderError> {
         let mut attempt = 0;
         loop {
-            self.limits.messages.acquire(1).await;
-            self.limits.requests.acquire(1).await;
+            self.wait_for_limits(1).await;
+            let started = std::time::Instant::now();
             let result = match &self.transport {
                 Transport::File(p) => p.send(message).await,
                 Transport::Smtp(p) => p.send(message).await,
@@ -159,6 +173,11 @@ impl Provider {
                     .await
                     .map(|mut ids| ids.pop().flatten()),
             };
+            crate::telemetry::ProviderCall {
+                provider: self.kind().as_str(),
+                elapsed: started.elapsed(),
+            }
+            .emit();
             match result {
                 Err(
                     e @ ProviderError::Transient {
@@ -183,9 +202,15 @@ impl Provider {
         };
         let mut attempt = 0;
         loop {
-            self.limits.messages.acquire(chunk.len() as u32).await;
-            self.limits.requests.acquire(1).await;
-            match p.send_request(chunk).await {
+            self.wait_for_limits(chunk.len() as u32).await;
+            let started = std::time::Instant::now();
+            let result = p.send_request(chunk).await;
+            crate::telemetry::ProviderCall {
+                provider: self.kind().as_str(),
+                elapsed: started.elapsed(),
+            }
+            .emit();
+            match result {
                 Err(
                     e @ ProviderError::Transient {
                         retry_after: Some(_),

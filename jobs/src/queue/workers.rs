@@ -42,7 +42,23 @@ pub struct StageWorkers {
     pub instance: String,
 }
 
-fn into_job_result(result: Result<(), StageError>, what: String) -> Result<(), BoxDynError> {
+fn into_job_result(
+    stage: &'static str,
+    started: std::time::Instant,
+    result: Result<(), StageError>,
+    what: String,
+) -> Result<(), BoxDynError> {
+    let event = match &result {
+        Ok(()) => "succeeded",
+        Err(e) if e.is_transient() => "failed",
+        Err(_) => "dead",
+    };
+    crate::telemetry::JobEvent {
+        stage,
+        event,
+        duration: Some(started.elapsed()),
+    }
+    .emit();
     match result {
         Ok(()) => Ok(()),
         Err(e) if e.is_transient() => {
@@ -58,6 +74,13 @@ fn into_job_result(result: Result<(), StageError>, what: String) -> Result<(), B
 
 /// The plan stage's job handler.
 pub async fn plan_job(job: PlanCampaign, ctx: Data<PipelineContext>) -> Result<(), BoxDynError> {
+    let started = std::time::Instant::now();
+    crate::telemetry::JobEvent {
+        stage: "plan",
+        event: "started",
+        duration: None,
+    }
+    .emit();
     let what = format!("plan campaign {}", job.campaign_id);
     let result = plan::plan(&ctx, &job).await.map(|_| ());
     if let Err(StageError::Permanent(reason)) = &result {
@@ -71,13 +94,20 @@ pub async fn plan_job(job: PlanCampaign, ctx: Data<PipelineContext>) -> Result<(
             )
             .await;
     }
-    into_job_result(result, what)
+    into_job_result("plan", started, result, what)
 }
 
 /// The send stage's job handler. Temporary failures of some recipients are retried by
 /// re-enqueueing the batch after an exponential backoff with jitter (the ledger counts
 /// the attempts and fails a recipient after `max_attempts`), so the job itself succeeds.
 pub async fn send_job(job: SendBatch, ctx: Data<PipelineContext>) -> Result<(), BoxDynError> {
+    let started = std::time::Instant::now();
+    crate::telemetry::JobEvent {
+        stage: "send",
+        event: "started",
+        duration: None,
+    }
+    .emit();
     let what = format!("send campaign {} batch {}", job.campaign_id, job.batch_no);
     let result = match send::send_batch(&ctx, &job).await {
         Err(StageError::Retry {
@@ -92,6 +122,12 @@ pub async fn send_job(job: SendBatch, ctx: Data<PipelineContext>) -> Result<(), 
             );
             warn!(campaign_id = job.campaign_id, batch_no = job.batch_no, failed, attempts, error = %last_error,
                   delay_ms = delay.as_millis() as u64, "Batch retry scheduled");
+            crate::telemetry::JobEvent {
+                stage: "send",
+                event: "retried",
+                duration: None,
+            }
+            .emit();
             ctx.queue
                 .push_batch_after(job.clone(), delay)
                 .await
@@ -111,7 +147,7 @@ pub async fn send_job(job: SendBatch, ctx: Data<PipelineContext>) -> Result<(), 
         }
         other => other.map(|_| ()),
     };
-    into_job_result(result, what)
+    into_job_result("send", started, result, what)
 }
 
 /// Exponential backoff with jitter: `base × 2^(attempts-1)`, capped, then scaled by a

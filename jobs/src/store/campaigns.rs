@@ -284,7 +284,15 @@ impl Store {
         .bind(id)
         .execute(self.pool())
         .await?;
-        Ok(done.rows_affected() == 1)
+        let finished = done.rows_affected() == 1;
+        if finished {
+            crate::telemetry::CampaignFinished {
+                campaign_id: id,
+                status: "done",
+            }
+            .emit();
+        }
+        Ok(finished)
     }
 
     /// Scheduled campaigns whose send time has come.
@@ -324,6 +332,41 @@ impl Store {
         .bind(id)
         .fetch_one(self.pool())
         .await?)
+    }
+
+    /// Ledger ratios over every campaign: (delivery, bounce, complaint, unsubscribe),
+    /// None before anything was handed to a provider. Scans the ledger: sample it, do
+    /// not call it per request.
+    pub async fn ledger_rates(&self) -> Result<Option<(f64, f64, f64, f64)>, StoreError> {
+        let (sent, failed, bounced, complained, unsubscribed): (i64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE d.status = 'sent'), COUNT(*) FILTER (WHERE d.status = 'failed'), \
+             COUNT(*) FILTER (WHERE d.status = 'bounced'), COUNT(*) FILTER (WHERE d.status = 'complained'), \
+             COUNT(*) FILTER (WHERE s.status = 'unsubscribed' AND d.status IN ('sent', 'bounced', 'complained')) \
+             FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        let handed = (sent + bounced + complained) as f64;
+        let attempted = (sent + failed + bounced + complained) as f64;
+        if attempted == 0.0 {
+            return Ok(None);
+        }
+        let ratio = |n: i64, d: f64| if d == 0.0 { 0.0 } else { n as f64 / d };
+        Ok(Some((
+            ratio(sent + complained, attempted),
+            ratio(bounced, handed),
+            ratio(complained, handed),
+            ratio(unsubscribed, handed),
+        )))
+    }
+
+    /// Campaigns by status.
+    pub async fn campaigns_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT status, COUNT(*) FROM campaigns GROUP BY status")
+                .fetch_all(self.pool())
+                .await?,
+        )
     }
 
     /// Workspace-wide counts for `/admin/stats`.
