@@ -216,6 +216,8 @@ async fn the_real_prometheus_scrapes_mailing_and_answers_a_promql_query() {
 struct Received {
     metric_names: BTreeSet<String>,
     span_names: BTreeSet<String>,
+    /// (span name, trace id).
+    spans: Vec<(String, Vec<u8>)>,
 }
 
 struct Collector(Arc<Mutex<Received>>);
@@ -252,7 +254,10 @@ impl Handler for Collector {
         {
             for rs in t.resource_spans {
                 for ss in rs.scope_spans {
-                    r.span_names.extend(ss.spans.into_iter().map(|s| s.name));
+                    for span in ss.spans {
+                        r.span_names.insert(span.name.clone());
+                        r.spans.push((span.name, span.trace_id));
+                    }
                 }
             }
         }
@@ -291,6 +296,39 @@ async fn otlp_export_delivers_metrics_and_traces_to_the_collector() {
             "no OTLP metrics or traces arrived\n{}",
             server.logs()
         );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The send request, the plan job and every batch's spans share one trace.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let spans = received.lock().expect("state").spans.clone();
+        let plan = spans
+            .iter()
+            .find(|(name, _)| name == "plan")
+            .map(|(_, t)| t.clone());
+        if let Some(trace) = plan {
+            let names: BTreeSet<&str> = spans
+                .iter()
+                .filter(|(_, t)| *t == trace)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if ["http", "plan", "send_batch", "render", "deliver"]
+                .iter()
+                .all(|n| names.contains(n))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "spans of the campaign's trace: {names:?}"
+            );
+        } else {
+            assert!(
+                Instant::now() < deadline,
+                "no plan span arrived: {:?}",
+                received.lock().expect("state").span_names
+            );
+        }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }

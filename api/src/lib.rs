@@ -16,6 +16,7 @@ use std::sync::Arc;
 use salvo::catcher::Catcher;
 use salvo::http::header::{self, HeaderName, HeaderValue};
 use salvo::prelude::*;
+use tracing::Instrument;
 
 pub use state::{AppState, FaultInjector};
 
@@ -42,10 +43,9 @@ impl Handler for SecurityHeaders {
             .filter(|v| v.len() <= 64 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
             .map(str::to_owned)
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let span = tracing::info_span!("http", request_id = %request_id, method = %req.method(), path = %req.uri().path());
-        let _enter = span.enter();
+        let span = tracing::info_span!("http", request_id = %request_id, method = %req.method(), route = %route_of(req.uri().path()));
         let started = std::time::Instant::now();
-        ctrl.call_next(req, depot, res).await;
+        ctrl.call_next(req, depot, res).instrument(span).await;
         mailing_jobs::telemetry::HttpRequestServed {
             route: route_of(req.uri().path()),
             status: res.status_code.map(|s| s.as_u16()).unwrap_or(200),

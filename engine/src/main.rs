@@ -211,7 +211,7 @@ async fn campaign(config: &Config, action: CampaignAction) -> anyhow::Result<()>
             if retried > 0 && status == mailing_jobs::CampaignStatus::Running {
                 let queue = app::open_queue(config).await?;
                 queue
-                    .push_plan(mailing_jobs::pipeline::PlanCampaign { campaign_id: id })
+                    .push_plan(mailing_jobs::pipeline::PlanCampaign::new(id))
                     .await?;
             }
             println!("campaign {id}: {retried} failed recipients back to pending; status {status}");

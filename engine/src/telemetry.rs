@@ -72,6 +72,9 @@ pub fn init(config: &Config) -> Telemetry {
         }
     }
     let meters = meters.build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
     opentelemetry::global::set_meter_provider(meters.clone());
     mailing_jobs::telemetry::register();
 

@@ -16,6 +16,28 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter};
 
+/// A W3C trace context (`traceparent`, `tracestate`) carried in job payloads.
+pub type TraceContext = std::collections::HashMap<String, String>;
+
+/// The current span's trace context, for a job about to be enqueued.
+pub fn inject_current() -> TraceContext {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let context = tracing::Span::current().context();
+    let mut carrier = TraceContext::new();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&context, &mut carrier));
+    carrier
+}
+
+/// Makes `span` a child of the trace a job was enqueued in.
+pub fn continue_trace(span: &tracing::Span, carrier: &TraceContext) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if carrier.is_empty() {
+        return;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(carrier));
+    let _ = span.set_parent(parent);
+}
+
 fn meter() -> Meter {
     opentelemetry::global::meter("mailing")
 }

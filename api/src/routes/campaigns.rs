@@ -210,13 +210,7 @@ pub async fn start(state: &AppState, row: &CampaignRow, from: CampaignStatus) ->
     {
         return Ok(false);
     }
-    if let Err(e) = state
-        .queue
-        .push_plan(PlanCampaign {
-            campaign_id: row.id,
-        })
-        .await
-    {
+    if let Err(e) = state.queue.push_plan(PlanCampaign::new(row.id)).await {
         state
             .store
             .revert_campaign(row.id, CampaignStatus::Running, from)
@@ -427,12 +421,7 @@ pub async fn retry_failed(
     let retried = state.store.retry_failed(row.id).await?;
     let status = state.store.campaign(row.id).await?.status()?;
     if retried > 0 && status == CampaignStatus::Running {
-        state
-            .queue
-            .push_plan(PlanCampaign {
-                campaign_id: row.id,
-            })
-            .await?;
+        state.queue.push_plan(PlanCampaign::new(row.id)).await?;
     }
     state
         .store

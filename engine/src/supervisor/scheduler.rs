@@ -168,7 +168,7 @@ async fn start_due(ctx: &PipelineContext) -> Result<(), Box<dyn std::error::Erro
             )
             .await?
         {
-            if let Err(e) = ctx.queue.push_plan(PlanCampaign { campaign_id: id }).await {
+            if let Err(e) = ctx.queue.push_plan(PlanCampaign::new(id)).await {
                 ctx.store
                     .revert_campaign(id, CampaignStatus::Running, CampaignStatus::Scheduled)
                     .await?;
@@ -197,12 +197,7 @@ async fn recover(
             .recover_stale_claims(id, lease, resend_safe)
             .await?;
         for batch_no in &batches {
-            ctx.queue
-                .push_batch(SendBatch {
-                    campaign_id: id,
-                    batch_no: *batch_no,
-                })
-                .await?;
+            ctx.queue.push_batch(SendBatch::new(id, *batch_no)).await?;
         }
         if !batches.is_empty() {
             warn!(
@@ -218,7 +213,7 @@ async fn recover(
             // not a slow plan): plan is idempotent, so enqueue it again.
             ctx.store.touch_campaign(id).await?;
             ctx.queue
-                .push_plan(mailing_jobs::pipeline::PlanCampaign { campaign_id: id })
+                .push_plan(mailing_jobs::pipeline::PlanCampaign::new(id))
                 .await?;
             warn!(
                 campaign_id = id,
@@ -230,12 +225,7 @@ async fn recover(
             .stalled_batches(id, stall_after.as_millis() as i64)
             .await?;
         for batch_no in &stalled {
-            ctx.queue
-                .push_batch(SendBatch {
-                    campaign_id: id,
-                    batch_no: *batch_no,
-                })
-                .await?;
+            ctx.queue.push_batch(SendBatch::new(id, *batch_no)).await?;
         }
         if !stalled.is_empty() {
             warn!(

@@ -29,6 +29,20 @@ use crate::unsubscribe::UnsubscribeSigner;
 pub struct PlanCampaign {
     /// The campaign.
     pub campaign_id: i64,
+    /// The trace context of whoever enqueued it (W3C `traceparent`), so one trace
+    /// shows the request, the plan and every batch. Absent in older jobs.
+    #[serde(default)]
+    pub trace: crate::telemetry::TraceContext,
+}
+
+impl PlanCampaign {
+    /// A plan job carrying the current span's trace context.
+    pub fn new(campaign_id: i64) -> Self {
+        PlanCampaign {
+            campaign_id,
+            trace: crate::telemetry::inject_current(),
+        }
+    }
 }
 
 /// Job: render and deliver one batch of a campaign.
@@ -38,6 +52,20 @@ pub struct SendBatch {
     pub campaign_id: i64,
     /// The batch number within the campaign (0-based).
     pub batch_no: i64,
+    /// The trace context of whoever enqueued it.
+    #[serde(default)]
+    pub trace: crate::telemetry::TraceContext,
+}
+
+impl SendBatch {
+    /// A send job carrying the current span's trace context.
+    pub fn new(campaign_id: i64, batch_no: i64) -> Self {
+        SendBatch {
+            campaign_id,
+            batch_no,
+            trace: crate::telemetry::inject_current(),
+        }
+    }
 }
 
 /// Pipeline settings.

@@ -56,10 +56,7 @@ pub async fn plan(ctx: &PipelineContext, job: &PlanCampaign) -> Result<PlanRepor
         for batch_no in ctx.store.pending_batches(campaign.id).await? {
             if batch_no <= campaign.enqueued_through {
                 ctx.queue
-                    .push_batch(SendBatch {
-                        campaign_id: campaign.id,
-                        batch_no,
-                    })
+                    .push_batch(SendBatch::new(campaign.id, batch_no))
                     .await?;
                 report.batches += 1;
             }

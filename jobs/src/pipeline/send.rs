@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use super::{PipelineContext, SendBatch, StageError, window};
 use crate::message::{self, Envelope};
@@ -246,7 +246,9 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
     let dkim = ctx.dkim.clone();
     let campaign = Arc::new(campaign);
     let for_render = campaign.clone();
+    let render_span = tracing::info_span!("render", messages = recipients.len());
     let prepared = tokio::task::spawn_blocking(move || {
+        let _render = render_span.enter();
         prepare(
             &for_render,
             &compiled,
@@ -272,7 +274,9 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
             }
         })
     };
-    let outcomes = deliver(&provider, prepared, ctx.config.send_concurrency).await;
+    let outcomes = deliver(&provider, prepared, ctx.config.send_concurrency)
+        .instrument(tracing::info_span!("deliver", provider = %campaign.provider))
+        .await;
     renewer.abort();
 
     let mut last_error = String::new();

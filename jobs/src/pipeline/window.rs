@@ -17,10 +17,7 @@ pub async fn fill(ctx: &PipelineContext, campaign_id: i64) -> Result<u32, StageE
             break;
         };
         ctx.queue
-            .push_batch(SendBatch {
-                campaign_id,
-                batch_no,
-            })
+            .push_batch(SendBatch::new(campaign_id, batch_no))
             .await?;
         pushed += 1;
     }

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use apalis::prelude::*;
-use tracing::{error, warn};
+use tracing::{Instrument, error, warn};
 
 use super::Queue;
 use crate::pipeline::{PipelineContext, PlanCampaign, SendBatch, StageError, plan, send};
@@ -82,7 +82,9 @@ pub async fn plan_job(job: PlanCampaign, ctx: Data<PipelineContext>) -> Result<(
     }
     .emit();
     let what = format!("plan campaign {}", job.campaign_id);
-    let result = plan::plan(&ctx, &job).await.map(|_| ());
+    let span = tracing::info_span!("plan", campaign_id = job.campaign_id);
+    crate::telemetry::continue_trace(&span, &job.trace);
+    let result = plan::plan(&ctx, &job).instrument(span).await.map(|_| ());
     if let Err(StageError::Permanent(reason)) = &result {
         let _ = ctx
             .store
@@ -109,7 +111,14 @@ pub async fn send_job(job: SendBatch, ctx: Data<PipelineContext>) -> Result<(), 
     }
     .emit();
     let what = format!("send campaign {} batch {}", job.campaign_id, job.batch_no);
-    let result = match send::send_batch(&ctx, &job).await {
+    let span = tracing::info_span!(
+        "send_batch",
+        campaign_id = job.campaign_id,
+        batch_no = job.batch_no
+    );
+    crate::telemetry::continue_trace(&span, &job.trace);
+
+    let result = match send::send_batch(&ctx, &job).instrument(span).await {
         Err(StageError::Retry {
             failed,
             last_error,
