@@ -359,6 +359,7 @@ pub async fn run(
                 config: config.backup.clone(),
                 hours: config.backup_hours.clone(),
                 running: Arc::default(),
+                last_attempt: Arc::default(),
             }
         }),
     };

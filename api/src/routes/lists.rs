@@ -128,7 +128,10 @@ fn parse_csv(bytes: &[u8]) -> ApiResult<Vec<NewSubscriber>> {
     for (i, record) in reader.records().enumerate() {
         let record = record.map_err(|e| ApiError::BadRequest(format!("CSV data row {i}: {e}")))?;
         if rows.len() >= IMPORT_MAX_ROWS {
-            return Err(ApiError::PayloadTooLarge(IMPORT_LIMIT));
+            return Err(ApiError::field(
+                "body",
+                format!("send at most {IMPORT_MAX_ROWS} subscribers per request"),
+            ));
         }
         let mut attributes = serde_json::Map::new();
         for (col, value) in record.iter().enumerate() {

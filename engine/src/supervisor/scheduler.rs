@@ -105,6 +105,9 @@ pub struct BackupSchedule {
     pub hours: Vec<u32>,
     /// Set while a backup runs, so ticks do not start a second one.
     pub running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// When the last attempt started: a failed backup is retried after 15 minutes, not
+    /// at every check.
+    pub last_attempt: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 /// Starts a backup when the hour is scheduled and none was taken since it began.
@@ -124,6 +127,16 @@ fn maybe_backup(schedule: &BackupSchedule, ctx: &PipelineContext) {
         .and_then(|l| l.first().map(|m| m.created_at));
     if newest.is_some_and(|t| t >= hour_start) {
         return;
+    }
+    {
+        let mut last = schedule
+            .last_attempt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(15 * 60)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
     }
     schedule.running.store(true, Ordering::SeqCst);
     let (schedule, store) = (schedule.clone(), ctx.store.clone());

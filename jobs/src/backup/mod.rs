@@ -489,6 +489,19 @@ pub fn prune(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Vec<String>, BackupError> {
     let cutoff = now - chrono::Duration::days(i64::from(config.retention_days));
+    // Leftovers of backups that were interrupted (written as `.<name>.partial`).
+    if let Ok(entries) = std::fs::read_dir(&config.dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| {
+                t.elapsed()
+                    .is_ok_and(|age| age > std::time::Duration::from_secs(24 * 3600))
+            });
+            if name.starts_with('.') && name.ends_with(".partial") && old {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     let backups = list(&config.dir)?;
     let newest_verified = backups.iter().find(|m| m.verified).map(|m| m.name.clone());
     let mut removed = Vec::new();
