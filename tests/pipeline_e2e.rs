@@ -215,15 +215,15 @@ async fn embedded_server_killed_and_restarted_mid_campaign_sends_each_recipient_
     let env = with(
         mock.env(),
         &[
-            ("RESEND_RATE_LIMIT", "1000"),
+            ("RESEND_RATE_LIMIT", "4000"),
             ("CLAIM_LEASE_SECS", "2"),
-            ("BATCH_SIZE", "200"),
+            ("BATCH_SIZE", "250"),
         ],
     );
     let backend = Backend::embedded();
     let mut server = Server::start("serve", &backend, &env).await;
     let token = server.login().await;
-    let n = 4000;
+    let n = 20_000;
     let list = seed_list(&server, &token, n).await;
     let campaign = create_campaign(&server, &token, list, "resend").await;
     send(&server, &token, campaign).await;
