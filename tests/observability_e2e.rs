@@ -347,12 +347,31 @@ async fn a_black_holed_collector_does_not_stop_sending() {
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
         ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "500".to_owned()),
     ];
     let server = Server::start("serve", &Backend::embedded(), &env).await;
     run_campaign(&server, 200).await;
-    let text = metrics_text(&server).await;
-    assert!(
-        text.contains("mailing_deliveries_total"),
-        "metrics still served locally"
-    );
+    // Exports time out and are counted as dropped, while sending went on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = metrics_text(&server).await;
+        let dropped = text
+            .lines()
+            .find(|l| l.starts_with("mailing_telemetry_dropped_total{signal=\"metrics\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if dropped >= 1.0 {
+            assert!(
+                text.contains("mailing_deliveries_total"),
+                "metrics still served locally"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dropped telemetry was never counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

@@ -65,7 +65,8 @@ pub fn init(config: &Config) -> Telemetry {
         {
             Ok(exporter) => {
                 meters = meters.with_reader(
-                    opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build(),
+                    opentelemetry_sdk::metrics::PeriodicReader::builder(CountingMetrics(exporter))
+                        .build(),
                 );
             }
             Err(e) => problems.push(format!("OTLP metrics export disabled: {e}")),
@@ -86,7 +87,7 @@ pub fn init(config: &Config) -> Telemetry {
             Ok(exporter) => Some(
                 SdkTracerProvider::builder()
                     .with_resource(resource())
-                    .with_batch_exporter(exporter)
+                    .with_batch_exporter(CountingSpans(exporter))
                     .build(),
             ),
             Err(e) => {
@@ -134,5 +135,82 @@ impl Telemetry {
             let _ = t.shutdown();
         }
         let _ = self.meters.shutdown();
+    }
+}
+
+/// Counts spans an exporter failed to deliver.
+#[derive(Debug)]
+struct CountingSpans<E>(E);
+
+impl<E: opentelemetry_sdk::trace::SpanExporter> opentelemetry_sdk::trace::SpanExporter
+    for CountingSpans<E>
+{
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let count = batch.len() as u64;
+        let result = self.0.export(batch).await;
+        if result.is_err() {
+            mailing_jobs::telemetry::TelemetryDropped {
+                signal: "traces",
+                count,
+            }
+            .emit();
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
+}
+
+/// Counts metric exports that failed.
+#[derive(Debug)]
+struct CountingMetrics<E>(E);
+
+impl<E: opentelemetry_sdk::metrics::exporter::PushMetricExporter>
+    opentelemetry_sdk::metrics::exporter::PushMetricExporter for CountingMetrics<E>
+{
+    async fn export(
+        &self,
+        metrics: &opentelemetry_sdk::metrics::data::ResourceMetrics,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        let result = self.0.export(metrics).await;
+        if result.is_err() {
+            mailing_jobs::telemetry::TelemetryDropped {
+                signal: "metrics",
+                count: 1,
+            }
+            .emit();
+        }
+        result
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.force_flush()
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> opentelemetry_sdk::metrics::Temporality {
+        self.0.temporality()
     }
 }

@@ -59,6 +59,7 @@ pub struct Instruments {
     http_requests: Counter<u64>,
     campaigns_finished: Counter<u64>,
     backups: Counter<u64>,
+    telemetry_dropped: Counter<u64>,
     batch_duration: Histogram<f64>,
     render_duration: Histogram<f64>,
     provider_duration: Histogram<f64>,
@@ -116,6 +117,10 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
             "Campaigns that reached a final status, by status",
         ),
         backups: counter("mailing_backups_total", "Backups taken, by outcome"),
+        telemetry_dropped: counter(
+            "mailing_telemetry_dropped_total",
+            "Spans (signal=traces) or metric exports (signal=metrics) the OTLP exporter could not deliver",
+        ),
         batch_duration: seconds(
             "mailing_batch_duration_seconds",
             "Time to run one job, by stage",
@@ -380,11 +385,36 @@ impl BackupTaken {
     }
 }
 
+/// Telemetry that could not be exported (collector down or black-holed).
+#[derive(Debug, Clone, Copy)]
+pub struct TelemetryDropped {
+    /// `traces` or `metrics`.
+    pub signal: &'static str,
+    /// Spans, or metric exports.
+    pub count: u64,
+}
+
+impl TelemetryDropped {
+    /// Records it (and logs at debug: a dead collector must not flood the logs).
+    pub fn emit(self) {
+        tracing::debug!(
+            signal = self.signal,
+            count = self.count,
+            "Telemetry export failed; dropped"
+        );
+        INSTRUMENTS
+            .telemetry_dropped
+            .add(self.count, &[kv("signal", self.signal)]);
+    }
+}
+
 /// Sampled state, refreshed by the scheduler and read by observable instruments.
 #[derive(Debug, Clone, Default)]
 pub struct Gauges {
     /// Waiting jobs per stage.
     pub queue_depth: BTreeMap<&'static str, u64>,
+    /// Round trip to the queue backend (Redis or the SQLite queue file), seconds.
+    pub queue_roundtrip: Option<f64>,
     /// Compiled templates held, and the cache's hits, misses and evictions.
     pub template_cache: (u64, u64, u64, u64),
     /// Supervised components: (up, restarts).
@@ -425,6 +455,14 @@ pub fn register() {
         .with_callback(|o| {
             for (stage, n) in gauges().queue_depth {
                 o.observe(n, &[kv("stage", stage)]);
+            }
+        })
+        .build();
+    m.f64_observable_gauge("mailing_queue_roundtrip_seconds")
+        .with_description("Round trip of a ping to the queue backend (Redis or the SQLite queue)")
+        .with_callback(|o| {
+            if let Some(rtt) = gauges().queue_roundtrip {
+                o.observe(rtt, &[]);
             }
         })
         .build();

@@ -52,6 +52,14 @@ async fn sample(
             g.queue_depth.insert("send", send);
         });
     }
+    let started = std::time::Instant::now();
+    let rtt = ctx
+        .queue
+        .ping()
+        .await
+        .ok()
+        .map(|()| started.elapsed().as_secs_f64());
+    set_gauges(|g| g.queue_roundtrip = rtt);
     let cache = ctx.renderer.stats();
     let pool = ctx.store.pool();
     let (size, idle) = (u64::from(pool.size()), pool.num_idle() as u64);
