@@ -296,3 +296,72 @@ async fn a_login_flood_from_one_address_is_throttled_but_the_user_logs_in_from_a
         "the real user logs in from another address"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_scoped_by_role_shown_once_and_revocable() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let admin = server.login().await;
+    let (status, created) = server
+        .request(
+            "POST",
+            "/api/v1/api-keys",
+            Some(&admin),
+            Some(json!({"name": "ci", "role": "editor"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let key = created["key"]
+        .as_str()
+        .expect("the key is shown at creation")
+        .to_owned();
+    assert!(key.starts_with("mk_"));
+    let (_, listed) = server
+        .request("GET", "/api/v1/api-keys", Some(&admin), None)
+        .await;
+    assert!(
+        listed["items"][0].get("key").is_none(),
+        "the key is never listed again: {listed}"
+    );
+    assert!(
+        !listed.to_string().contains(&key[10..]),
+        "no secret in the listing"
+    );
+
+    let (status, _) = server
+        .request(
+            "POST",
+            "/api/v1/lists",
+            Some(&key),
+            Some(json!({"name": "From CI"})),
+        )
+        .await;
+    assert_eq!(status, 201, "an editor key writes lists");
+    let (status, _) = server
+        .request(
+            "POST",
+            "/api/v1/users",
+            Some(&key),
+            Some(json!({"username": "x", "password": "long-enough-password", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(status, 403, "but is not an admin");
+    let (status, _) = server
+        .request("GET", "/api/v1/lists", Some(&format!("{key}x")), None)
+        .await;
+    assert_eq!(status, 401, "an altered key is refused");
+
+    let id = created["id"].as_i64().expect("id");
+    let (status, _) = server
+        .request(
+            "DELETE",
+            &format!("/api/v1/api-keys/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, body) = server
+        .request("GET", "/api/v1/lists", Some(&key), None)
+        .await;
+    assert_eq!(status, 401, "a revoked key stops working: {body}");
+}

@@ -272,6 +272,26 @@ impl Handler for Authenticate {
                         "send an access token: Authorization: Bearer <token>".into(),
                     )
                 })?;
+            if token.starts_with("mk_") {
+                let key = state
+                    .store
+                    .authenticate_api_key(token)
+                    .await?
+                    .ok_or_else(|| {
+                        ApiError::Unauthorized("the API key is not valid or was revoked".into())
+                    })?;
+                let role: Role = key
+                    .role
+                    .parse()
+                    .map_err(|e: mailing_jobs::UnknownValue| ApiError::Internal(e.to_string()))?;
+                return Ok(Principal {
+                    user_id: 0,
+                    username: format!("api-key:{}", key.name),
+                    role,
+                    jti: format!("api-key-{}", key.id),
+                    exp: i64::MAX / 1000,
+                });
+            }
             state.verify_access_token(token).await
         }
         .await;

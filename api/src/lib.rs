@@ -161,6 +161,12 @@ pub fn router(state: Arc<AppState>) -> Router {
                         ),
                 )
                 .push(
+                    Router::with_path("api-keys")
+                        .get(api_keys::index)
+                        .post(api_keys::create)
+                        .push(Router::with_path("{id}").delete(api_keys::revoke)),
+                )
+                .push(
                     Router::with_path("suppressions")
                         .get(suppressions::index)
                         .post(suppressions::create)

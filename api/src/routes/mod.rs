@@ -1,6 +1,7 @@
 //! Route handlers, one module per resource, and the helpers they share (bodies,
 //! pagination, ids). The router itself is assembled in `crate::router`.
 
+pub mod api_keys;
 pub mod campaigns;
 pub mod lists;
 pub mod ops;

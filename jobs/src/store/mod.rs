@@ -6,6 +6,7 @@
 //!
 //! Collections page by keyset (`id > after ORDER BY id LIMIT n`), never by offset.
 
+pub mod api_keys;
 pub mod audit;
 pub mod campaigns;
 pub mod deliveries;
