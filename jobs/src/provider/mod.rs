@@ -160,19 +160,18 @@ impl Provider {
         .emit();
     }
 
-    async fn send_one(&self, message: &Outgoing) -> Result<Option<String>, ProviderError> {
+    /// Runs one provider call under the rate limits. A throttled answer pauses the
+    /// provider and the same call is tried again, up to `throttle_retries` times.
+    async fn call<T, F, Fut>(&self, cells: u32, mut call: F) -> Result<T, ProviderError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
         let mut attempt = 0;
         loop {
-            self.wait_for_limits(1).await;
+            self.wait_for_limits(cells).await;
             let started = std::time::Instant::now();
-            let result = match &self.transport {
-                Transport::File(p) => p.send(message).await,
-                Transport::Smtp(p) => p.send(message).await,
-                Transport::Resend(p) => p
-                    .send_request(&[message])
-                    .await
-                    .map(|mut ids| ids.pop().flatten()),
-            };
+            let result = call().await;
             crate::telemetry::ProviderCall {
                 provider: self.kind().as_str(),
                 elapsed: started.elapsed(),
@@ -193,36 +192,18 @@ impl Provider {
         }
     }
 
-    async fn send_request(
-        &self,
-        chunk: &[&Outgoing],
-    ) -> Result<Vec<Option<String>>, ProviderError> {
-        let Transport::Resend(p) = &self.transport else {
-            unreachable!("only HTTP batch providers send requests of several messages")
-        };
-        let mut attempt = 0;
-        loop {
-            self.wait_for_limits(chunk.len() as u32).await;
-            let started = std::time::Instant::now();
-            let result = p.send_request(chunk).await;
-            crate::telemetry::ProviderCall {
-                provider: self.kind().as_str(),
-                elapsed: started.elapsed(),
+    async fn send_one(&self, message: &Outgoing) -> Result<Option<String>, ProviderError> {
+        self.call(1, || async {
+            match &self.transport {
+                Transport::File(p) => p.send(message).await,
+                Transport::Smtp(p) => p.send(message).await,
+                Transport::Resend(p) => p
+                    .send_request(&[message])
+                    .await
+                    .map(|mut ids| ids.pop().flatten()),
             }
-            .emit();
-            match result {
-                Err(
-                    e @ ProviderError::Transient {
-                        retry_after: Some(_),
-                        ..
-                    },
-                ) if attempt < self.limits.throttle_retries => {
-                    self.throttled(&e).await;
-                    attempt += 1;
-                }
-                other => return other,
-            }
-        }
+        })
+        .await
     }
 
     /// Sends messages, at most `concurrency` requests at once; the results are in the
@@ -246,7 +227,7 @@ impl Provider {
     ) -> Vec<Result<Option<String>, ProviderError>> {
         let concurrency = concurrency.max(1);
         match &self.transport {
-            Transport::Resend(_) => {
+            Transport::Resend(resend) => {
                 // Stream over indices, not references: closures taking references trip
                 // rustc's higher-ranked lifetime inference in async stream pipelines.
                 let size = resend::MAX_PER_REQUEST;
@@ -259,7 +240,10 @@ impl Provider {
                                 .iter()
                                 .collect();
                             async move {
-                                match self.send_request(&chunk).await {
+                                match self
+                                    .call(chunk.len() as u32, || resend.send_request(&chunk))
+                                    .await
+                                {
                                     Ok(ids) => ids.into_iter().map(Ok).collect(),
                                     // The API refuses a whole request for one bad message:
                                     // send them one by one so only that one fails.
