@@ -60,15 +60,7 @@ async fn backup_taken_while_a_campaign_runs_restores_into_a_fresh_data_directory
     let n = 50_000;
     let list = seed_list(&server, &token, n).await;
     let campaign = create_campaign(&server, &token, list, "file").await;
-    let (status, _) = server
-        .request(
-            "POST",
-            &format!("/api/v1/campaigns/{campaign}/send"),
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 202);
+    support::send_campaign(&server, &token, campaign).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, manifest) = server
         .request("POST", "/admin/backup/create", Some(&token), None)

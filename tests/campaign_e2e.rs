@@ -120,15 +120,7 @@ async fn smtp_campaign(backend: &Backend, command: &str) {
     let n = 200;
     let list = seed_list(&server, &token, n).await;
     let campaign = create_campaign(&server, &token, list, "smtp").await;
-    let (status, _) = server
-        .request(
-            "POST",
-            &format!("/api/v1/campaigns/{campaign}/send"),
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 202);
+    support::send_campaign(&server, &token, campaign).await;
     let done = server
         .wait_campaign(&token, campaign, "done", Duration::from_secs(120))
         .await;

@@ -19,15 +19,7 @@ async fn run_campaign(server: &Server, n: usize) -> i64 {
     let token = server.login().await;
     let list = seed_list(server, &token, n).await;
     let campaign = create_campaign(server, &token, list, "file").await;
-    let (status, _) = server
-        .request(
-            "POST",
-            &format!("/api/v1/campaigns/{campaign}/send"),
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 202);
+    support::send_campaign(server, &token, campaign).await;
     server
         .wait_campaign(&token, campaign, "done", Duration::from_secs(60))
         .await;

@@ -21,18 +21,6 @@ fn assert_each_once(deliveries: &HashMap<String, u32>, n: usize) {
     assert_eq!(deliveries.len(), n, "every recipient delivered");
 }
 
-async fn send(server: &Server, token: &str, campaign: i64) {
-    let (status, body) = server
-        .request(
-            "POST",
-            &format!("/api/v1/campaigns/{campaign}/send"),
-            Some(token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-}
-
 fn with(
     env: Vec<(&'static str, String)>,
     more: &[(&'static str, &str)],
@@ -54,7 +42,7 @@ async fn resend_campaign_delivers_each_recipient_once_and_isolates_a_refused_add
     let token = server.login().await;
     let list = seed_list(&server, &token, 1000).await;
     let campaign = create_campaign(&server, &token, list, "resend").await;
-    send(&server, &token, campaign).await;
+    support::send_campaign(&server, &token, campaign).await;
     let done = server
         .wait_campaign(&token, campaign, "done", Duration::from_secs(120))
         .await;
@@ -184,7 +172,7 @@ async fn workers_killed_with_sigkill_mid_campaign_lose_and_double_nothing() {
     let n = 20_000;
     let list = seed_list(&api, &token, n).await;
     let campaign = create_campaign(&api, &token, list, "resend").await;
-    send(&api, &token, campaign).await;
+    support::send_campaign(&api, &token, campaign).await;
     for pause in [1500, 2500] {
         tokio::time::sleep(Duration::from_millis(pause)).await;
         let delivered = mock.deliveries().len();
@@ -226,7 +214,7 @@ async fn embedded_server_killed_and_restarted_mid_campaign_sends_each_recipient_
     let n = 20_000;
     let list = seed_list(&server, &token, n).await;
     let campaign = create_campaign(&server, &token, list, "resend").await;
-    send(&server, &token, campaign).await;
+    support::send_campaign(&server, &token, campaign).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     server.signal("KILL");
     server
@@ -268,7 +256,7 @@ async fn throttled_provider_loses_nothing_and_a_fleet_wide_rate_limit_holds() {
     let list = seed_list(&api, &token, n).await;
     let campaign = create_campaign(&api, &token, list, "resend").await;
     mock.throttle_for(Duration::from_secs(2));
-    send(&api, &token, campaign).await;
+    support::send_campaign(&api, &token, campaign).await;
     let done = api
         .wait_campaign(&token, campaign, "done", Duration::from_secs(180))
         .await;
@@ -293,6 +281,29 @@ async fn throttled_provider_loses_nothing_and_a_fleet_wide_rate_limit_holds() {
     backend.cleanup().await;
 }
 
+/// Waits until a running campaign has sent something (but not everything).
+async fn wait_for_progress(server: &Server, token: &str, campaign: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, c) = server
+            .request(
+                "GET",
+                &format!("/api/v1/campaigns/{campaign}"),
+                Some(token),
+                None,
+            )
+            .await;
+        if c["stats"]["sent"].as_i64().unwrap_or(0) > 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the campaign made no progress: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn count_outbox(server: &Server) -> usize {
     std::fs::read_dir(server.outbox())
         .map(|d| d.flatten().count())
@@ -311,8 +322,8 @@ async fn pause_resume_cancel_and_send_at_work_end_to_end() {
 
     // Pause and resume.
     let campaign = create_campaign(&server, &token, list, "file").await;
-    send(&server, &token, campaign).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    support::send_campaign(&server, &token, campaign).await;
+    wait_for_progress(&server, &token, campaign).await;
     let (status, body) = server
         .request(
             "POST",
@@ -322,7 +333,7 @@ async fn pause_resume_cancel_and_send_at_work_end_to_end() {
         )
         .await;
     assert_eq!((status, body["status"].clone()), (202, json!("paused")));
-    tokio::time::sleep(Duration::from_millis(1500)).await; // in-flight batches finish
+    tokio::time::sleep(Duration::from_millis(3000)).await; // in-flight batches finish
     let settled = count_outbox(&server);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
@@ -357,8 +368,8 @@ async fn pause_resume_cancel_and_send_at_work_end_to_end() {
 
     // Cancel.
     let cancelled = create_campaign(&server, &token, list, "file").await;
-    send(&server, &token, cancelled).await;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    support::send_campaign(&server, &token, cancelled).await;
+    wait_for_progress(&server, &token, cancelled).await;
     let (status, _) = server
         .request(
             "POST",
@@ -487,7 +498,7 @@ async fn a_template_variable_that_does_not_exist_fails_its_recipients_with_the_r
         )
         .await;
     let id = campaign["id"].as_i64().expect("id");
-    send(&server, &token, id).await;
+    support::send_campaign(&server, &token, id).await;
     let done = server
         .wait_campaign(&token, id, "done", Duration::from_secs(30))
         .await;

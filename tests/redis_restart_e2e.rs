@@ -86,15 +86,7 @@ async fn redis_restarted_mid_campaign_loses_and_doubles_nothing() {
     let n = 4000;
     let list = seed_list(&api, &token, n).await;
     let campaign = create_campaign(&api, &token, list, "resend").await;
-    let (status, _) = api
-        .request(
-            "POST",
-            &format!("/api/v1/campaigns/{campaign}/send"),
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 202);
+    support::send_campaign(&api, &token, campaign).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = mock.deliveries().len();
     assert!(

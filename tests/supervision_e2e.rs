@@ -58,15 +58,7 @@ async fn a_component_that_panics_is_restarted_and_the_process_keeps_serving() {
     // The restarted stages still deliver.
     let list = seed_list(&server, &token, 20).await;
     let campaign = create_campaign(&server, &token, list, "file").await;
-    let (status, _) = server
-        .request(
-            "POST",
-            &format!("/api/v1/campaigns/{campaign}/send"),
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 202);
+    support::send_campaign(&server, &token, campaign).await;
     let done = server
         .wait_campaign(&token, campaign, "done", Duration::from_secs(60))
         .await;
@@ -95,15 +87,7 @@ async fn sigterm_finishes_the_campaign_work_in_flight_and_exits_zero() {
     let token = server.login().await;
     let list = seed_list(&server, &token, 300).await;
     let campaign = create_campaign(&server, &token, list, "file").await;
-    let (status, _) = server
-        .request(
-            "POST",
-            &format!("/api/v1/campaigns/{campaign}/send"),
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 202);
+    support::send_campaign(&server, &token, campaign).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.signal("TERM");
     let status = server

@@ -394,6 +394,19 @@ impl Drop for Server {
     }
 }
 
+/// Sends a draft campaign (asserting 202).
+pub async fn send_campaign(server: &Server, token: &str, campaign: i64) {
+    let (status, body) = server
+        .request(
+            "POST",
+            &format!("/api/v1/campaigns/{campaign}/send"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+}
+
 /// Creates a list with `n` subscribers named `Subscriber {i}`; returns the list id.
 pub async fn seed_list(server: &Server, token: &str, n: usize) -> i64 {
     let (status, list) = server
