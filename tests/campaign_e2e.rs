@@ -277,3 +277,75 @@ async fn one_click_unsubscribe_removes_the_recipient_from_later_campaigns() {
     );
     assert_eq!(done["stats"]["sent"], 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactional_message_is_sent_with_its_data_and_bad_input_is_refused() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let token = server.login().await;
+    let (_, template) = server
+        .request(
+            "POST",
+            "/api/v1/templates",
+            Some(&token),
+            Some(serde_json::json!({"name": "Reset", "subject": "Your code", "html": "<p>Hi {{ subscriber.name }}, code {{ code }}</p>"})),
+        )
+        .await;
+    let (status, tx) = server
+        .request(
+            "POST",
+            "/api/v1/tx",
+            Some(&token),
+            Some(serde_json::json!({"template_id": template["id"], "to": {"email": "ann@example.com", "name": "Ann"},
+                                    "data": {"code": "493817"}, "from": "Shop <auth@shop.example>"})),
+        )
+        .await;
+    assert_eq!(status, 202, "{tx}");
+    let id = tx["id"].as_i64().expect("id");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, t) = server
+            .request("GET", &format!("/api/v1/tx/{id}"), Some(&token), None)
+            .await;
+        if t["status"] == "sent" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not sent: {t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let file = std::fs::read_dir(server.outbox())
+        .expect("outbox")
+        .flatten()
+        .next()
+        .expect("the message");
+    let raw = std::fs::read(file.path()).expect("read");
+    let msg = MessageParser::default().parse(&raw).expect("parse");
+    assert!(
+        msg.body_html(0)
+            .expect("html")
+            .contains("Hi Ann, code 493817")
+    );
+    assert!(
+        msg.header("List-Unsubscribe").is_none(),
+        "transactional mail carries no unsubscribe headers"
+    );
+
+    let (status, body) = server
+        .request(
+            "POST",
+            "/api/v1/tx",
+            Some(&token),
+            Some(serde_json::json!({"template_id": 999, "to": {"email": "nobody"}, "from": "x@shop.example"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert!(
+        fields.contains(&"to") && fields.contains(&"template_id"),
+        "{body}"
+    );
+}

@@ -96,16 +96,48 @@ pub fn route_of(path: &str) -> String {
         parts.push(shown);
     }
     let route = format!("/{}", parts.join("/"));
-    const KNOWN: &[&str] = &[
+    // Only routes that exist become label values; anything else (probes, typos) is one
+    // series, so nobody can mint label values without a token.
+    const ROUTES: &[&str] = &[
         "/health",
+        "/health/ready",
         "/metrics",
-        "/auth",
-        "/api/v1",
-        "/admin",
-        "/unsubscribe",
-        "/webhooks",
+        "/auth/login",
+        "/auth/refresh",
+        "/auth/logout",
+        "/api/v1/lists",
+        "/api/v1/lists/{id}",
+        "/api/v1/lists/{id}/subscribers",
+        "/api/v1/templates",
+        "/api/v1/templates/{id}",
+        "/api/v1/templates/{id}/preview",
+        "/api/v1/campaigns",
+        "/api/v1/campaigns/{id}",
+        "/api/v1/campaigns/{id}/send",
+        "/api/v1/campaigns/{id}/pause",
+        "/api/v1/campaigns/{id}/resume",
+        "/api/v1/campaigns/{id}/cancel",
+        "/api/v1/campaigns/{id}/deliveries",
+        "/api/v1/campaigns/{id}/retry-failed",
+        "/api/v1/users",
+        "/api/v1/suppressions",
+        "/api/v1/suppressions/{param}",
+        "/api/v1/api-keys",
+        "/api/v1/api-keys/{id}",
+        "/api/v1/tx",
+        "/api/v1/tx/{id}",
+        "/admin/stats",
+        "/admin/cache/stats",
+        "/admin/cache/clear",
+        "/admin/backup/list",
+        "/admin/backup/create",
+        "/admin/backup/restore",
+        "/admin/debug/crash/{param}",
+        "/unsubscribe/{param}",
+        "/webhooks/resend",
+        "/webhooks/bounce",
     ];
-    if KNOWN.iter().any(|k| route.starts_with(k)) {
+    if ROUTES.contains(&route.as_str()) {
         route
     } else {
         "other".into()
@@ -159,6 +191,11 @@ pub fn router(state: Arc<AppState>) -> Router {
                                     Router::with_path("retry-failed").post(campaigns::retry_failed),
                                 ),
                         ),
+                )
+                .push(
+                    Router::with_path("tx")
+                        .post(tx::create)
+                        .push(Router::with_path("{id}").get(tx::show)),
                 )
                 .push(
                     Router::with_path("api-keys")
@@ -218,4 +255,21 @@ pub fn service(state: Arc<AppState>) -> Service {
     Service::new(router(state))
         .hoop(SecurityHeaders { hsts })
         .catcher(Catcher::default().hoop(problem::problem_catcher))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_of;
+
+    #[test]
+    fn route_labels_are_patterns_and_unknown_paths_collapse() {
+        assert_eq!(
+            route_of("/api/v1/campaigns/42/send"),
+            "/api/v1/campaigns/{id}/send"
+        );
+        assert_eq!(route_of("/unsubscribe/abc.def"), "/unsubscribe/{param}");
+        assert_eq!(route_of("/api/v1/abc123"), "other");
+        assert_eq!(route_of("/adminfoo"), "other");
+        assert_eq!(route_of("/wp-login.php"), "other");
+    }
 }

@@ -383,6 +383,7 @@ pub async fn run(
         for (stage, concurrency) in [
             (Stage::Plan, config.plan_concurrency),
             (Stage::Send, config.worker_concurrency),
+            (Stage::Tx, config.tx_concurrency),
         ] {
             let args = StageArgs {
                 stage,

@@ -85,6 +85,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "BATCH_SIZE", default: "500", secret: false, doc: "recipients per batch job" },
     Setting { name: "BATCH_WINDOW", default: "8", secret: false, doc: "batches of one campaign in the queue at once (backpressure)" },
     Setting { name: "SEND_CONCURRENCY", default: "16", secret: false, doc: "messages of one batch in flight at once" },
+    Setting { name: "TX_CONCURRENCY", default: "4", secret: false, doc: "transactional messages one process sends at once (their own workers, ahead of bulk)" },
     Setting { name: "PLAN_CONCURRENCY", default: "2", secret: false, doc: "plan jobs one process runs at once" },
     Setting { name: "DATABASE_POOL_SIZE", default: "16", secret: false, doc: "connections each process keeps to the database" },
     Setting { name: "WORKER_CONCURRENCY", default: "4", secret: false, doc: "batch jobs one process runs at once" },
@@ -168,6 +169,8 @@ pub struct Config {
     pub worker_concurrency: usize,
     /// `PLAN_CONCURRENCY`.
     pub plan_concurrency: usize,
+    /// `TX_CONCURRENCY`.
+    pub tx_concurrency: usize,
     /// `DATABASE_POOL_SIZE`.
     pub database_pool_size: u32,
     /// Queue timing.
@@ -494,6 +497,7 @@ impl Config {
         let send_concurrency: usize = r.positive("SEND_CONCURRENCY");
         let worker_concurrency: usize = r.positive("WORKER_CONCURRENCY");
         let plan_concurrency: usize = r.positive("PLAN_CONCURRENCY");
+        let tx_concurrency: usize = r.positive("TX_CONCURRENCY");
         let database_pool_size: u32 = r.positive("DATABASE_POOL_SIZE");
         let queue = mailing_jobs::queue::QueueConfig {
             poll_interval: Duration::from_millis(r.positive::<u64>("QUEUE_POLL_MS")),
@@ -633,6 +637,7 @@ impl Config {
             send_concurrency,
             worker_concurrency,
             plan_concurrency,
+            tx_concurrency,
             database_pool_size,
             queue,
             claim_lease,

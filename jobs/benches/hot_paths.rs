@@ -102,7 +102,7 @@ fn render(c: &mut Criterion) {
                     to_email: "user7@example.com",
                     to_name: Some("Subscriber 7"),
                     delivery_key: "0123456789abcdef0123456789abcdef",
-                    unsubscribe_url: "https://mail.example/unsubscribe/abc.def",
+                    unsubscribe_url: Some("https://mail.example/unsubscribe/abc.def"),
                     unsubscribe_mailto: None,
                 },
                 &body,

@@ -44,8 +44,9 @@ pub struct Envelope<'a> {
     /// The delivery key; the Message-ID is derived from it, so a retried send carries the
     /// same Message-ID.
     pub delivery_key: &'a str,
-    /// The https one-click unsubscribe URL.
-    pub unsubscribe_url: &'a str,
+    /// The https one-click unsubscribe URL; None for transactional messages, which
+    /// carry no unsubscribe headers.
+    pub unsubscribe_url: Option<&'a str>,
     /// Optional `mailto:` unsubscribe address.
     pub unsubscribe_mailto: Option<&'a str>,
 }
@@ -175,16 +176,17 @@ pub fn build(envelope: &Envelope<'_>, body: &Rendered) -> Result<Message, Messag
     if let Some(reply_to) = envelope.reply_to {
         builder = builder.reply_to(mailbox("reply_to", reply_to)?);
     }
-    let list_unsubscribe = list_unsubscribe(envelope.unsubscribe_url, envelope.unsubscribe_mailto);
-    builder = builder
-        .raw_header(HeaderValue::new(
-            HeaderName::new_from_ascii_str("List-Unsubscribe"),
-            list_unsubscribe,
-        ))
-        .raw_header(HeaderValue::new(
-            HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
-            "List-Unsubscribe=One-Click".into(),
-        ));
+    if let Some(url) = envelope.unsubscribe_url {
+        builder = builder
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe"),
+                list_unsubscribe(url, envelope.unsubscribe_mailto),
+            ))
+            .raw_header(HeaderValue::new(
+                HeaderName::new_from_ascii_str("List-Unsubscribe-Post"),
+                "List-Unsubscribe=One-Click".into(),
+            ));
+    }
     let html = SinglePart::builder()
         .header(ContentType::TEXT_HTML)
         .body(body.html.clone());
@@ -214,7 +216,7 @@ mod tests {
             to_email: "ann@example.com",
             to_name: Some("Ann Lee"),
             delivery_key: "abc123",
-            unsubscribe_url: "https://m.example/unsubscribe/tok",
+            unsubscribe_url: Some("https://m.example/unsubscribe/tok"),
             unsubscribe_mailto: Some("unsub@shop.example"),
         }
     }

@@ -114,7 +114,7 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
         ),
         campaigns_finished: counter(
             "mailing_campaigns_finished_total",
-            "Campaigns that reached a final status, by status",
+            "Campaigns that finished sending, by status (done)",
         ),
         backups: counter("mailing_backups_total", "Backups taken, by outcome"),
         telemetry_dropped: counter(
@@ -541,7 +541,7 @@ pub fn register() {
     for (name, help, pick) in [
         (
             "mailing_delivery_rate_ratio",
-            "Sent / (sent + failed + bounced), whole ledger",
+            "(sent + complained) / (sent + complained + bounced + failed), whole ledger",
             0_usize,
         ),
         (

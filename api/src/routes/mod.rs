@@ -8,6 +8,7 @@ pub mod ops;
 pub mod session;
 pub mod suppressions;
 pub mod templates;
+pub mod tx;
 pub mod unsubscribe;
 pub mod users;
 pub mod webhooks;

@@ -137,13 +137,15 @@ pub async fn resend(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
         }
         _ => None,
     };
-    if !state.store.first_time_event(&id, "resend").await? {
+    // Applied first and recorded after, so an event whose application failed is applied
+    // when the provider retries it; applying twice is harmless (statuses only move
+    // forward, suppressions are idempotent).
+    if state.store.event_seen(&id).await? {
         res.render(Json(serde_json::json!({ "status": "duplicate", "id": id })));
         return Ok(());
     }
     let applied = match mapped {
         Some(ev) => {
-            event_emitted(ev);
             let detail = data["bounce"]["message"]
                 .as_str()
                 .unwrap_or(kind)
@@ -151,13 +153,18 @@ pub async fn resend(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
                 .take(500)
                 .collect::<String>();
             let to = to.and_then(|t| mailing_jobs::store::subscribers::normalize_email(t).ok());
-            state
+            let applied = state
                 .store
                 .apply_provider_event(email_id, to.as_deref(), ev, &detail)
-                .await?
+                .await?;
+            if applied {
+                event_emitted(ev);
+            }
+            applied
         }
         None => false,
     };
+    state.store.first_time_event(&id, "resend").await?;
     res.render(Json(
         serde_json::json!({ "status": "ok", "type": kind, "applied": applied }),
     ));

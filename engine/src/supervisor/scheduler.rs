@@ -11,7 +11,7 @@ use std::time::Duration;
 use mailing_jobs::CampaignStatus;
 use mailing_jobs::pipeline::{PipelineContext, PlanCampaign, SendBatch};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use super::ComponentMsg;
 
@@ -189,7 +189,10 @@ async fn start_due(ctx: &PipelineContext) -> Result<(), Box<dyn std::error::Erro
             )
             .await?
         {
-            if let Err(e) = ctx.queue.push_plan(PlanCampaign::new(id)).await {
+            // A trace of its own per campaign, not the scheduler actor's.
+            let job = tracing::info_span!(parent: None, "schedule", campaign_id = id)
+                .in_scope(|| PlanCampaign::new(id));
+            if let Err(e) = ctx.queue.push_plan(job).await {
                 ctx.store
                     .revert_campaign(id, CampaignStatus::Running, CampaignStatus::Scheduled)
                     .await?;
@@ -207,57 +210,70 @@ async fn recover(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let lease = ctx.config.claim_lease.as_millis() as i64;
     for id in ctx.store.running_campaigns().await? {
-        let campaign = ctx.store.campaign(id).await?;
-        let resend_safe = ctx
-            .providers
-            .by_name(&campaign.provider)
-            .map(|p| p.resend_safe())
-            .unwrap_or(false);
-        let batches = ctx
-            .store
-            .recover_stale_claims(id, lease, resend_safe)
+        recover_campaign(ctx, id, lease, stall_after)
+            .instrument(tracing::info_span!(parent: None, "recover", campaign_id = id))
             .await?;
-        for batch_no in &batches {
-            ctx.queue.push_batch(SendBatch::new(id, *batch_no)).await?;
-        }
-        if !batches.is_empty() {
-            warn!(
-                campaign_id = id,
-                batches = batches.len(),
-                "Recovered recipients of a sender that stopped mid-batch"
-            );
-        }
-        if campaign.planned == 0
-            && campaign.updated_at < mailing_jobs::now_ms() - stall_after.as_millis() as i64
-        {
-            // The plan job was lost (plan touches the campaign on every page, so this is
-            // not a slow plan): plan is idempotent, so enqueue it again.
-            ctx.store.touch_campaign(id).await?;
-            ctx.queue
-                .push_plan(mailing_jobs::pipeline::PlanCampaign::new(id))
-                .await?;
-            warn!(
-                campaign_id = id,
-                "Re-enqueued the plan of a campaign whose planning stalled"
-            );
-        }
-        let stalled = ctx
-            .store
-            .stalled_batches(id, stall_after.as_millis() as i64)
-            .await?;
-        for batch_no in &stalled {
-            ctx.queue.push_batch(SendBatch::new(id, *batch_no)).await?;
-        }
-        if !stalled.is_empty() {
-            warn!(
-                campaign_id = id,
-                batches = stalled.len(),
-                "Re-enqueued batches whose jobs were lost"
-            );
-        }
-        mailing_jobs::pipeline::window::fill(ctx, id).await?;
-        ctx.store.finish_campaign_if_complete(id).await?;
     }
+    Ok(())
+}
+
+/// Recovery of one running campaign (in its own trace).
+async fn recover_campaign(
+    ctx: &PipelineContext,
+    id: i64,
+    lease: i64,
+    stall_after: Duration,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let campaign = ctx.store.campaign(id).await?;
+    let resend_safe = ctx
+        .providers
+        .by_name(&campaign.provider)
+        .map(|p| p.resend_safe())
+        .unwrap_or(false);
+    let batches = ctx
+        .store
+        .recover_stale_claims(id, lease, resend_safe)
+        .await?;
+    for batch_no in &batches {
+        ctx.queue.push_batch(SendBatch::new(id, *batch_no)).await?;
+    }
+    if !batches.is_empty() {
+        warn!(
+            campaign_id = id,
+            batches = batches.len(),
+            "Recovered recipients of a sender that stopped mid-batch"
+        );
+    }
+    if campaign.planned == 0
+        && campaign.updated_at < mailing_jobs::now_ms() - stall_after.as_millis() as i64
+    {
+        // The plan job was lost (plan touches the campaign on every page, so this is
+        // not a slow plan): plan is idempotent, so enqueue it again.
+        ctx.store.touch_campaign(id).await?;
+        ctx.queue
+            .push_plan(mailing_jobs::pipeline::PlanCampaign::new(id))
+            .await?;
+        warn!(
+            campaign_id = id,
+            "Re-enqueued the plan of a campaign whose planning stalled"
+        );
+    }
+    let stalled = ctx
+        .store
+        .stalled_batches(id, stall_after.as_millis() as i64)
+        .await?;
+    for batch_no in &stalled {
+        ctx.queue.push_batch(SendBatch::new(id, *batch_no)).await?;
+    }
+    if !stalled.is_empty() {
+        warn!(
+            campaign_id = id,
+            batches = stalled.len(),
+            "Re-enqueued batches whose jobs were lost"
+        );
+    }
+    mailing_jobs::pipeline::window::fill(ctx, id).await?;
+    ctx.store.finish_campaign_if_complete(id).await?;
     Ok(())
 }
 

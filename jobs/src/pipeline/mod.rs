@@ -12,6 +12,7 @@
 
 pub mod plan;
 pub mod send;
+pub mod tx;
 pub mod window;
 
 use std::time::Duration;
@@ -63,6 +64,26 @@ impl SendBatch {
         SendBatch {
             campaign_id,
             batch_no,
+            trace: crate::telemetry::inject_current(),
+        }
+    }
+}
+
+/// Job: send one transactional message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxSend {
+    /// The message.
+    pub tx_id: i64,
+    /// The trace context of whoever enqueued it.
+    #[serde(default)]
+    pub trace: crate::telemetry::TraceContext,
+}
+
+impl TxSend {
+    /// A tx job carrying the current span's trace context.
+    pub fn new(tx_id: i64) -> Self {
+        TxSend {
+            tx_id,
             trace: crate::telemetry::inject_current(),
         }
     }

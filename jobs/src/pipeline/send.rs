@@ -80,7 +80,7 @@ fn prepare(
                         to_email: &r.email,
                         to_name: r.name.as_deref(),
                         delivery_key: &r.delivery_key,
-                        unsubscribe_url: &unsubscribe_url,
+                        unsubscribe_url: Some(&unsubscribe_url),
                         unsubscribe_mailto: mailto,
                     },
                     &body,
@@ -246,6 +246,7 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
     let dkim = ctx.dkim.clone();
     let campaign = Arc::new(campaign);
     let for_render = campaign.clone();
+    let render_started = std::time::Instant::now();
     let render_span = tracing::info_span!("render", messages = recipients.len());
     let prepared = tokio::task::spawn_blocking(move || {
         let _render = render_span.enter();
@@ -260,6 +261,11 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
     })
     .await
     .map_err(|e| StageError::Permanent(format!("rendering task failed: {e}")))?;
+    crate::telemetry::BatchRendered {
+        messages: prepared.len(),
+        elapsed: render_started.elapsed(),
+    }
+    .emit();
 
     let renewer = {
         let store = ctx.store.clone();

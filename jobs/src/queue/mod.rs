@@ -17,12 +17,14 @@ use apalis::prelude::*;
 use apalis_redis::{ConnectionManager, RedisStorage};
 use apalis_sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions, SqliteStorage};
 
-use crate::pipeline::{PlanCampaign, SendBatch};
+use crate::pipeline::{PlanCampaign, SendBatch, TxSend};
 
 /// The suffix of the plan stage's queue name (`{namespace}:plan`).
 pub const PLAN_QUEUE: &str = "plan";
 /// The suffix of the send stage's queue name (`{namespace}:send`).
 pub const SEND_QUEUE: &str = "send";
+/// The suffix of the transactional stage's queue name (`{namespace}:tx`).
+pub const TX_QUEUE: &str = "tx";
 
 /// Errors of the queue.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,8 @@ pub enum Queue {
         plan: SqliteStorage<PlanCampaign>,
         /// Send jobs.
         send: SqliteStorage<SendBatch>,
+        /// Transactional jobs.
+        tx: SqliteStorage<TxSend>,
         /// The queue database.
         pool: SqlitePool,
         /// Timing.
@@ -109,6 +113,8 @@ pub enum Queue {
         plan: RedisStorage<PlanCampaign>,
         /// Send jobs.
         send: RedisStorage<SendBatch>,
+        /// Transactional jobs.
+        tx: RedisStorage<TxSend>,
         /// A connection for depth queries and pings.
         conn: ConnectionManager,
         /// Timing.
@@ -162,6 +168,7 @@ impl Queue {
         Ok(Queue::Sqlite {
             plan: SqliteStorage::new(&pool).with_config(sqlite_config(PLAN_QUEUE, &config)),
             send: SqliteStorage::new(&pool).with_config(sqlite_config(SEND_QUEUE, &config)),
+            tx: SqliteStorage::new(&pool).with_config(sqlite_config(TX_QUEUE, &config)),
             pool,
             config,
         })
@@ -179,6 +186,7 @@ impl Queue {
         Ok(Queue::Redis {
             plan: RedisStorage::new(conn.clone()).with_config(redis_config(PLAN_QUEUE, &config)),
             send: RedisStorage::new(conn.clone()).with_config(redis_config(SEND_QUEUE, &config)),
+            tx: RedisStorage::new(conn.clone()).with_config(redis_config(TX_QUEUE, &config)),
             conn,
             config,
         })
@@ -218,6 +226,7 @@ impl Queue {
         job: PlanCampaign,
         delay: Duration,
     ) -> Result<(), QueueError> {
+        crate::telemetry::JobEnqueued { stage: "plan" }.emit();
         let task = TaskBuilder::new(job).run_after(delay).build();
         match self {
             Queue::Sqlite { plan, .. } => plan.clone().push_task(task).await.map_err(push_error),
@@ -236,10 +245,21 @@ impl Queue {
         job: SendBatch,
         delay: Duration,
     ) -> Result<(), QueueError> {
+        crate::telemetry::JobEnqueued { stage: "send" }.emit();
         let task = TaskBuilder::new(job).run_after(delay).build();
         match self {
             Queue::Sqlite { send, .. } => send.clone().push_task(task).await.map_err(push_error),
             Queue::Redis { send, .. } => send.clone().push_task(task).await.map_err(push_error),
+        }
+    }
+
+    /// Enqueues a transactional job to run after `delay`.
+    pub async fn push_tx_after(&self, job: TxSend, delay: Duration) -> Result<(), QueueError> {
+        crate::telemetry::JobEnqueued { stage: "tx" }.emit();
+        let task = TaskBuilder::new(job).run_after(delay).build();
+        match self {
+            Queue::Sqlite { tx, .. } => tx.clone().push_task(task).await.map_err(push_error),
+            Queue::Redis { tx, .. } => tx.clone().push_task(task).await.map_err(push_error),
         }
     }
 

@@ -10,7 +10,9 @@ use apalis::prelude::*;
 use tracing::{Instrument, error, warn};
 
 use super::Queue;
-use crate::pipeline::{PipelineContext, PlanCampaign, SendBatch, StageError, plan, send};
+use crate::pipeline::{
+    PipelineContext, PlanCampaign, SendBatch, StageError, TxSend, plan, send, tx,
+};
 
 /// A pipeline stage, as workers and health name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +21,8 @@ pub enum Stage {
     Plan,
     /// Batch → rendered and delivered messages.
     Send,
+    /// One transactional message.
+    Tx,
 }
 
 impl Stage {
@@ -27,6 +31,7 @@ impl Stage {
         match self {
             Stage::Plan => "plan",
             Stage::Send => "send",
+            Stage::Tx => "tx",
         }
     }
 }
@@ -97,6 +102,47 @@ pub async fn plan_job(job: PlanCampaign, ctx: Data<PipelineContext>) -> Result<(
             .await;
     }
     into_job_result("plan", started, result, what)
+}
+
+/// The tx stage's job handler: one transactional message; a temporary failure is
+/// retried with the same backoff as batches.
+pub async fn tx_job(job: TxSend, ctx: Data<PipelineContext>) -> Result<(), BoxDynError> {
+    let started = std::time::Instant::now();
+    crate::telemetry::JobEvent {
+        stage: "tx",
+        event: "started",
+        duration: None,
+    }
+    .emit();
+    let what = format!("transactional message {}", job.tx_id);
+    let span = tracing::info_span!("tx", tx_id = job.tx_id);
+    crate::telemetry::continue_trace(&span, &job.trace);
+    let result = match tx::send_tx(&ctx, &job).instrument(span).await {
+        Err(StageError::Retry {
+            attempts,
+            last_error,
+            ..
+        }) => {
+            let delay = retry_delay(
+                ctx.config.retry_backoff,
+                ctx.config.retry_backoff_max,
+                attempts,
+            );
+            warn!(tx_id = job.tx_id, error = %last_error, delay_ms = delay.as_millis() as u64, "Transactional retry scheduled");
+            crate::telemetry::JobEvent {
+                stage: "tx",
+                event: "retried",
+                duration: None,
+            }
+            .emit();
+            ctx.queue
+                .push_tx_after(job.clone(), delay)
+                .await
+                .map_err(StageError::from)
+        }
+        other => other,
+    };
+    into_job_result("tx", started, result, what)
 }
 
 /// The send stage's job handler. Temporary failures of some recipients are retried by
@@ -219,6 +265,12 @@ pub fn stage_monitor(
         }
         (Queue::Redis { send, .. }, Stage::Send) => {
             stage_worker!(monitor, send.clone(), ctx, workers, poll, send_job)
+        }
+        (Queue::Sqlite { tx, .. }, Stage::Tx) => {
+            stage_worker!(monitor, tx.clone(), ctx, workers, poll, tx_job)
+        }
+        (Queue::Redis { tx, .. }, Stage::Tx) => {
+            stage_worker!(monitor, tx.clone(), ctx, workers, poll, tx_job)
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod subscribers;
 pub mod suppressions;
 pub mod templates;
 pub mod tokens;
+pub mod transactional;
 pub mod users;
 
 use std::str::FromStr;

@@ -88,6 +88,17 @@ impl Store {
         Ok(Page { items: rows, next })
     }
 
+    /// Whether a webhook event id was already applied.
+    pub async fn event_seen(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM webhook_events WHERE id = $1")
+                .bind(id)
+                .fetch_one(self.pool())
+                .await?
+                > 0,
+        )
+    }
+
     /// Records a webhook event id; false when it was seen before (skip it).
     pub async fn first_time_event(&self, id: &str, source: &str) -> Result<bool, StoreError> {
         Ok(sqlx::query(
