@@ -39,7 +39,7 @@ async fn metrics_text(server: &Server) -> String {
 }
 
 fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

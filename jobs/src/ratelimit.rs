@@ -171,6 +171,11 @@ impl RateLimiter {
         }
     }
 
+    /// Whether this limiter admits everything (and so cannot hold a pause).
+    pub fn is_unlimited(&self) -> bool {
+        matches!(self, RateLimiter::Unlimited)
+    }
+
     /// Waits until `cells` may go. Returns how long it waited.
     pub async fn acquire(&self, cells: u32) -> Duration {
         let started = Instant::now();

@@ -282,7 +282,11 @@ async fn housekeeping(
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let jobs = ctx.queue.vacuum(Duration::from_secs(7 * 24 * 3600)).await?;
     let tokens = ctx.store.purge_expired_tokens().await?;
-    info!(jobs, tokens, "Housekeeping done");
+    let events = ctx
+        .store
+        .purge_webhook_events(30 * 24 * 3600 * 1000)
+        .await?;
+    info!(jobs, tokens, events, "Housekeeping done");
     Ok(())
 }
 

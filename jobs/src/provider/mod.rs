@@ -147,6 +147,10 @@ impl Provider {
             .emit();
             self.limits.messages.pause(*wait).await;
             self.limits.requests.pause(*wait).await;
+            if self.limits.messages.is_unlimited() && self.limits.requests.is_unlimited() {
+                // No limiter to hold the pause: wait here, so the retry honours it.
+                tokio::time::sleep((*wait).min(std::time::Duration::from_secs(60))).await;
+            }
         }
     }
 

@@ -99,6 +99,18 @@ impl Store {
         )
     }
 
+    /// Forgets webhook event ids older than `age_ms` (providers stop redelivering long
+    /// before); returns how many went.
+    pub async fn purge_webhook_events(&self, age_ms: i64) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM webhook_events WHERE received_at < $1")
+                .bind(now_ms() - age_ms)
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
+    }
+
     /// Records a webhook event id; false when it was seen before (skip it).
     pub async fn first_time_event(&self, id: &str, source: &str) -> Result<bool, StoreError> {
         Ok(sqlx::query(
