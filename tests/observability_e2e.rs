@@ -95,6 +95,9 @@ async fn metrics_expose_twenty_families_that_promtool_accepts_and_count_the_camp
         "mailing_process_resident_memory_bytes",
         "mailing_delivery_rate_ratio",
         "mailing_actor_up",
+        "mailing_queue_oldest_job_age_seconds",
+        "mailing_running_campaign_recipients",
+        "mailing_queue_roundtrip_seconds",
     ] {
         assert!(families.contains(expected), "{expected} missing");
     }

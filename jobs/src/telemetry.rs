@@ -415,6 +415,10 @@ pub struct Gauges {
     pub queue_depth: BTreeMap<&'static str, u64>,
     /// Round trip to the queue backend (Redis or the SQLite queue file), seconds.
     pub queue_roundtrip: Option<f64>,
+    /// Age of the oldest due, untaken job per stage, seconds.
+    pub queue_oldest_age: BTreeMap<&'static str, f64>,
+    /// Recipients of running campaigns: (to send, finished).
+    pub running_progress: Option<(i64, i64)>,
     /// Compiled templates held, and the cache's hits, misses and evictions.
     pub template_cache: (u64, u64, u64, u64),
     /// Supervised components: (up, restarts).
@@ -455,6 +459,25 @@ pub fn register() {
         .with_callback(|o| {
             for (stage, n) in gauges().queue_depth {
                 o.observe(n, &[kv("stage", stage)]);
+            }
+        })
+        .build();
+    m.f64_observable_gauge("mailing_queue_oldest_job_age_seconds")
+        .with_description("Age of the oldest due job no worker has taken yet, by stage")
+        .with_callback(|o| {
+            for (stage, age) in gauges().queue_oldest_age {
+                o.observe(age, &[kv("stage", stage)]);
+            }
+        })
+        .build();
+    m.i64_observable_gauge("mailing_running_campaign_recipients")
+        .with_description(
+            "Recipients of running campaigns, by state (pending, finished): campaign progress",
+        )
+        .with_callback(|o| {
+            if let Some((pending, finished)) = gauges().running_progress {
+                o.observe(pending, &[kv("state", "pending")]);
+                o.observe(finished, &[kv("state", "finished")]);
             }
         })
         .build();

@@ -59,7 +59,13 @@ async fn sample(
         .await
         .ok()
         .map(|()| started.elapsed().as_secs_f64());
-    set_gauges(|g| g.queue_roundtrip = rtt);
+    let oldest = ctx.queue.oldest_due_age().await.unwrap_or_default();
+    let progress = ctx.store.running_progress().await.ok();
+    set_gauges(|g| {
+        g.queue_roundtrip = rtt;
+        g.queue_oldest_age = oldest.into_iter().collect();
+        g.running_progress = progress;
+    });
     let cache = ctx.renderer.stats();
     let pool = ctx.store.pool();
     let (size, idle) = (u64::from(pool.size()), pool.num_idle() as u64);

@@ -263,6 +263,60 @@ impl Queue {
         }
     }
 
+    /// Age in seconds of the oldest due job that no worker has taken yet, per stage
+    /// (`plan`, `send`, `tx`). SQLite: exact. Redis: among due jobs still in the scheduled
+    /// set (jobs already promoted to the active list carry no time).
+    pub async fn oldest_due_age(&self) -> Result<Vec<(&'static str, f64)>, QueueError> {
+        let now = chrono::Utc::now().timestamp();
+        let mut out = Vec::new();
+        match self {
+            Queue::Sqlite { pool, config, .. } => {
+                for stage in [PLAN_QUEUE, SEND_QUEUE, TX_QUEUE] {
+                    let oldest: Option<i64> = sqlx::query_scalar(
+                        "SELECT MIN(run_at) FROM Jobs WHERE job_type = ?1 AND status = 'Pending' AND run_at <= ?2",
+                    )
+                    .bind(config.queue_name(stage))
+                    .bind(now)
+                    .fetch_one(pool)
+                    .await?;
+                    out.push((stage, oldest.map_or(0.0, |t| (now - t).max(0) as f64)));
+                }
+            }
+            Queue::Redis {
+                conn,
+                plan,
+                send,
+                tx,
+                ..
+            } => {
+                let mut conn = conn.clone();
+                for (stage, key) in [
+                    (PLAN_QUEUE, plan.get_config().scheduled_jobs_set()),
+                    (SEND_QUEUE, send.get_config().scheduled_jobs_set()),
+                    (TX_QUEUE, tx.get_config().scheduled_jobs_set()),
+                ] {
+                    let first: Vec<(String, f64)> = redis::cmd("ZRANGEBYSCORE")
+                        .arg(&key)
+                        .arg(0)
+                        .arg(now)
+                        .arg("WITHSCORES")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(1)
+                        .query_async(&mut conn)
+                        .await?;
+                    out.push((
+                        stage,
+                        first
+                            .first()
+                            .map_or(0.0, |(_, t)| (now as f64 - t).max(0.0)),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Jobs waiting (due or scheduled) per queue: `(plan, send)`.
     pub async fn depth(&self) -> Result<(u64, u64), QueueError> {
         match self {

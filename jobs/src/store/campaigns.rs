@@ -360,6 +360,17 @@ impl Store {
         )))
     }
 
+    /// Recipients of running campaigns: (still to send, finished).
+    pub async fn running_progress(&self) -> Result<(i64, i64), StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE d.status IN ('pending', 'sending')), \
+             COUNT(*) FILTER (WHERE d.status NOT IN ('pending', 'sending')) \
+             FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id WHERE c.status = 'running'",
+        )
+        .fetch_one(self.pool())
+        .await?)
+    }
+
     /// Campaigns by status.
     pub async fn campaigns_by_status(&self) -> Result<Vec<(String, i64)>, StoreError> {
         Ok(
