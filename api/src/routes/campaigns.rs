@@ -174,11 +174,10 @@ pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde
     for row in &page.items {
         items.push(campaign_json(&state, row).await?);
     }
-    let mut body = serde_json::json!({ "items": items });
-    if let Some(next) = page.next {
-        body["next"] = next.into();
-    }
-    Ok(Json(body))
+    Ok(Json(serde_json::json!(mailing_jobs::store::Page {
+        items,
+        next: page.next
+    })))
 }
 
 /// `GET /api/v1/campaigns/{id}`.

@@ -99,11 +99,10 @@ pub async fn subscribers(
             })
         })
         .collect();
-    let mut body = serde_json::json!({ "items": items });
-    if let Some(next) = page.next {
-        body["next"] = next.into();
-    }
-    Ok(Json(body))
+    Ok(Json(serde_json::json!(mailing_jobs::store::Page {
+        items,
+        next: page.next
+    })))
 }
 
 /// Parses a CSV body with a header row: `email` (required), `name`, and any other
