@@ -349,3 +349,134 @@ async fn a_transactional_message_is_sent_with_its_data_and_bad_input_is_refused(
         "{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_are_searched_updated_exported_unsubscribed_and_erased() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let token = server.login().await;
+    let list = seed_list(&server, &token, 12).await;
+    let campaign = create_campaign(&server, &token, list, "file").await;
+    support::send_campaign(&server, &token, campaign).await;
+    server
+        .wait_campaign(&token, campaign, "done", Duration::from_secs(60))
+        .await;
+
+    let (status, found) = server
+        .request("GET", "/api/v1/subscribers?email=user1", Some(&token), None)
+        .await;
+    assert_eq!(status, 200, "{found}");
+    let emails: Vec<&str> = found["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|s| s["email"].as_str())
+        .collect();
+    assert_eq!(
+        emails,
+        [
+            "user1@example.com",
+            "user10@example.com",
+            "user11@example.com"
+        ],
+        "prefix search"
+    );
+    let (_, none) = server
+        .request(
+            "GET",
+            "/api/v1/subscribers?email=user1_",
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        none["items"].as_array().map(Vec::len),
+        Some(0),
+        "`_` is not a wildcard"
+    );
+    let id = found["items"][0]["id"].as_i64().expect("id");
+
+    let (status, updated) = server
+        .request(
+            "PATCH",
+            &format!("/api/v1/subscribers/{id}"),
+            Some(&token),
+            Some(serde_json::json!({"name": "Ann", "attributes": {"vip": true}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{updated}");
+    assert_eq!(
+        (
+            updated["name"].clone(),
+            updated["attributes"]["vip"].clone()
+        ),
+        (serde_json::json!("Ann"), serde_json::json!(true))
+    );
+
+    let (status, export) = server
+        .request(
+            "GET",
+            &format!("/api/v1/subscribers/{id}/export"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(export["subscriber"]["email"], "user1@example.com");
+    assert_eq!(export["lists"][0]["id"], list);
+    assert_eq!(export["deliveries"][0]["campaign_id"], campaign);
+    assert_eq!(export["deliveries"][0]["status"], "sent");
+
+    let (_, unsub) = server
+        .request(
+            "POST",
+            &format!("/api/v1/subscribers/{id}/unsubscribe"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(unsub["status"], "unsubscribed");
+    let (_, suppressed) = server
+        .request("GET", "/api/v1/suppressions", Some(&token), None)
+        .await;
+    assert_eq!(suppressed["items"][0]["email"], "user1@example.com");
+
+    let (status, _) = server
+        .request(
+            "DELETE",
+            &format!("/api/v1/subscribers/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = server
+        .request(
+            "GET",
+            &format!("/api/v1/subscribers/{id}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "erased");
+    let (status, _) = server
+        .request(
+            "GET",
+            &format!("/api/v1/subscribers/{id}/export"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (_, c) = server
+        .request(
+            "GET",
+            &format!("/api/v1/campaigns/{campaign}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        c["stats"]["total"], 11,
+        "the erased subscriber's ledger rows went too"
+    );
+}

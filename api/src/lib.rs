@@ -119,6 +119,10 @@ pub fn route_of(path: &str) -> String {
         "/api/v1/campaigns/{id}/cancel",
         "/api/v1/campaigns/{id}/deliveries",
         "/api/v1/campaigns/{id}/retry-failed",
+        "/api/v1/subscribers",
+        "/api/v1/subscribers/{id}",
+        "/api/v1/subscribers/{id}/unsubscribe",
+        "/api/v1/subscribers/{id}/export",
         "/api/v1/users",
         "/api/v1/suppressions",
         "/api/v1/suppressions/{param}",
@@ -202,6 +206,20 @@ pub fn router(state: Arc<AppState>) -> Router {
                         .get(api_keys::index)
                         .post(api_keys::create)
                         .push(Router::with_path("{id}").delete(api_keys::revoke)),
+                )
+                .push(
+                    Router::with_path("subscribers")
+                        .get(subscribers::search)
+                        .push(
+                            Router::with_path("{id}")
+                                .get(subscribers::show)
+                                .patch(subscribers::update)
+                                .delete(subscribers::erase)
+                                .push(
+                                    Router::with_path("unsubscribe").post(subscribers::unsubscribe),
+                                )
+                                .push(Router::with_path("export").get(subscribers::export)),
+                        ),
                 )
                 .push(
                     Router::with_path("suppressions")

@@ -6,6 +6,7 @@ pub mod campaigns;
 pub mod lists;
 pub mod ops;
 pub mod session;
+pub mod subscribers;
 pub mod suppressions;
 pub mod templates;
 pub mod tx;

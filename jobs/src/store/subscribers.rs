@@ -246,6 +246,118 @@ impl Store {
         Ok(changed)
     }
 
+    /// A subscriber by id.
+    pub async fn subscriber(&self, id: i64) -> Result<Subscriber, StoreError> {
+        sqlx::query_as::<_, Subscriber>(
+            "SELECT id, email, name, attributes, status, created_at FROM subscribers \
+             WHERE id = $1 AND workspace_id = $2",
+        )
+        .bind(id)
+        .bind(DEFAULT_WORKSPACE)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::NotFound("subscriber"))
+    }
+
+    /// Subscribers whose address starts with `prefix` (case as stored), by id.
+    pub async fn search_subscribers(
+        &self,
+        prefix: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Page<Subscriber>, StoreError> {
+        let pattern = format!(
+            "{}%",
+            prefix
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let rows = sqlx::query_as::<_, Subscriber>(
+            "SELECT id, email, name, attributes, status, created_at FROM subscribers \
+             WHERE workspace_id = $1 AND email LIKE $2 ESCAPE '\\' AND id > $3 ORDER BY id LIMIT $4",
+        )
+        .bind(DEFAULT_WORKSPACE)
+        .bind(pattern)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(Page::from_rows(rows, limit, |s| s.id))
+    }
+
+    /// Replaces a subscriber's name and/or attributes (already validated).
+    pub async fn update_subscriber(
+        &self,
+        id: i64,
+        name: Option<Option<String>>,
+        attributes: Option<String>,
+    ) -> Result<Subscriber, StoreError> {
+        let current = self.subscriber(id).await?;
+        let name = name.unwrap_or(current.name);
+        let attributes = attributes.unwrap_or(current.attributes);
+        sqlx::query(
+            "UPDATE subscribers SET name = $1, attributes = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(&name)
+        .bind(&attributes)
+        .bind(now_ms())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        self.subscriber(id).await
+    }
+
+    /// Everything stored about a subscriber (GDPR access): the row, list memberships and
+    /// every ledger row.
+    pub async fn export_subscriber(&self, id: i64) -> Result<serde_json::Value, StoreError> {
+        let s = self.subscriber(id).await?;
+        let lists: Vec<(i64, String, i64)> = sqlx::query_as(
+            "SELECT l.id, l.name, m.created_at FROM list_memberships m JOIN lists l ON l.id = m.list_id \
+             WHERE m.subscriber_id = $1 ORDER BY l.id",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        let deliveries: Vec<(i64, String, i64, Option<i64>, Option<String>)> = sqlx::query_as(
+            "SELECT campaign_id, status, attempts, sent_at, last_error FROM deliveries WHERE subscriber_id = $1 ORDER BY id",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(serde_json::json!({
+            "subscriber": {
+                "id": s.id, "email": s.email, "name": s.name, "status": s.status, "created_at": s.created_at,
+                "attributes": serde_json::from_str::<serde_json::Value>(&s.attributes).unwrap_or_default(),
+            },
+            "lists": lists.into_iter().map(|(id, name, at)| serde_json::json!({"id": id, "name": name, "joined_at": at})).collect::<Vec<_>>(),
+            "deliveries": deliveries.into_iter().map(|(c, status, attempts, sent_at, err)| serde_json::json!({
+                "campaign_id": c, "status": status, "attempts": attempts, "sent_at": sent_at, "last_error": err
+            })).collect::<Vec<_>>(),
+        }))
+    }
+
+    /// Erases a subscriber (GDPR erasure): the row, its memberships and its ledger rows.
+    /// A suppression of the address, if any, stays so the address is never mailed again.
+    pub async fn delete_subscriber(&self, id: i64) -> Result<(), StoreError> {
+        self.subscriber(id).await?;
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM deliveries WHERE subscriber_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM list_memberships WHERE subscriber_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM subscribers WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// A page of a list's subscribers by id.
     pub async fn list_subscribers(
         &self,
