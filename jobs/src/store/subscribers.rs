@@ -53,6 +53,21 @@ pub struct ImportReport {
     pub rejected: Vec<Rejection>,
 }
 
+/// One ledger row in a GDPR export.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ExportedDelivery {
+    /// The campaign.
+    pub campaign_id: i64,
+    /// Outcome.
+    pub status: String,
+    /// Attempts.
+    pub attempts: i64,
+    /// When sent, epoch ms.
+    pub sent_at: Option<i64>,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
 /// A subscriber as stored.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Subscriber {
@@ -319,7 +334,7 @@ impl Store {
         .bind(id)
         .fetch_all(self.pool())
         .await?;
-        let deliveries: Vec<(i64, String, i64, Option<i64>, Option<String>)> = sqlx::query_as(
+        let deliveries: Vec<ExportedDelivery> = sqlx::query_as(
             "SELECT campaign_id, status, attempts, sent_at, last_error FROM deliveries WHERE subscriber_id = $1 ORDER BY id",
         )
         .bind(id)
@@ -331,9 +346,7 @@ impl Store {
                 "attributes": serde_json::from_str::<serde_json::Value>(&s.attributes).unwrap_or_default(),
             },
             "lists": lists.into_iter().map(|(id, name, at)| serde_json::json!({"id": id, "name": name, "joined_at": at})).collect::<Vec<_>>(),
-            "deliveries": deliveries.into_iter().map(|(c, status, attempts, sent_at, err)| serde_json::json!({
-                "campaign_id": c, "status": status, "attempts": attempts, "sent_at": sent_at, "last_error": err
-            })).collect::<Vec<_>>(),
+            "deliveries": deliveries,
         }))
     }
 
