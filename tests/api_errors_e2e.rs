@@ -232,3 +232,125 @@ async fn a_csv_of_100000_subscribers_with_malformed_rows_imports_with_a_correct_
         (json!(0), json!(1))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_are_replaced_and_in_use_resources_cannot_be_deleted() {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    let token = server.login().await;
+    let list = seed_list(&server, &token, 2).await;
+    let campaign = create_campaign(&server, &token, list, "file").await;
+    let (_, c) = server
+        .request(
+            "GET",
+            &format!("/api/v1/campaigns/{campaign}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    let template = c["template_id"].as_i64().expect("template");
+
+    let body =
+        |subject: &str, html: &str| json!({"name": "Welcome", "subject": subject, "html": html});
+    let (status, _) = server
+        .request(
+            "POST",
+            &format!("/api/v1/templates/{template}/preview"),
+            Some(&token),
+            Some(json!({"subscriber": {"attributes": {"n": 1}}})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, replaced) = server
+        .request(
+            "PUT",
+            &format!("/api/v1/templates/{template}"),
+            Some(&token),
+            Some(body("Hi {{ subscriber.name }}", "<p>v2</p>")),
+        )
+        .await;
+    assert_eq!(status, 200, "{replaced}");
+    let (_, preview) = server
+        .request(
+            "POST",
+            &format!("/api/v1/templates/{template}/preview"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        preview["subject"], "Hi Jane Doe",
+        "the cached compiled template was not served stale"
+    );
+    let (status, broken) = server
+        .request(
+            "PUT",
+            &format!("/api/v1/templates/{template}"),
+            Some(&token),
+            Some(body("Hi", "{% if x %}")),
+        )
+        .await;
+    assert_eq!(status, 422, "{broken}");
+    let (_, kept) = server
+        .request(
+            "GET",
+            &format!("/api/v1/templates/{template}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        kept["html"], "<p>v2</p>",
+        "a refused replacement changes nothing"
+    );
+
+    let (status, body409) = server
+        .request(
+            "DELETE",
+            &format!("/api/v1/templates/{template}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{body409}");
+    let (status, _) = server
+        .request(
+            "DELETE",
+            &format!("/api/v1/lists/{list}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "a targeted list stays");
+
+    let other = seed_list(&server, &token, 0).await;
+    let (status, _) = server
+        .request(
+            "DELETE",
+            &format!("/api/v1/lists/{other}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+    let (status, _) = server
+        .request("GET", &format!("/api/v1/lists/{other}"), Some(&token), None)
+        .await;
+    assert_eq!(status, 404);
+    let (_, spare) = server
+        .request(
+            "POST",
+            "/api/v1/templates",
+            Some(&token),
+            Some(body("Spare", "<p>spare</p>")),
+        )
+        .await;
+    let (status, _) = server
+        .request(
+            "DELETE",
+            &format!("/api/v1/templates/{}", spare["id"]),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204);
+}

@@ -162,11 +162,14 @@ pub fn router(state: Arc<AppState>) -> Router {
                         .get(lists::index)
                         .post(lists::create)
                         .push(
-                            Router::with_path("{id}").get(lists::show).push(
-                                Router::with_path("subscribers")
-                                    .get(lists::subscribers)
-                                    .post(lists::add_subscribers),
-                            ),
+                            Router::with_path("{id}")
+                                .get(lists::show)
+                                .delete(lists::delete)
+                                .push(
+                                    Router::with_path("subscribers")
+                                        .get(lists::subscribers)
+                                        .post(lists::add_subscribers),
+                                ),
                         ),
                 )
                 .push(
@@ -176,6 +179,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                         .push(
                             Router::with_path("{id}")
                                 .get(templates::show)
+                                .put(templates::replace)
+                                .delete(templates::delete)
                                 .push(Router::with_path("preview").post(templates::preview)),
                         ),
                 )

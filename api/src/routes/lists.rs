@@ -68,6 +68,28 @@ pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde
     )))
 }
 
+/// `DELETE /api/v1/lists/{id}`: the list and its memberships (not the subscribers);
+/// 409 while a campaign targets it.
+#[handler]
+pub async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Editor)?;
+    let id = path_id(req, "id")?;
+    state.store.delete_list(id).await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "list.delete",
+            Some(&format!("list:{id}")),
+            &serde_json::json!({}),
+        )
+        .await?;
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
+
 /// `GET /api/v1/lists/{id}`.
 #[handler]
 pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {

@@ -40,7 +40,11 @@ fn render_problem(err: RenderError) -> ApiError {
         fe.message = format!("line {line}: {parser}");
     }
     ApiError::Validation {
-        detail: format!("the template does not parse: {message}"),
+        detail: if matches!(err, RenderError::Render { .. }) {
+            format!("the template does not render for this subscriber: {message}")
+        } else {
+            format!("the template does not parse: {message}")
+        },
         errors: vec![fe],
     }
 }
@@ -81,6 +85,67 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
         )
         .await?;
     res.status_code(StatusCode::CREATED).render(Json(template));
+    Ok(())
+}
+
+/// `PUT /api/v1/templates/{id}` with the same body as creation: replaces the template
+/// (validated the same way). Campaigns render the new version from their next batch.
+#[handler]
+pub async fn replace(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Editor)?;
+    let id = path_id(req, "id")?;
+    let body: NewTemplate = json_body(req, TEMPLATE_BODY_LIMIT).await?;
+    let name = required_text("name", &body.name, 200)?;
+    if body.subject.trim().is_empty() {
+        return Err(ApiError::field("subject", "must not be empty"));
+    }
+    if body.html.trim().is_empty() {
+        return Err(ApiError::field("html", "must not be empty"));
+    }
+    state
+        .renderer
+        .compile(TemplateSource {
+            subject: &body.subject,
+            html: &body.html,
+            text: body.text.as_deref(),
+        })
+        .map_err(render_problem)?;
+    let template = state
+        .store
+        .update_template(id, &name, &body.subject, &body.html, body.text.as_deref())
+        .await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "template.update",
+            Some(&format!("template:{id}")),
+            &serde_json::json!({}),
+        )
+        .await?;
+    Ok(Json(serde_json::json!(template)))
+}
+
+/// `DELETE /api/v1/templates/{id}`: 409 while a campaign uses it.
+#[handler]
+pub async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Editor)?;
+    let id = path_id(req, "id")?;
+    state.store.delete_template(id).await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "template.delete",
+            Some(&format!("template:{id}")),
+            &serde_json::json!({}),
+        )
+        .await?;
+    res.status_code(StatusCode::NO_CONTENT);
     Ok(())
 }
 

@@ -75,6 +75,33 @@ impl Store {
         Ok(Page::from_rows(rows, limit, |l| l.id))
     }
 
+    /// Deletes a list no campaign targets (its memberships go with it; subscribers
+    /// stay); `Conflict` otherwise.
+    pub async fn delete_list(&self, id: i64) -> Result<(), StoreError> {
+        self.list(id).await?;
+        let used: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM campaign_lists WHERE list_id = $1")
+                .bind(id)
+                .fetch_one(self.pool())
+                .await?;
+        if used > 0 {
+            return Err(StoreError::Conflict(format!(
+                "list {id} is targeted by {used} campaign(s); it cannot be deleted"
+            )));
+        }
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM list_memberships WHERE list_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM lists WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Which of `ids` do not name a list of the workspace.
     pub async fn missing_lists(&self, ids: &[i64]) -> Result<Vec<i64>, StoreError> {
         let mut missing = Vec::new();

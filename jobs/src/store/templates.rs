@@ -69,6 +69,51 @@ impl Store {
         .ok_or(StoreError::NotFound("template"))
     }
 
+    /// Replaces a template's parts (validated by the caller) and moves `updated_at`,
+    /// so caches keyed by it compile the new version.
+    pub async fn update_template(
+        &self,
+        id: i64,
+        name: &str,
+        subject: &str,
+        html: &str,
+        text: Option<&str>,
+    ) -> Result<Template, StoreError> {
+        let current = self.template(id).await?;
+        let now = now_ms().max(current.updated_at + 1);
+        sqlx::query(
+            "UPDATE templates SET name = $1, subject = $2, html = $3, text = $4, updated_at = $5 WHERE id = $6",
+        )
+        .bind(name)
+        .bind(subject)
+        .bind(html)
+        .bind(text)
+        .bind(now)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        self.template(id).await
+    }
+
+    /// Deletes a template no campaign uses; `Conflict` otherwise.
+    pub async fn delete_template(&self, id: i64) -> Result<(), StoreError> {
+        self.template(id).await?;
+        let used: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM campaigns WHERE template_id = $1")
+            .bind(id)
+            .fetch_one(self.pool())
+            .await?;
+        if used > 0 {
+            return Err(StoreError::Conflict(format!(
+                "template {id} is used by {used} campaign(s); it cannot be deleted"
+            )));
+        }
+        sqlx::query("DELETE FROM templates WHERE id = $1")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     /// A page of templates by id.
     pub async fn templates(&self, after: i64, limit: u32) -> Result<Page<Template>, StoreError> {
         let rows = sqlx::query_as::<_, Template>(concat!(
