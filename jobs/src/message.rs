@@ -10,6 +10,7 @@ use lettre::message::dkim::{
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 
+use crate::provider::Outgoing;
 use crate::render::Rendered;
 
 /// Errors of building a message.
@@ -152,6 +153,46 @@ pub fn list_unsubscribe(url: &str, mailto: Option<&str>) -> String {
         Some(mailto) => format!("<{url}>, <mailto:{mailto}>"),
         None => format!("<{url}>"),
     }
+}
+
+/// Builds a message in both forms a provider may need: the RFC 5322 bytes (DKIM-signed
+/// when a signer is given) for SMTP and the outbox, and its parts for HTTP APIs. The one
+/// place campaigns and transactional sends turn a rendered body into an [`Outgoing`].
+pub fn outgoing(
+    envelope: &Envelope<'_>,
+    body: Rendered,
+    dkim: Option<&DkimSigner>,
+) -> Result<Outgoing, MessageError> {
+    let mut mime = build(envelope, &body)?;
+    if let Some(dkim) = dkim {
+        dkim.sign(&mut mime);
+    }
+    let from = mailbox("from", envelope.from)?;
+    let to_address: lettre::Address =
+        envelope
+            .to_email
+            .parse()
+            .map_err(|e: lettre::address::AddressError| MessageError::Address {
+                field: "to",
+                value: envelope.to_email.into(),
+                reason: e.to_string(),
+            })?;
+    Ok(Outgoing {
+        from: from.email.to_string(),
+        to: envelope.to_email.to_owned(),
+        from_header: envelope.from.to_owned(),
+        to_header: Mailbox::new(envelope.to_name.map(str::to_owned), to_address).to_string(),
+        reply_to: envelope.reply_to.map(str::to_owned),
+        list_unsubscribe: envelope
+            .unsubscribe_url
+            .map(|url| list_unsubscribe(url, envelope.unsubscribe_mailto))
+            .unwrap_or_default(),
+        delivery_key: envelope.delivery_key.to_owned(),
+        raw: mime.formatted(),
+        subject: body.subject,
+        html: body.html,
+        text: body.text,
+    })
 }
 
 /// Builds the message. The domain of the Message-ID is the sender's domain.

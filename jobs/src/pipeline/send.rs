@@ -51,30 +51,23 @@ fn prepare(
     recipients: Vec<Recipient>,
 ) -> Vec<Prepared> {
     let campaign_vars = serde_json::json!({ "id": campaign.id, "name": campaign.name });
-    let envelope_from = campaign
-        .from_addr
-        .parse::<lettre::message::Mailbox>()
-        .map(|m| m.email.to_string());
     recipients
         .into_iter()
         .map(|r| {
             let unsubscribe_url = signer.url(campaign.id, r.subscriber_id);
-            let message = (|| {
-                let from = envelope_from
-                    .clone()
-                    .map_err(|e| format!("invalid from address: {e}"))?;
-                let attributes = serde_json::from_str(&r.attributes).unwrap_or_default();
-                let ctx = RenderContext {
-                    email: r.email.clone(),
-                    name: r.name.clone(),
-                    attributes,
-                    campaign: campaign_vars.clone(),
-                    unsubscribe_url: unsubscribe_url.clone(),
-                    extra: serde_json::Map::new(),
-                };
-                let body = template.render(&ctx).map_err(|e| e.to_string())?;
-                let mut mime = message::build(
-                    &Envelope {
+            let ctx = RenderContext {
+                email: r.email.clone(),
+                name: r.name.clone(),
+                attributes: serde_json::from_str(&r.attributes).unwrap_or_default(),
+                campaign: campaign_vars.clone(),
+                unsubscribe_url: unsubscribe_url.clone(),
+                extra: serde_json::Map::new(),
+            };
+            let message = template
+                .render(&ctx)
+                .map_err(|e| e.to_string())
+                .and_then(|body| {
+                    let envelope = Envelope {
                         from: &campaign.from_addr,
                         reply_to: campaign.reply_to.as_deref(),
                         to_email: &r.email,
@@ -82,37 +75,9 @@ fn prepare(
                         delivery_key: &r.delivery_key,
                         unsubscribe_url: Some(&unsubscribe_url),
                         unsubscribe_mailto: mailto,
-                    },
-                    &body,
-                )
-                .map_err(|e| e.to_string())?;
-                if let Some(dkim) = dkim {
-                    dkim.sign(&mut mime);
-                }
-                let to_header = match r.name.as_deref() {
-                    Some(name) => lettre::message::Mailbox::new(
-                        Some(name.to_owned()),
-                        r.email
-                            .parse()
-                            .map_err(|e| format!("invalid recipient address: {e}"))?,
-                    )
-                    .to_string(),
-                    None => r.email.clone(),
-                };
-                Ok(Outgoing {
-                    from,
-                    to: r.email.clone(),
-                    from_header: campaign.from_addr.clone(),
-                    to_header,
-                    reply_to: campaign.reply_to.clone(),
-                    list_unsubscribe: message::list_unsubscribe(&unsubscribe_url, mailto),
-                    delivery_key: r.delivery_key.clone(),
-                    raw: mime.formatted(),
-                    subject: body.subject,
-                    html: body.html,
-                    text: body.text,
-                })
-            })();
+                    };
+                    message::outgoing(&envelope, body, dkim).map_err(|e| e.to_string())
+                });
             Prepared {
                 delivery_id: r.delivery_id,
                 message,

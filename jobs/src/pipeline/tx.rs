@@ -7,7 +7,7 @@ use tracing::info;
 
 use super::{PipelineContext, StageError, TxSend};
 use crate::message::{self, Envelope};
-use crate::provider::{Outgoing, ProviderError};
+use crate::provider::ProviderError;
 use crate::render::{RenderContext, TemplateSource};
 
 /// Sends one transactional message. Returns `Retry` when it should be tried again.
@@ -50,36 +50,16 @@ pub async fn send_tx(ctx: &PipelineContext, job: &TxSend) -> Result<(), StageErr
         .render(&render_ctx)
         .map_err(|e| e.to_string())
         .and_then(|body| {
-            let mime = message::build(
-                &Envelope {
-                    from: &tx.from_addr,
-                    reply_to: None,
-                    to_email: &tx.email,
-                    to_name: tx.name.as_deref(),
-                    delivery_key: &tx.delivery_key,
-                    unsubscribe_url: None,
-                    unsubscribe_mailto: None,
-                },
-                &body,
-            )
-            .map_err(|e| e.to_string())?;
-            let from = tx
-                .from_addr
-                .parse::<lettre::message::Mailbox>()
-                .map_err(|e| e.to_string())?;
-            Ok(Outgoing {
-                from: from.email.to_string(),
-                to: tx.email.clone(),
-                from_header: tx.from_addr.clone(),
-                to_header: tx.email.clone(),
+            let envelope = Envelope {
+                from: &tx.from_addr,
                 reply_to: None,
-                subject: body.subject,
-                html: body.html,
-                text: body.text,
-                list_unsubscribe: String::new(),
-                delivery_key: tx.delivery_key.clone(),
-                raw: mime.formatted(),
-            })
+                to_email: &tx.email,
+                to_name: tx.name.as_deref(),
+                delivery_key: &tx.delivery_key,
+                unsubscribe_url: None,
+                unsubscribe_mailto: None,
+            };
+            message::outgoing(&envelope, body, ctx.dkim.as_ref()).map_err(|e| e.to_string())
         });
     let message = match built {
         Ok(m) => m,
