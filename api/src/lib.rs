@@ -129,6 +129,8 @@ pub fn route_of(path: &str) -> String {
         "/api/v1/api-keys",
         "/api/v1/api-keys/{id}",
         "/api/v1/tx",
+        "/api/v1/plugins",
+        "/api/v1/plugins/{id}",
         "/api/v1/tx/{id}",
         "/admin/stats",
         "/admin/cache/stats",
@@ -231,6 +233,16 @@ pub fn router(state: Arc<AppState>) -> Router {
                         .get(suppressions::index)
                         .post(suppressions::create)
                         .push(Router::with_path("{email}").delete(suppressions::delete)),
+                )
+                .push(
+                    Router::with_path("plugins")
+                        .get(plugins::index)
+                        .post(plugins::create)
+                        .push(
+                            Router::with_path("{id}")
+                                .get(plugins::show)
+                                .delete(plugins::delete),
+                        ),
                 )
                 .push(
                     Router::with_path("users")

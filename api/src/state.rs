@@ -46,6 +46,8 @@ pub struct AppState {
     pub backup: mailing_jobs::backup::BackupConfig,
     /// Provider webhook secrets.
     pub webhooks: crate::routes::webhooks::WebhookSecrets,
+    /// The plugin host, to validate uploads.
+    pub plugins: mailing_plugins::PluginHost,
     /// Asks the process to restart (to restore a backup before reopening the database).
     pub restart: std::sync::Arc<tokio::sync::Notify>,
 }

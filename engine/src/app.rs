@@ -2,6 +2,7 @@
 //! admin, builds the providers and the pipeline context, and starts the supervision tree
 //! for the chosen mode (`serve`, `api`, `worker`) until SIGINT or SIGTERM.
 
+use mailing_jobs::pipeline::personalize::PluginRuntime;
 use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -237,6 +238,21 @@ pub enum Exit {
 }
 
 /// Runs the process until a shutdown signal or a restart request.
+/// The process's plugin host, with precompiled components cached in `DATA_DIR`.
+pub fn plugin_runtime(config: &Config) -> anyhow::Result<PluginRuntime> {
+    let host = mailing_plugins::PluginHost::new(
+        config.plugin_limits.clone(),
+        Some(config.data_dir.join("plugin-cache")),
+    )
+    .context("starting the plugin host")?;
+    Ok(PluginRuntime {
+        host,
+        breaker: Arc::new(mailing_plugins::CircuitBreaker::new(
+            config.plugin_breaker_threshold,
+        )),
+    })
+}
+
 pub async fn run(
     config: Config,
     mode: Mode,
@@ -265,7 +281,9 @@ pub async fn run(
         .map(mailing_jobs::message::DkimSigner::new)
         .transpose()
         .context("DKIM is configured but unusable")?;
+    let plugins = plugin_runtime(&config)?;
     let ctx = PipelineContext {
+        plugins: plugins.clone(),
         store: store.clone(),
         queue: queue.clone(),
         renderer: renderer.clone(),
@@ -319,6 +337,7 @@ pub async fn run(
             metrics: config.metrics_enabled.then(|| metrics.clone()),
             backup: config.backup.clone(),
             restart: restart.clone(),
+            plugins: plugins.host.clone(),
             webhooks: mailing_api::routes::webhooks::WebhookSecrets {
                 resend: config.resend_webhook_secret.clone(),
                 bounce: config.bounce_webhook_secret.clone(),

@@ -101,6 +101,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "FAILURE_PAUSE_MIN", default: "100", secret: false, doc: "finished recipients before FAILURE_PAUSE_RATIO applies" },
     Setting { name: "STALL_RECOVERY_SECS", default: "900", secret: false, doc: "re-enqueue a batch whose pending recipients nobody touched for this long (a lost queue)" },
     Setting { name: "UNSUBSCRIBE_MAILTO", default: "", secret: false, doc: "optional mailto address in List-Unsubscribe" },
+    Setting { name: "PLUGIN_FUEL", default: "50000000", secret: false, doc: "fuel (about one per WebAssembly instruction) a plugin may use on one batch" },
+    Setting { name: "PLUGIN_DEADLINE_MS", default: "250", secret: false, doc: "wall-clock deadline of one plugin call on one batch, milliseconds" },
+    Setting { name: "PLUGIN_MEMORY_MB", default: "64", secret: false, doc: "linear memory one plugin instance may use, MiB" },
+    Setting { name: "PLUGIN_MAX_INSTANCES", default: "16", secret: false, doc: "plugin instances alive at once in one process (the pooling allocator's size)" },
+    Setting { name: "PLUGIN_MAX_SIZE_KB", default: "10240", secret: false, doc: "largest plugin component accepted at upload, KiB" },
+    Setting { name: "PLUGIN_BREAKER_THRESHOLD", default: "5", secret: false, doc: "failed batches in a row after which a plugin is switched off for its campaign (0: never)" },
     Setting { name: "TEMPLATE_CACHE_ENABLED", default: "true", secret: false, doc: "cache compiled templates" },
     Setting { name: "TEMPLATE_CACHE_TTL", default: "3600", secret: false, doc: "seconds a compiled template stays cached" },
     Setting { name: "TEMPLATE_CACHE_SIZE", default: "1000", secret: false, doc: "most compiled templates cached" },
@@ -193,6 +199,10 @@ pub struct Config {
     pub stall_recovery: Duration,
     /// `UNSUBSCRIBE_MAILTO`.
     pub unsubscribe_mailto: Option<String>,
+    /// `PLUGIN_*` limits.
+    pub plugin_limits: mailing_plugins::PluginLimits,
+    /// `PLUGIN_BREAKER_THRESHOLD`.
+    pub plugin_breaker_threshold: u32,
     /// `TEMPLATE_CACHE_*`.
     pub template_cache: mailing_jobs::render::CacheConfig,
     /// `SHUTDOWN_TIMEOUT_SECS`.
@@ -521,6 +531,27 @@ impl Config {
         let failure_pause_min: i64 = r.positive("FAILURE_PAUSE_MIN");
         let stall_recovery = Duration::from_secs(r.positive::<u64>("STALL_RECOVERY_SECS"));
         let unsubscribe_mailto = r.text("UNSUBSCRIBE_MAILTO");
+        let plugin_limits = mailing_plugins::PluginLimits {
+            fuel_per_batch: r.positive("PLUGIN_FUEL"),
+            deadline: Duration::from_millis(r.positive::<u64>("PLUGIN_DEADLINE_MS")),
+            memory_bytes: r
+                .positive::<usize>("PLUGIN_MEMORY_MB")
+                .saturating_mul(1 << 20),
+            max_instances: r.positive("PLUGIN_MAX_INSTANCES"),
+            max_component_bytes: r
+                .positive::<usize>("PLUGIN_MAX_SIZE_KB")
+                .saturating_mul(1 << 10),
+            ..mailing_plugins::PluginLimits::default()
+        };
+        if plugin_limits.memory_bytes > 4 << 30 {
+            r.errors
+                .push("PLUGIN_MEMORY_MB must be at most 4096".into());
+        }
+        if plugin_limits.max_instances > 1000 {
+            r.errors
+                .push("PLUGIN_MAX_INSTANCES must be at most 1000".into());
+        }
+        let plugin_breaker_threshold: u32 = r.parse("PLUGIN_BREAKER_THRESHOLD", "a whole number");
         let template_cache = mailing_jobs::render::CacheConfig {
             enabled: r.bool("TEMPLATE_CACHE_ENABLED"),
             ttl: Duration::from_secs(r.positive::<u64>("TEMPLATE_CACHE_TTL")),
@@ -649,6 +680,8 @@ impl Config {
             failure_pause_min,
             stall_recovery,
             unsubscribe_mailto,
+            plugin_limits,
+            plugin_breaker_threshold,
             template_cache,
             shutdown_timeout,
             log_format,

@@ -4,6 +4,7 @@
 
 mod app;
 mod config;
+mod plugin_cli;
 mod supervisor;
 mod telemetry;
 
@@ -46,6 +47,26 @@ enum Command {
     Campaign {
         #[command(subcommand)]
         action: CampaignAction,
+    },
+    /// Check WebAssembly personalization plugins.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginAction {
+    /// Validate a component as an upload would, then dry-run it on sample recipients.
+    Check {
+        /// The component (`.wasm`).
+        file: std::path::PathBuf,
+        /// The JSON config given to the plugin's `init`.
+        #[arg(long, default_value = "null")]
+        config: String,
+        /// How many sample recipients the dry run takes.
+        #[arg(long, default_value_t = 20)]
+        sample: usize,
     },
 }
 
@@ -311,6 +332,20 @@ async fn run_command(config: &Config, command: Command) -> anyhow::Result<()> {
         Command::Migrate => migrate(config).await,
         Command::Campaign { action } => campaign(config, action).await,
         Command::Backup { action } => backup(config, action).await,
+        Command::Plugin {
+            action:
+                PluginAction::Check {
+                    file,
+                    config: plugin_config,
+                    sample,
+                },
+        } => {
+            let config = config.clone();
+            tokio::task::spawn_blocking(move || {
+                plugin_cli::check(&config, &file, &plugin_config, sample)
+            })
+            .await?
+        }
         Command::Serve | Command::Api | Command::Worker | Command::Config { .. } => Ok(()),
     }
 }

@@ -195,6 +195,12 @@ pub fn outgoing(
     })
 }
 
+/// `from` with its display name replaced by `name` (the address never changes).
+pub fn with_display_name(from: &str, name: &str) -> Result<String, MessageError> {
+    let mailbox = mailbox("from", from)?;
+    Ok(Mailbox::new(Some(name.to_owned()), mailbox.email).to_string())
+}
+
 /// Builds the message. The domain of the Message-ID is the sender's domain.
 pub fn build(envelope: &Envelope<'_>, body: &Rendered) -> Result<Message, MessageError> {
     let from = mailbox("from", envelope.from)?;

@@ -60,6 +60,10 @@ pub struct Instruments {
     campaigns_finished: Counter<u64>,
     backups: Counter<u64>,
     telemetry_dropped: Counter<u64>,
+    plugin_calls: Counter<u64>,
+    plugin_fuel: Counter<u64>,
+    plugin_breaker_trips: Counter<u64>,
+    plugin_duration: Histogram<f64>,
     batch_duration: Histogram<f64>,
     render_duration: Histogram<f64>,
     provider_duration: Histogram<f64>,
@@ -120,6 +124,22 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
         telemetry_dropped: counter(
             "mailing_telemetry_dropped_total",
             "Spans (signal=traces) or metric exports (signal=metrics) the OTLP exporter could not deliver",
+        ),
+        plugin_calls: counter(
+            "mailing_plugin_calls_total",
+            "Plugin batch calls, by plugin and outcome (ok, or the failure kind: trap, out_of_fuel, deadline, memory_limit, ...)",
+        ),
+        plugin_fuel: counter(
+            "mailing_plugin_fuel_used_total",
+            "Fuel (about one unit per WebAssembly instruction) used by plugin calls, by plugin",
+        ),
+        plugin_breaker_trips: counter(
+            "mailing_plugin_breaker_trips_total",
+            "Circuit-breaker trips that switched a plugin off for a campaign, by plugin",
+        ),
+        plugin_duration: seconds(
+            "mailing_plugin_call_duration_seconds",
+            "Time of one plugin batch call (instantiation, init and batch), by plugin",
         ),
         batch_duration: seconds(
             "mailing_batch_duration_seconds",
@@ -629,4 +649,69 @@ pub fn sample_process(
         g.process = (cpu, rss, fds);
         g.disk_free_bytes = free;
     });
+}
+
+/// One plugin call on one batch.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginCalled<'a> {
+    /// `name@version`.
+    pub plugin: &'a str,
+    /// `ok`, or the failure kind.
+    pub outcome: &'a str,
+    /// Recipients in the call.
+    pub recipients: usize,
+    /// Fuel used.
+    pub fuel: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+impl PluginCalled<'_> {
+    /// Records it; failures are logged as warnings.
+    pub fn emit(self) {
+        if self.outcome != "ok" {
+            tracing::warn!(
+                plugin = self.plugin,
+                outcome = self.outcome,
+                recipients = self.recipients,
+                fuel = self.fuel,
+                elapsed_ms = self.elapsed.as_millis() as u64,
+                "Plugin call failed"
+            );
+        }
+        let plugin = kv("plugin", self.plugin.to_owned());
+        INSTRUMENTS
+            .plugin_calls
+            .add(1, &[plugin.clone(), kv("outcome", self.outcome.to_owned())]);
+        INSTRUMENTS
+            .plugin_fuel
+            .add(self.fuel, std::slice::from_ref(&plugin));
+        INSTRUMENTS
+            .plugin_duration
+            .record(self.elapsed.as_secs_f64(), &[plugin]);
+    }
+}
+
+/// A plugin's circuit breaker opened for a campaign.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginSwitchedOff<'a> {
+    /// `name@version`.
+    pub plugin: &'a str,
+    /// The campaign.
+    pub campaign_id: i64,
+    /// The failure that tripped it.
+    pub last_error: &'a str,
+}
+impl PluginSwitchedOff<'_> {
+    /// Records it and logs an error.
+    pub fn emit(self) {
+        tracing::error!(
+            plugin = self.plugin,
+            campaign_id = self.campaign_id,
+            error = self.last_error,
+            "Plugin switched off for this campaign by its circuit breaker"
+        );
+        INSTRUMENTS
+            .plugin_breaker_trips
+            .add(1, &[kv("plugin", self.plugin.to_owned())]);
+    }
 }

@@ -1,17 +1,31 @@
-//! The WebAssembly personalization plugin host of Mailing, **not built yet**.
+//! The WebAssembly personalization plugin host of Mailing.
 //!
-//! This crate will host the wasmtime engine that runs plugin components. It is meant to
-//! be the one place in the workspace that binds the WIT contract in `wit/`
-//! (`wasmtime::component::bindgen!`), and it will re-export the bindings by version
-//! (`v0_1`, …) so that no other crate binds WIT itself. It will also own everything a
-//! plugin needs to run safely: compiled-component caching, fuel and epoch limits,
-//! memory limits, input and output size checks, and turning a trap into a failed batch
-//! instead of a failed worker.
+//! This crate is the one place in the workspace that binds the WIT contract in `wit/`
+//! ([`bindings`]); every other crate uses its own types ([`Verdict`],
+//! [`PluginRecipient`], [`PluginError`]). It owns everything a plugin needs to run
+//! safely:
 //!
-//! For now it is a shell, until the plugin work lands. It embeds the contract
-//! ([`WIT_SOURCE`]) and names its package ([`WIT_PACKAGE`]), nothing more. Until then
-//! the API refuses campaigns that name plugins. Nothing here loads, compiles or runs
-//! WebAssembly.
+//! * [`host`]: the wasmtime engine (Cranelift, pooling allocator, fuel and epoch
+//!   interruption), the linker (WASI with nothing granted, plus `host.log`), and the
+//!   compiled-component caches (in memory as `InstancePre`, on disk as precompiled
+//!   artifacts keyed by sha256 and engine);
+//! * [`run`]: one call on one batch, in a fresh instance, under [`PluginLimits`];
+//! * [`breaker`]: the per-campaign circuit breaker;
+//! * validation of uploads ([`PluginHost::validate`]): a component implementing
+//!   `world personalizer`, or a reason why not.
+
+pub mod bindings;
+pub mod breaker;
+pub mod error;
+pub mod host;
+pub mod limits;
+pub mod run;
+
+pub use breaker::{BreakerEvent, CircuitBreaker};
+pub use error::PluginError;
+pub use host::{ComponentInfo, Plugin, PluginHost, sha256_hex};
+pub use limits::PluginLimits;
+pub use run::{BatchRun, PluginLogLevel, PluginLogLine, PluginRecipient, Verdict};
 
 /// The versioned WIT package this host implements.
 pub const WIT_PACKAGE: &str = "mailing:plugin@0.1.0";
@@ -29,7 +43,7 @@ mod tests {
             WIT_SOURCE.contains(&format!("package {WIT_PACKAGE};")),
             "wit/mailing-plugin.wit must declare `package {WIT_PACKAGE};`"
         );
-        assert!(WIT_SOURCE.contains("package mailing:plugin@0.1.0;"));
         assert!(WIT_SOURCE.contains("world personalizer"));
+        assert!(bindings::PERSONALIZE_EXPORT.ends_with(&WIT_PACKAGE["mailing:plugin".len()..]));
     }
 }

@@ -16,6 +16,8 @@ use mailing_jobs::{CampaignStatus, Role, StoreError};
 pub const MAX_LISTS: usize = 100;
 /// The most plugins a campaign may chain.
 pub const MAX_PLUGINS: usize = 8;
+/// The largest JSON config of one plugin of a campaign.
+pub const MAX_PLUGIN_CONFIG_BYTES: usize = 64 * 1024;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,11 +112,22 @@ async fn validate(state: &AppState, input: CampaignInput) -> ApiResult<NewCampai
             format!("at most {MAX_PLUGINS} plugins"),
         ));
     }
-    if !input.plugins.is_empty() {
-        errors.push(FieldError::new(
-            "plugins",
-            "no plugin is registered on this server yet",
-        ));
+    for (i, entry) in input.plugins.iter().enumerate() {
+        match state.store.plugin(entry.plugin_id).await {
+            Ok(_) => {}
+            Err(mailing_jobs::StoreError::NotFound(_)) => errors.push(FieldError::new(
+                format!("plugins[{i}].plugin_id"),
+                format!("no plugin has id {}", entry.plugin_id),
+            )),
+            Err(e) => return Err(e.into()),
+        }
+        let config_len = entry.config.as_ref().map_or(0, |c| c.to_string().len());
+        if config_len > MAX_PLUGIN_CONFIG_BYTES {
+            errors.push(FieldError::new(
+                format!("plugins[{i}].config"),
+                format!("is {config_len} bytes of JSON; the limit is {MAX_PLUGIN_CONFIG_BYTES}"),
+            ));
+        }
     }
     if let Some(at) = input.send_at
         && at.timestamp_millis() < chrono::Utc::now().timestamp_millis() - 60_000

@@ -5,6 +5,7 @@ pub mod api_keys;
 pub mod campaigns;
 pub mod lists;
 pub mod ops;
+pub mod plugins;
 pub mod session;
 pub mod subscribers;
 pub mod suppressions;

@@ -10,6 +10,7 @@
 //! and passing it through the queue would cost more than rendering it again on a retry.
 //! Jobs carry ids only; every stage is idempotent, because queues deliver at least once.
 
+pub mod personalize;
 pub mod plan;
 pub mod send;
 pub mod tx;
@@ -130,6 +131,8 @@ pub struct PipelineContext {
     pub signer: UnsubscribeSigner,
     /// DKIM signer, when a key is configured.
     pub dkim: Option<crate::message::DkimSigner>,
+    /// The plugin host and circuit breaker.
+    pub plugins: personalize::PluginRuntime,
     /// Settings.
     pub config: PipelineConfig,
 }

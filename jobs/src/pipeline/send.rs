@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tracing::{Instrument, info, warn};
 
+use super::personalize::{self, Plan};
 use super::{PipelineContext, SendBatch, StageError, window};
 use crate::message::{self, Envelope};
 use crate::model::CampaignStatus;
@@ -35,11 +36,14 @@ pub struct BatchReport {
     pub failed: usize,
     /// Put back for a retry.
     pub retried: usize,
+    /// Left out (a plugin's verdict or policy).
+    pub skipped: usize,
 }
 
 struct Prepared {
     delivery_id: i64,
-    message: Result<Outgoing, String>,
+    /// The message, or the outcome already decided (a render error, a plugin verdict).
+    message: Result<Outgoing, Outcome>,
 }
 
 fn prepare(
@@ -49,11 +53,46 @@ fn prepare(
     mailto: Option<&str>,
     dkim: Option<&message::DkimSigner>,
     recipients: Vec<Recipient>,
+    plans: Vec<Plan>,
 ) -> Vec<Prepared> {
     let campaign_vars = serde_json::json!({ "id": campaign.id, "name": campaign.name });
     recipients
         .into_iter()
-        .map(|r| {
+        .zip(
+            plans
+                .into_iter()
+                .chain(std::iter::repeat_with(|| Plan::Send {
+                    extra: serde_json::Map::new(),
+                    subject: None,
+                    from_name: None,
+                })),
+        )
+        .map(|(r, plan)| {
+            let (extra, subject, from_name) = match plan {
+                Plan::Send {
+                    extra,
+                    subject,
+                    from_name,
+                } => (extra, subject, from_name),
+                Plan::Skip(reason) => {
+                    return Prepared {
+                        delivery_id: r.delivery_id,
+                        message: Err(Outcome::Skipped { reason }),
+                    };
+                }
+                Plan::Fail(error) => {
+                    return Prepared {
+                        delivery_id: r.delivery_id,
+                        message: Err(Outcome::Failed { error }),
+                    };
+                }
+                Plan::Retry(error) => {
+                    return Prepared {
+                        delivery_id: r.delivery_id,
+                        message: Err(Outcome::Retry { error }),
+                    };
+                }
+            };
             let unsubscribe_url = signer.url(campaign.id, r.subscriber_id);
             let ctx = RenderContext {
                 email: r.email.clone(),
@@ -61,14 +100,22 @@ fn prepare(
                 attributes: serde_json::from_str(&r.attributes).unwrap_or_default(),
                 campaign: campaign_vars.clone(),
                 unsubscribe_url: unsubscribe_url.clone(),
-                extra: serde_json::Map::new(),
+                extra,
+            };
+            let from = match from_name.as_deref() {
+                Some(name) => message::with_display_name(&campaign.from_addr, name)
+                    .unwrap_or_else(|_| campaign.from_addr.clone()),
+                None => campaign.from_addr.clone(),
             };
             let message = template
                 .render(&ctx)
                 .map_err(|e| e.to_string())
-                .and_then(|body| {
+                .and_then(|mut body| {
+                    if let Some(subject) = subject {
+                        body.subject = subject;
+                    }
                     let envelope = Envelope {
-                        from: &campaign.from_addr,
+                        from: &from,
                         reply_to: campaign.reply_to.as_deref(),
                         to_email: &r.email,
                         to_name: r.name.as_deref(),
@@ -77,7 +124,8 @@ fn prepare(
                         unsubscribe_mailto: mailto,
                     };
                     message::outgoing(&envelope, body, dkim).map_err(|e| e.to_string())
-                });
+                })
+                .map_err(|error| Outcome::Failed { error });
             Prepared {
                 delivery_id: r.delivery_id,
                 message,
@@ -101,7 +149,7 @@ async fn deliver(
                 ids.push(p.delivery_id);
                 messages.push(m);
             }
-            Err(error) => outcomes.push((p.delivery_id, Outcome::Failed { error })),
+            Err(outcome) => outcomes.push((p.delivery_id, outcome)),
         }
     }
     let results = provider.send_batch(&messages, concurrency).await;
@@ -194,6 +242,12 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         )
         .map_err(|e| StageError::Permanent(format!("template {}: {e}", template.id)))?;
 
+    let chain = if campaign.plugins == "[]" {
+        Vec::new()
+    } else {
+        personalize::load_chain(&ctx.store, &ctx.plugins, &campaign).await?
+    };
+
     let recipients = ctx.store.claim_batch(campaign.id, job.batch_no).await?;
     let mut report = BatchReport {
         claimed: recipients.len(),
@@ -210,6 +264,24 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
     let mailto = ctx.config.unsubscribe_mailto.clone();
     let dkim = ctx.dkim.clone();
     let campaign = Arc::new(campaign);
+    let (recipients, plans) = if chain.is_empty() {
+        (recipients, Vec::new())
+    } else {
+        let runtime = ctx.plugins.clone();
+        let for_plugins = campaign.clone();
+        let span = tracing::info_span!(
+            "personalize",
+            plugins = chain.len(),
+            recipients = recipients.len()
+        );
+        tokio::task::spawn_blocking(move || {
+            let _personalize = span.enter();
+            let plans = personalize::run_chain(&runtime, &chain, &for_plugins, &recipients);
+            (recipients, plans)
+        })
+        .await
+        .map_err(|e| StageError::Permanent(format!("plugin task failed: {e}")))?
+    };
     let for_render = campaign.clone();
     let render_started = std::time::Instant::now();
     let render_span = tracing::info_span!("render", messages = recipients.len());
@@ -222,6 +294,7 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
             mailto.as_deref(),
             dkim.as_ref(),
             recipients,
+            plans,
         )
     })
     .await
@@ -262,7 +335,7 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
                 report.retried += 1;
                 last_error.clone_from(error);
             }
-            Outcome::Skipped { .. } => {}
+            Outcome::Skipped { .. } => report.skipped += 1,
         }
     }
     ctx.store
@@ -272,6 +345,7 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         ("sent", report.sent),
         ("failed", report.failed),
         ("retried", report.retried),
+        ("skipped", report.skipped),
     ] {
         crate::telemetry::DeliveryRecorded {
             provider: &campaign.provider,
@@ -286,6 +360,7 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         sent = report.sent,
         failed = report.failed,
         retried = report.retried,
+        skipped = report.skipped,
         "Batch delivered"
     );
     pause_if_failing(ctx, campaign.id).await?;

@@ -15,6 +15,22 @@ pub struct CampaignPlugin {
     /// The JSON given to the plugin's `init`.
     #[serde(default)]
     pub config: Option<serde_json::Value>,
+    /// What happens to a batch's recipients when this plugin fails on it (a trap, a
+    /// deadline, a limit, a malformed answer, a refused config).
+    #[serde(default)]
+    pub on_error: PluginFailurePolicy,
+}
+
+/// The campaign's plugin policy: what a plugin failure does to the batch's recipients.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginFailurePolicy {
+    /// They are failed, with the plugin's error as the reason (the default: a filter
+    /// that cannot run must not let its whole audience through).
+    #[default]
+    Fail,
+    /// They are skipped, with the plugin's error as the reason.
+    Skip,
 }
 
 /// What a campaign is created from (already validated by the caller).

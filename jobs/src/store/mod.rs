@@ -11,6 +11,7 @@ pub mod audit;
 pub mod campaigns;
 pub mod deliveries;
 pub mod lists;
+pub mod plugins;
 pub mod subscribers;
 pub mod suppressions;
 pub mod templates;

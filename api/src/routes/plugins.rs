@@ -1,0 +1,146 @@
+//! `/api/v1/plugins`: the plugin registry. An upload is validated before anything is
+//! stored: it must be a WebAssembly component implementing `world personalizer` of
+//! `wit/mailing-plugin.wit`; anything else is refused with the reason. Components are
+//! stored content-addressed (sha256) under a name and a version.
+//!
+//! Uploading and deleting run or remove code in the send path, so they need the admin
+//! role; editors and viewers may list plugins and use them in campaigns.
+
+use salvo::prelude::*;
+
+use super::{pagination, path_id};
+use crate::auth::principal;
+use crate::problem::{ApiError, ApiResult, FieldError, parse_error};
+use crate::state::from_depot;
+use mailing_jobs::Role;
+use mailing_plugins::PluginError;
+
+fn check_name(field: &str, value: Option<String>, max: usize, extra: &str) -> ApiResult<String> {
+    let value = value.unwrap_or_default();
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(ApiError::field(
+            field,
+            "is required: POST /api/v1/plugins?name=NAME&version=VERSION",
+        ));
+    }
+    if value.len() > max
+        || !value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || extra.contains(c))
+    {
+        return Err(ApiError::field(
+            field,
+            format!(
+                "must be 1 to {max} characters of letters, digits, '-', '_'{extra_note}",
+                extra_note = if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(" or any of \"{extra}\"")
+                }
+            ),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+fn refusal(e: PluginError) -> ApiError {
+    match e {
+        PluginError::TooLarge { max, .. } => ApiError::PayloadTooLarge(max),
+        PluginError::Host(m) => ApiError::Internal(m),
+        other => ApiError::Validation {
+            detail: format!("not a valid plugin: {other}"),
+            errors: vec![FieldError::new("component", other.to_string())],
+        },
+    }
+}
+
+/// `POST /api/v1/plugins?name=&version=` with the component's bytes as the body
+/// (`application/wasm`, or `application/octet-stream`).
+#[handler]
+pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Admin)?;
+    let name = check_name("name", req.query::<String>("name"), 64, "")?;
+    let version = check_name("version", req.query::<String>("version"), 32, ".+")?;
+    let media = req
+        .content_type()
+        .map(|m| m.essence_str().to_ascii_lowercase())
+        .unwrap_or_default();
+    if media != "application/wasm" && media != "application/octet-stream" {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "send the component's bytes with Content-Type: application/wasm (got {})",
+            if media.is_empty() { "none" } else { &media }
+        )));
+    }
+    let limit = state.plugins.limits().max_component_bytes;
+    let bytes = req
+        .payload_with_max_size(limit)
+        .await
+        .map_err(|e| parse_error(e, limit))?
+        .to_vec();
+    let host = state.plugins.clone();
+    let (info, bytes) =
+        tokio::task::spawn_blocking(move || host.validate(&bytes).map(|(info, _)| (info, bytes)))
+            .await
+            .map_err(|e| ApiError::Internal(format!("plugin validation task: {e}")))?
+            .map_err(refusal)?;
+    let row = state
+        .store
+        .create_plugin(&name, &version, &info.sha256, &bytes)
+        .await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "plugin.create",
+            Some(&format!("plugin:{}", row.id)),
+            &serde_json::json!({ "name": name, "version": version, "sha256": info.sha256 }),
+        )
+        .await?;
+    res.status_code(StatusCode::CREATED)
+        .render(Json(serde_json::json!(row)));
+    Ok(())
+}
+
+/// `GET /api/v1/plugins`: a page of registered plugins.
+#[handler]
+pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+    let state = from_depot(depot)?;
+    principal(depot)?.require(Role::Viewer)?;
+    let (after, limit) = pagination(req)?;
+    let page = state.store.plugins(after, limit).await?;
+    Ok(Json(serde_json::json!(page)))
+}
+
+/// `GET /api/v1/plugins/{id}`.
+#[handler]
+pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+    let state = from_depot(depot)?;
+    principal(depot)?.require(Role::Viewer)?;
+    let id = path_id(req, "id")?;
+    let row = state.store.plugin(id).await?;
+    Ok(Json(serde_json::json!(row)))
+}
+
+/// `DELETE /api/v1/plugins/{id}`: 409 while an unfinished campaign uses it.
+#[handler]
+pub async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Admin)?;
+    let id = path_id(req, "id")?;
+    state.store.delete_plugin(id).await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "plugin.delete",
+            Some(&format!("plugin:{id}")),
+            &serde_json::json!({}),
+        )
+        .await?;
+    res.status_code(StatusCode::NO_CONTENT);
+    Ok(())
+}
