@@ -204,6 +204,70 @@ async fn uploads_are_validated_and_nothing_invalid_is_stored() {
         .request("GET", "/api/v1/plugins", Some(&token), None)
         .await;
     assert_eq!(list["items"], json!([]), "nothing was stored: {list}");
+    // Editors use plugins; only admins upload them.
+    let (code, _) = server
+        .request(
+            "POST",
+            "/api/v1/users",
+            Some(&token),
+            Some(json!({"username": "ed", "password": "editor-password-123", "role": "editor"})),
+        )
+        .await;
+    assert_eq!(code, 201);
+    let (_, login) = server
+        .request(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"username": "ed", "password": "editor-password-123"})),
+        )
+        .await;
+    let editor = login["access_token"].as_str().expect("token").to_owned();
+    let (code, body) = upload(
+        &server,
+        &editor,
+        "x",
+        "1.0.0",
+        example_bytes("trivial"),
+        "application/wasm",
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+
+    // The same upload as a multipart form: the `component` part, name and version fields.
+    let boundary = "mailing-test-boundary-7d3f";
+    let mut form = Vec::new();
+    for (field, value) in [("name", "trivial-form"), ("version", "0.1.0")] {
+        form.extend_from_slice(
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"\r\n\r\n{value}\r\n")
+                .as_bytes(),
+        );
+    }
+    form.extend_from_slice(
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"component\"; filename=\"trivial.wasm\"\r\n\
+             Content-Type: application/wasm\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    form.extend_from_slice(&example_bytes("trivial"));
+    form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let res = server
+        .http
+        .post(format!("{}/api/v1/plugins", server.base))
+        .bearer_auth(&token)
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(form)
+        .send()
+        .await
+        .expect("sent");
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["name"], "trivial-form");
 
     let id = register(&server, &token, "trivial").await;
     let (code, body) = upload(

@@ -11,7 +11,7 @@
 #[path = "../../tests/support/examples.rs"]
 mod examples;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use mailing_plugins::{PluginHost, PluginLimits, PluginRecipient};
 
 fn recipients(n: usize) -> Vec<PluginRecipient> {

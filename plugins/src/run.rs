@@ -254,6 +254,13 @@ fn convert(
         .into_iter()
         .enumerate()
         .map(|(i, v)| match v {
+            wit::Verdict::Keep(k) if k.variables.trim() == "{}" => Ok(Verdict::Keep {
+                variables: serde_json::Map::new(),
+                subject: k.subject.map(|s| s.replace(['\r', '\n'], " ")),
+                from_name: k
+                    .from_name
+                    .map(|s| s.replace(['\r', '\n', '"', '<', '>'], " ")),
+            }),
             wit::Verdict::Keep(k) => {
                 let variables = match serde_json::from_str::<serde_json::Value>(&k.variables) {
                     Ok(serde_json::Value::Object(map)) => map,
@@ -285,7 +292,8 @@ fn convert(
 
 impl PluginHost {
     /// Runs `plugin` on one batch: a fresh instance, `init(config)`, then `batch`.
-    /// Blocks; never panics on anything the plugin does.
+    /// Blocks; never panics on anything the plugin does. Copies the recipients; see
+    /// [`PluginHost::run_batch_owned`] to hand them over instead.
     pub fn run_batch(
         &self,
         plugin: &Plugin,
@@ -294,9 +302,28 @@ impl PluginHost {
         campaign_name: &str,
         recipients: &[PluginRecipient],
     ) -> BatchRun {
+        self.run_batch_owned(
+            plugin,
+            config,
+            campaign_id,
+            campaign_name,
+            recipients.to_vec(),
+        )
+    }
+
+    /// [`PluginHost::run_batch`], taking the recipients by value (no copy of their
+    /// strings on the way into the guest).
+    pub fn run_batch_owned(
+        &self,
+        plugin: &Plugin,
+        config: &str,
+        campaign_id: u64,
+        campaign_name: &str,
+        recipients: Vec<PluginRecipient>,
+    ) -> BatchRun {
         let started = Instant::now();
         let limits = &self.inner.limits;
-        let size = input_bytes(config, recipients);
+        let size = input_bytes(config, &recipients);
         if size > limits.max_input_bytes {
             return BatchRun {
                 result: Err(PluginError::InputTooLarge {
@@ -362,17 +389,18 @@ impl PluginHost {
                 campaign_id,
                 campaign_name: campaign_name.to_owned(),
             };
+            let expected = recipients.len();
             let input: Vec<wit::Recipient> = recipients
-                .iter()
+                .into_iter()
                 .map(|r| wit::Recipient {
                     id: r.id,
-                    email: r.email.clone(),
-                    name: r.name.clone(),
-                    attributes: r.attributes.clone(),
+                    email: r.email,
+                    name: r.name,
+                    attributes: r.attributes,
                 })
                 .collect();
             match guest.call_batch(&mut store, &ctx, &input) {
-                Ok(Ok(verdicts)) => convert(verdicts, recipients.len(), limits.max_output_bytes),
+                Ok(Ok(verdicts)) => convert(verdicts, expected, limits.max_output_bytes),
                 Ok(Err(e)) => Err(plugin_error(e)),
                 Err(e) => Err(classify(&e, store.data(), self)),
             }

@@ -56,30 +56,60 @@ fn refusal(e: PluginError) -> ApiError {
 }
 
 /// `POST /api/v1/plugins?name=&version=` with the component's bytes as the body
-/// (`application/wasm`, or `application/octet-stream`).
+/// (`application/wasm`, or `application/octet-stream`), or `multipart/form-data` with
+/// the component in a file part named `component` (`name` and `version` may then be
+/// form fields instead of query parameters).
 #[handler]
 pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Admin)?;
-    let name = check_name("name", req.query::<String>("name"), 64, "")?;
-    let version = check_name("version", req.query::<String>("version"), 32, ".+")?;
+    let mut name = req.query::<String>("name");
+    let mut version = req.query::<String>("version");
     let media = req
         .content_type()
         .map(|m| m.essence_str().to_ascii_lowercase())
         .unwrap_or_default();
-    if media != "application/wasm" && media != "application/octet-stream" {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "send the component's bytes with Content-Type: application/wasm (got {})",
-            if media.is_empty() { "none" } else { &media }
-        )));
-    }
     let limit = state.plugins.limits().max_component_bytes;
-    let bytes = req
-        .payload_with_max_size(limit)
-        .await
-        .map_err(|e| parse_error(e, limit))?
-        .to_vec();
+    let bytes = match media.as_str() {
+        "application/wasm" | "application/octet-stream" => {
+            check_name("name", name.clone(), 64, "")?;
+            check_name("version", version.clone(), 32, ".+")?;
+            req.payload_with_max_size(limit)
+                .await
+                .map_err(|e| parse_error(e, limit))?
+                .to_vec()
+        }
+        "multipart/form-data" => {
+            let form = req
+                .form_data_max_size(limit + (64 << 10))
+                .await
+                .map_err(|e| parse_error(e, limit))?;
+            name = name.or_else(|| form.fields.get("name").cloned());
+            version = version.or_else(|| form.fields.get("version").cloned());
+            let part = form.files.get("component").ok_or_else(|| {
+                ApiError::field(
+                    "component",
+                    "send the component as a file part named `component`",
+                )
+            })?;
+            if part.size() > limit as u64 {
+                return Err(ApiError::PayloadTooLarge(limit));
+            }
+            tokio::fs::read(part.path())
+                .await
+                .map_err(|e| ApiError::Internal(format!("reading the uploaded part: {e}")))?
+        }
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "send the component's bytes with Content-Type: application/wasm, or as the \
+                 `component` part of multipart/form-data (got {})",
+                if other.is_empty() { "none" } else { other }
+            )));
+        }
+    };
+    let name = check_name("name", name, 64, "")?;
+    let version = check_name("version", version, 32, ".+")?;
     let host = state.plugins.clone();
     let (info, bytes) =
         tokio::task::spawn_blocking(move || host.validate(&bytes).map(|(info, _)| (info, bytes)))

@@ -151,12 +151,13 @@ pub fn run_chain(
                 }
             })
             .collect();
-        let run = runtime.host.run_batch(
+        let count = input.len();
+        let run = runtime.host.run_batch_owned(
             &link.plugin,
             &link.config,
             campaign_id,
             &campaign.name,
-            &input,
+            input,
         );
         for line in &run.logs {
             log_line(&link.label, campaign.id, line.level, &line.message);
@@ -168,7 +169,7 @@ pub fn run_chain(
         crate::telemetry::PluginCalled {
             plugin: &link.label,
             outcome: run.result.as_ref().map_or_else(|e| e.kind(), |_| "ok"),
-            recipients: input.len(),
+            recipients: count,
             fuel: run.fuel_used,
             elapsed: run.elapsed,
         }
