@@ -1,7 +1,9 @@
 //! End to end: every session path is refused the right way. Tampered signatures,
 //! `alg: none`, another algorithm, expired tokens and the wrong audience get 401; a
 //! reused refresh token kills its family; a viewer cannot send (403); a login flood from
-//! one address is throttled (429) while the real user logs in from another address.
+//! one address is throttled (429) while the real user logs in from another address; API
+//! requests are rate limited per caller and per address (429 with Retry-After), and on
+//! a fleet the per-caller limit holds across API replicas through Redis.
 
 mod support;
 
@@ -364,4 +366,126 @@ async fn api_keys_are_scoped_by_role_shown_once_and_revocable() {
         .request("GET", "/api/v1/lists", Some(&key), None)
         .await;
     assert_eq!(status, 401, "a revoked key stops working: {body}");
+}
+
+async fn get_lists(server: &Server, token: &str) -> (u16, Option<String>) {
+    let res = server
+        .http
+        .get(format!("{}/api/v1/lists", server.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("sent");
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (res.status().as_u16(), retry_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_requests_are_limited_per_caller_and_per_address() {
+    let server = Server::start(
+        "serve",
+        &Backend::embedded(),
+        &[
+            ("API_RATE_LIMIT_PER_USER", "5".into()),
+            ("API_RATE_LIMIT_PER_IP", "1000".into()),
+        ],
+    )
+    .await;
+    let admin = server.login().await;
+    let (status, _) = server
+        .request(
+            "POST",
+            "/api/v1/users",
+            Some(&admin),
+            Some(json!({
+            "username": "other", "password": "other-password-123", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(status, 201);
+    // Wait out the admin's burst used by the calls above.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut codes = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..8 {
+        let (code, retry) = get_lists(&server, &admin).await;
+        codes.push(code);
+        if code == 429 {
+            retry_after = retry;
+        }
+    }
+    assert_eq!(&codes[..5], &[200; 5], "{codes:?}");
+    assert!(codes[5..].contains(&429), "{codes:?}");
+    assert_eq!(
+        retry_after.as_deref(),
+        Some("1"),
+        "Retry-After in whole seconds"
+    );
+    // Another user is not affected.
+    let (_, login) = server
+        .request(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"username": "other", "password": "other-password-123"})),
+        )
+        .await;
+    let other = login["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(get_lists(&server, &other).await.0, 200);
+
+    // Per address: a tiny limit refuses the address, but /health stays open.
+    let tight = Server::start(
+        "serve",
+        &Backend::embedded(),
+        &[("API_RATE_LIMIT_PER_IP", "2".into())],
+    )
+    .await;
+    let mut refused = None;
+    for _ in 0..6 {
+        let (code, body) = tight
+            .request(
+                "POST",
+                "/auth/login",
+                None,
+                Some(json!({"username": "x", "password": "y"})),
+            )
+            .await;
+        if code == 429 {
+            refused = Some(body);
+            break;
+        }
+    }
+    let body = refused.expect("the address is limited");
+    assert_eq!(body["status"], 429, "problem+json: {body}");
+    for _ in 0..5 {
+        let (code, _) = tight.request("GET", "/health", None, None).await;
+        assert_eq!(code, 200);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_fleet_the_per_caller_limit_holds_across_api_replicas() {
+    let Some(backend) = Backend::fleet("API rate limit across replicas").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let extra = [("API_RATE_LIMIT_PER_USER", "4".to_string())];
+    let first = Server::start_in(dir.path(), "api", &backend, &extra).await;
+    let second = Server::start_in(dir.path(), "api", &backend, &extra).await;
+    let token = first.login().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let mut codes = Vec::new();
+    for i in 0..8 {
+        let server = if i % 2 == 0 { &first } else { &second };
+        codes.push(get_lists(server, &token).await.0);
+    }
+    assert_eq!(&codes[..4], &[200; 4], "{codes:?}");
+    assert!(
+        codes[4..].contains(&429),
+        "the replicas share the limit: {codes:?}"
+    );
+    backend.cleanup().await;
 }

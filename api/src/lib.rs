@@ -7,6 +7,7 @@
 //! `mailing-engine`.
 
 pub mod auth;
+pub mod limits;
 pub mod problem;
 pub mod routes;
 pub mod state;
@@ -156,6 +157,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let fault_injection = state.fault_injector.is_some();
     let authed = Router::new()
         .hoop(auth::Authenticate)
+        .hoop(limits::LimitByCaller)
         .push(Router::with_path("auth/logout").post(session::logout))
         .push(
             Router::with_path("api/v1")
@@ -264,11 +266,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             admin
         });
     let metrics = state.metrics.is_some();
-    let mut root = Router::new().hoop(affix_state::inject(state)).push(
-        Router::with_path("health")
-            .get(ops::health)
-            .push(Router::with_path("ready").get(ops::ready)),
-    );
+    let mut root = Router::new()
+        .hoop(affix_state::inject(state))
+        .hoop(limits::LimitByAddress)
+        .push(
+            Router::with_path("health")
+                .get(ops::health)
+                .push(Router::with_path("ready").get(ops::ready)),
+        );
     if metrics {
         root = root.push(Router::with_path("metrics").get(ops::metrics));
     }

@@ -46,6 +46,8 @@ pub struct AppState {
     pub backup: mailing_jobs::backup::BackupConfig,
     /// Provider webhook secrets.
     pub webhooks: crate::routes::webhooks::WebhookSecrets,
+    /// Request rate limits per address and per caller.
+    pub limits: crate::limits::ApiLimits,
     /// The plugin host, to validate uploads.
     pub plugins: mailing_plugins::PluginHost,
     /// Asks the process to restart (to restore a backup before reopening the database).

@@ -149,6 +149,27 @@ pub async fn bootstrap_admin(store: &Store, config: &Config) -> anyhow::Result<(
     Ok(())
 }
 
+/// The API's request limits: shared by every API replica through Redis when the queue is
+/// on Redis, in process otherwise.
+pub fn api_limits(config: &Config, queue: &Queue) -> mailing_api::limits::ApiLimits {
+    use mailing_jobs::ratelimit::KeyedLimiter;
+    let limiter = |kind: &str, rate: Option<f64>| {
+        let rate = rate.map(|per_second| Rate { per_second });
+        match queue.redis_connection() {
+            Some(conn) => KeyedLimiter::redis(
+                rate,
+                conn,
+                format!("{}:apilimit:{kind}", config.queue.namespace),
+            ),
+            None => KeyedLimiter::local(rate),
+        }
+    };
+    mailing_api::limits::ApiLimits {
+        per_address: limiter("address", config.api_rate_per_ip),
+        per_caller: limiter("caller", config.api_rate_per_user),
+    }
+}
+
 /// The providers this configuration enables, each with its rate limits: shared by the
 /// fleet through Redis when the queue is on Redis, in process otherwise.
 pub fn providers(config: &Config, queue: &Queue) -> anyhow::Result<Providers> {
@@ -338,6 +359,7 @@ pub async fn run(
             backup: config.backup.clone(),
             restart: restart.clone(),
             plugins: plugins.host.clone(),
+            limits: api_limits(&config, &queue),
             webhooks: mailing_api::routes::webhooks::WebhookSecrets {
                 resend: config.resend_webhook_secret.clone(),
                 bounce: config.bounce_webhook_secret.clone(),

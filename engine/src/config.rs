@@ -101,6 +101,8 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "FAILURE_PAUSE_MIN", default: "100", secret: false, doc: "finished recipients before FAILURE_PAUSE_RATIO applies" },
     Setting { name: "STALL_RECOVERY_SECS", default: "900", secret: false, doc: "re-enqueue a batch whose pending recipients nobody touched for this long (a lost queue)" },
     Setting { name: "UNSUBSCRIBE_MAILTO", default: "", secret: false, doc: "optional mailto address in List-Unsubscribe" },
+    Setting { name: "API_RATE_LIMIT_PER_IP", default: "100", secret: false, doc: "API requests/s per client address (burst: one second's worth; 0: off); in Redis when configured" },
+    Setting { name: "API_RATE_LIMIT_PER_USER", default: "50", secret: false, doc: "API requests/s per user or API key on /api/v1 and /admin (0: off); in Redis when configured" },
     Setting { name: "PLUGIN_FUEL", default: "50000000", secret: false, doc: "fuel (about one per WebAssembly instruction) a plugin may use on one batch" },
     Setting { name: "PLUGIN_DEADLINE_MS", default: "250", secret: false, doc: "wall-clock deadline of one plugin call on one batch, milliseconds" },
     Setting { name: "PLUGIN_MEMORY_MB", default: "64", secret: false, doc: "linear memory one plugin instance may use, MiB" },
@@ -199,6 +201,10 @@ pub struct Config {
     pub stall_recovery: Duration,
     /// `UNSUBSCRIBE_MAILTO`.
     pub unsubscribe_mailto: Option<String>,
+    /// `API_RATE_LIMIT_PER_IP`, requests/s (None: off).
+    pub api_rate_per_ip: Option<f64>,
+    /// `API_RATE_LIMIT_PER_USER`, requests/s (None: off).
+    pub api_rate_per_user: Option<f64>,
     /// `PLUGIN_*` limits.
     pub plugin_limits: mailing_plugins::PluginLimits,
     /// `PLUGIN_BREAKER_THRESHOLD`.
@@ -531,6 +537,8 @@ impl Config {
         let failure_pause_min: i64 = r.positive("FAILURE_PAUSE_MIN");
         let stall_recovery = Duration::from_secs(r.positive::<u64>("STALL_RECOVERY_SECS"));
         let unsubscribe_mailto = r.text("UNSUBSCRIBE_MAILTO");
+        let api_rate_per_ip = r.rate("API_RATE_LIMIT_PER_IP");
+        let api_rate_per_user = r.rate("API_RATE_LIMIT_PER_USER");
         let plugin_limits = mailing_plugins::PluginLimits {
             fuel_per_batch: r.positive("PLUGIN_FUEL"),
             deadline: Duration::from_millis(r.positive::<u64>("PLUGIN_DEADLINE_MS")),
@@ -680,6 +688,8 @@ impl Config {
             failure_pause_min,
             stall_recovery,
             unsubscribe_mailto,
+            api_rate_per_ip,
+            api_rate_per_user,
             plugin_limits,
             plugin_breaker_threshold,
             template_cache,

@@ -254,3 +254,151 @@ mod tests {
         );
     }
 }
+
+/// Request limits per caller (an address, a user, an API key): GCRA with a burst of one
+/// second's worth, like [`RateLimiter`], but it never waits: [`KeyedLimiter::check`]
+/// admits a request or says how long until one would be admitted. In process, or shared
+/// by every API replica through Redis (the same script, one key per caller).
+#[derive(Clone)]
+pub enum KeyedLimiter {
+    /// No limit.
+    Off,
+    /// In this process only.
+    Local {
+        /// The rate per caller.
+        rate: Rate,
+        /// Theoretical arrival time (ms since `epoch`) per caller.
+        state: Arc<std::sync::Mutex<std::collections::HashMap<String, f64>>>,
+        /// The time origin.
+        epoch: Instant,
+    },
+    /// Shared through Redis.
+    Redis {
+        /// The rate per caller.
+        rate: Rate,
+        /// A connection.
+        conn: redis::aio::ConnectionManager,
+        /// `{namespace}:apilimit:{kind}`; the caller is appended.
+        prefix: String,
+        /// The script.
+        script: Arc<redis::Script>,
+    },
+}
+
+impl std::fmt::Debug for KeyedLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyedLimiter::Off => f.write_str("KeyedLimiter::Off"),
+            KeyedLimiter::Local { rate, .. } => {
+                write!(f, "KeyedLimiter::Local({}/s)", rate.per_second)
+            }
+            KeyedLimiter::Redis { rate, prefix, .. } => {
+                write!(f, "KeyedLimiter::Redis({}/s, {prefix})", rate.per_second)
+            }
+        }
+    }
+}
+
+/// Callers the in-process limiter remembers before it forgets idle ones.
+const KEYED_LOCAL_CAPACITY: usize = 100_000;
+
+impl KeyedLimiter {
+    /// An in-process limiter, or none when `rate` is None.
+    pub fn local(rate: Option<Rate>) -> Self {
+        match rate {
+            None => KeyedLimiter::Off,
+            Some(rate) => KeyedLimiter::Local {
+                rate,
+                state: Arc::new(std::sync::Mutex::new(std::collections::HashMap::new())),
+                epoch: Instant::now(),
+            },
+        }
+    }
+
+    /// A limiter shared through Redis under `prefix`, or none when `rate` is None.
+    pub fn redis(rate: Option<Rate>, conn: redis::aio::ConnectionManager, prefix: String) -> Self {
+        match rate {
+            None => KeyedLimiter::Off,
+            Some(rate) => KeyedLimiter::Redis {
+                rate,
+                conn,
+                prefix,
+                script: Arc::new(redis::Script::new(GCRA_SCRIPT)),
+            },
+        }
+    }
+
+    /// `Ok` when `caller` may make a request now; otherwise how long until it may. When
+    /// Redis is unreachable the request is admitted (and a warning logged): a limiter
+    /// outage must not take the API down.
+    pub async fn check(&self, caller: &str) -> Result<(), Duration> {
+        match self {
+            KeyedLimiter::Off => Ok(()),
+            KeyedLimiter::Local { rate, state, epoch } => {
+                let now = epoch.elapsed().as_secs_f64() * 1000.0;
+                let mut tats = state.lock().unwrap_or_else(|p| p.into_inner());
+                if tats.len() >= KEYED_LOCAL_CAPACITY && !tats.contains_key(caller) {
+                    tats.retain(|_, tat| *tat > now);
+                    if tats.len() >= KEYED_LOCAL_CAPACITY {
+                        // Every remembered caller is active: refuse newcomers briefly
+                        // rather than grow without bound.
+                        return Err(Duration::from_secs(1));
+                    }
+                }
+                let tat = tats.get(caller).copied().unwrap_or(now).max(now);
+                let new_tat = tat + rate.emission_ms();
+                let allow_at = new_tat - rate.burst_ms();
+                if allow_at > now {
+                    return Err(Duration::from_secs_f64((allow_at - now) / 1000.0));
+                }
+                tats.insert(caller.to_owned(), new_tat);
+                Ok(())
+            }
+            KeyedLimiter::Redis {
+                rate,
+                conn,
+                prefix,
+                script,
+            } => {
+                let mut conn = conn.clone();
+                let key = format!("{prefix}:{caller}");
+                let wait: Result<i64, redis::RedisError> = script
+                    .key(format!("{key}:tat"))
+                    .key(format!("{key}:pause"))
+                    .arg(crate::now_ms())
+                    .arg(rate.emission_ms())
+                    .arg(rate.burst_ms())
+                    .invoke_async(&mut conn)
+                    .await;
+                match wait {
+                    Ok(ms) if ms > 0 => Err(Duration::from_millis(ms as u64)),
+                    Ok(_) => Ok(()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "API rate limiter unavailable; admitting the request");
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod keyed_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_caller_gets_one_seconds_burst_then_waits_and_others_are_unaffected() {
+        let limiter = KeyedLimiter::local(Some(Rate { per_second: 5.0 }));
+        for _ in 0..5 {
+            assert!(limiter.check("1.2.3.4").await.is_ok());
+        }
+        let wait = limiter.check("1.2.3.4").await.expect_err("over the burst");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(200),
+            "{wait:?}"
+        );
+        assert!(limiter.check("5.6.7.8").await.is_ok());
+        assert!(KeyedLimiter::local(None).check("x").await.is_ok());
+    }
+}
