@@ -72,14 +72,13 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
         .unwrap_or_default();
     let limit = state.plugins.limits().max_component_bytes;
     let bytes = match media.as_str() {
-        "application/wasm" | "application/octet-stream" => {
-            check_name("name", name.clone(), 64, "")?;
-            check_name("version", version.clone(), 32, ".+")?;
-            req.payload_with_max_size(limit)
-                .await
-                .map_err(|e| parse_error(e, limit))?
-                .to_vec()
-        }
+        // The body is read (bounded) before the names are checked, so a refused request
+        // never leaves unread bytes on a kept-alive connection.
+        "application/wasm" | "application/octet-stream" => req
+            .payload_with_max_size(limit)
+            .await
+            .map_err(|e| parse_error(e, limit))?
+            .to_vec(),
         "multipart/form-data" => {
             let form = req
                 .form_data_max_size(limit + (64 << 10))
