@@ -284,7 +284,7 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let telemetry = telemetry::init(&config);
+    let telemetry = telemetry::init(&config, matches!(command, Command::Bench(_)));
     let registry = telemetry.registry.clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
