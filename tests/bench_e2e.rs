@@ -7,6 +7,7 @@
 mod support;
 
 #[path = "support/examples.rs"]
+#[allow(dead_code)]
 mod examples;
 
 use std::process::{Command, Output};
@@ -41,7 +42,11 @@ fn bench(args: &[&str], env: &[(String, String)]) -> (Output, Value) {
 
 fn positive(report: &Value, key: &str) {
     let v = report[key].as_f64();
-    assert!(v.is_some_and(|v| v > 0.0), "{key} is {:?} in {report}", report[key]);
+    assert!(
+        v.is_some_and(|v| v > 0.0),
+        "{key} is {:?} in {report}",
+        report[key]
+    );
 }
 
 /// The fields every pipeline report has, and its ledger check.
@@ -52,7 +57,11 @@ fn check_report(output: &Output, report: &Value, plugin: &str) {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(report["status"], "ok", "{report}");
-    assert_eq!(report["failures"].as_array().map(Vec::len), Some(0), "{report}");
+    assert_eq!(
+        report["failures"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
     assert_eq!(report["recipients"], RECIPIENTS, "{report}");
     assert_eq!(report["plugin"], plugin, "{report}");
     for key in [
@@ -73,12 +82,20 @@ fn check_report(output: &Output, report: &Value, plugin: &str) {
     } else {
         positive(report, "plugin_only_per_sec");
     }
-    assert!(report["slowest_limit"].as_str().is_some_and(|s| s.ends_with("_per_sec")), "{report}");
+    assert!(
+        report["slowest_limit"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("_per_sec")),
+        "{report}"
+    );
     let stages = report["stages"].as_array().expect("stages");
     assert_eq!(stages.len(), 2, "{report}");
     for s in stages {
         assert!(s["stage"] == "plan" || s["stage"] == "send", "{s}");
-        assert!(s.get("p50_ms").is_some() && s.get("p99_ms").is_some(), "{s}");
+        assert!(
+            s.get("p50_ms").is_some() && s.get("p99_ms").is_some(),
+            "{s}"
+        );
     }
     let ledger = &report["ledger"];
     assert_eq!(ledger["campaign_status"], "done", "{report}");
@@ -86,7 +103,12 @@ fn check_report(output: &Output, report: &Value, plugin: &str) {
     assert_eq!(ledger["sent"], RECIPIENTS, "{report}");
     assert_eq!(ledger["failed"], 0, "{report}");
     assert_eq!(ledger["sink_distinct"], RECIPIENTS, "{report}");
-    assert!(ledger["sink_accepted"].as_u64().is_some_and(|a| a >= RECIPIENTS), "{report}");
+    assert!(
+        ledger["sink_accepted"]
+            .as_u64()
+            .is_some_and(|a| a >= RECIPIENTS),
+        "{report}"
+    );
 }
 
 #[test]
@@ -95,11 +117,20 @@ fn sqlite_without_a_plugin_reports_figures_that_match_the_ledger() {
     check_report(&output, &report, "none");
     assert_eq!(report["backend"], "sqlite");
     assert_eq!(report["provider"], "sink");
-    assert_eq!(report["processes"].as_array().map(Vec::len), Some(1), "{report}");
+    assert_eq!(
+        report["processes"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
     assert_eq!(report["processes"][0]["role"], "serve", "{report}");
     // The serve process ran both stages, so its histogram has them.
     let send = &report["stages"][1];
-    assert!(send["batches"].as_u64().is_some_and(|b| b >= RECIPIENTS / 500), "{report}");
+    assert!(
+        send["batches"]
+            .as_u64()
+            .is_some_and(|b| b >= RECIPIENTS / 500),
+        "{report}"
+    );
     assert!(send["p99_ms"].as_f64().is_some_and(|p| p > 0.0), "{report}");
 }
 
@@ -108,7 +139,14 @@ fn sqlite_with_the_trivial_plugin_reports_the_plugin_limit() {
     let dist = examples::example_plugin("trivial");
     let dir = dist.parent().expect("dist").display().to_string();
     let (output, report) = bench(
-        &["--backend", "sqlite", "--plugin", "trivial", "--plugins-dir", &dir],
+        &[
+            "--backend",
+            "sqlite",
+            "--plugin",
+            "trivial",
+            "--plugins-dir",
+            &dir,
+        ],
         &[],
     );
     check_report(&output, &report, "trivial");
@@ -118,7 +156,14 @@ fn sqlite_with_the_trivial_plugin_reports_the_plugin_limit() {
 fn a_missing_plugin_says_how_to_build_it() {
     let empty = tempfile::tempdir().expect("a temp dir");
     let output = Command::new(binary())
-        .args(["bench", "--recipients", "10", "--plugin", "greeting", "--plugins-dir"])
+        .args([
+            "bench",
+            "--recipients",
+            "10",
+            "--plugin",
+            "greeting",
+            "--plugins-dir",
+        ])
         .arg(empty.path())
         .current_dir(empty.path())
         .output()
@@ -135,7 +180,10 @@ async fn redis_and_postgres_with_two_workers_report_figures_that_match_the_ledge
     };
     let env = backend.env.clone();
     let (output, report) = tokio::task::spawn_blocking(move || {
-        bench(&["--backend", "redis", "--workers", "2", "--plugin", "none"], &env)
+        bench(
+            &["--backend", "redis", "--workers", "2", "--plugin", "none"],
+            &env,
+        )
     })
     .await
     .expect("the bench thread");

@@ -128,7 +128,10 @@ pub async fn run(_config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{:<28} {:>12} {:>10} {:>10} {:>10}", "endpoint", "requests/s", "p50 ms", "p99 ms", "non-2xx");
+        println!(
+            "{:<28} {:>12} {:>10} {:>10} {:>10}",
+            "endpoint", "requests/s", "p50 ms", "p99 ms", "non-2xx"
+        );
         for e in &report.endpoints {
             println!(
                 "{:<28} {:>12.0} {:>10.2} {:>10.2} {:>10}",
@@ -166,7 +169,10 @@ async fn run_in(dir: &std::path::Path, args: &BenchArgs) -> anyhow::Result<ApiRe
         ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
         ("ADMIN_USERNAME", "admin".into()),
         ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
-        ("AUTH_SECRET_KEY", format!("bench-secret-{:032x}", rand::random::<u128>())),
+        (
+            "AUTH_SECRET_KEY",
+            format!("bench-secret-{:032x}", rand::random::<u128>()),
+        ),
         ("ACCESS_TOKEN_TTL", "3600".into()),
         ("LOG_LEVEL", "warn".into()),
         ("RUST_LOG", "warn".into()),
@@ -191,7 +197,12 @@ async fn run_in(dir: &std::path::Path, args: &BenchArgs) -> anyhow::Result<ApiRe
         .await?;
     let template_id = template["id"].as_i64().context("the template has no id")?;
     let list = api
-        .call(reqwest::Method::POST, "/api/v1/lists", Some(json!({"name": "Load"})), 201)
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/lists",
+            Some(json!({"name": "Load"})),
+            201,
+        )
         .await?;
     // A realistic first page: 20 campaigns.
     for i in 0..20 {
@@ -225,12 +236,20 @@ async fn run_in(dir: &std::path::Path, args: &BenchArgs) -> anyhow::Result<ApiRe
         let out = cmd.output().context("running wrk")?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
-            bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "wrk failed: {}{}",
+                text,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         parse_wrk(endpoint, &text)
     };
     let health = wrk("GET /health", "/health", None)?;
-    let campaigns = wrk("GET /api/v1/campaigns (auth)", "/api/v1/campaigns", Some(&auth_lua))?;
+    let campaigns = wrk(
+        "GET /api/v1/campaigns (auth)",
+        "/api/v1/campaigns",
+        Some(&auth_lua),
+    )?;
     let tx = wrk("POST /api/v1/tx (auth)", "/api/v1/tx", Some(&tx_lua))?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let peak_rss_bytes = super::probe::peak_rss_bytes(serve.pid());
@@ -238,7 +257,10 @@ async fn run_in(dir: &std::path::Path, args: &BenchArgs) -> anyhow::Result<ApiRe
     let mut failures = Vec::new();
     for e in [&health, &campaigns, &tx] {
         if e.non_2xx > 0 {
-            failures.push(format!("{}: {} answers were not 2xx", e.endpoint, e.non_2xx));
+            failures.push(format!(
+                "{}: {} answers were not 2xx",
+                e.endpoint, e.non_2xx
+            ));
         }
         if e.requests == 0 {
             failures.push(format!("{}: no request completed", e.endpoint));
@@ -247,7 +269,10 @@ async fn run_in(dir: &std::path::Path, args: &BenchArgs) -> anyhow::Result<ApiRe
     Ok(ApiReport {
         status: if failures.is_empty() { "ok" } else { "FAILED" },
         failures,
-        wrk: format!("wrk -t{threads} -c{} -d{}s", args.connections, args.duration),
+        wrk: format!(
+            "wrk -t{threads} -c{} -d{}s",
+            args.connections, args.duration
+        ),
         auth_get_fraction_of_health: campaigns.requests_per_sec / health.requests_per_sec.max(1e-9),
         endpoints: vec![health, campaigns, tx],
         peak_rss_bytes,

@@ -10,8 +10,12 @@ use mailing_plugins::PluginRecipient;
 const LANGS: &[&str] = &["en", "fr", "de", "es", "it", "pt-BR", "nl", "sv"];
 const PLANS: &[&str] = &["free", "pro", "team", "enterprise"];
 const COUNTRIES: &[&str] = &["FR", "US", "DE", "ES", "IT", "BR", "NL", "SE", "GB", "JP"];
-const CITIES: &[&str] = &["Paris", "Boston", "Berlin", "Madrid", "Rome", "Recife", "Utrecht"];
-const NAMES: &[&str] = &["Ada", "Marie", "Jürgen", "Lucía", "Giulia", "João", "Sanne", "Olle"];
+const CITIES: &[&str] = &[
+    "Paris", "Boston", "Berlin", "Madrid", "Rome", "Recife", "Utrecht",
+];
+const NAMES: &[&str] = &[
+    "Ada", "Marie", "Jürgen", "Lucía", "Giulia", "João", "Sanne", "Olle",
+];
 
 /// The address of synthetic subscriber `i` (0-based).
 pub fn email(i: usize) -> String {

@@ -82,8 +82,8 @@ pub fn spawn(
 ) -> anyhow::Result<Member> {
     let exe = std::env::current_exe().context("cannot find this executable")?;
     let log = dir.join(format!("{role}-{index}.log"));
-    let file = std::fs::File::create(&log)
-        .with_context(|| format!("cannot create {}", log.display()))?;
+    let file =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let child = Command::new(exe)
         .arg(role)
         .current_dir(dir)
@@ -168,7 +168,9 @@ impl Api {
         body: Option<Value>,
         expect: u16,
     ) -> anyhow::Result<Value> {
-        let mut req = self.http.request(method.clone(), format!("{}{path}", self.base));
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

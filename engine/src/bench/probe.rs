@@ -14,7 +14,12 @@ pub fn cpu_ms(pid: u32) -> u64 {
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     // USER_HZ is 100 on every Linux the kernel ABI promises.
     (ticks(11) + ticks(12)) * 10
 }

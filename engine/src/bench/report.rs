@@ -125,15 +125,26 @@ impl PipelineReport {
         row("seed seconds", format!("{:.1}", self.seed_seconds));
         row("send seconds", format!("{:.2}", self.seconds));
         row("emails/s", format!("{:.0}", self.emails_per_sec));
-        row("CPU ms per 1k messages", format!("{:.1}", self.cpu_ms_per_1k));
+        row(
+            "CPU ms per 1k messages",
+            format!("{:.1}", self.cpu_ms_per_1k),
+        );
         row(
             "peak RSS",
-            format!("{:.1} MiB ({} bytes)", mib(self.peak_rss_bytes), self.peak_rss_bytes),
+            format!(
+                "{:.1} MiB ({} bytes)",
+                mib(self.peak_rss_bytes),
+                self.peak_rss_bytes
+            ),
         );
         for p in &self.processes {
             row(
                 &format!("  {} pid {}", p.role, p.pid),
-                format!("peak RSS {:.1} MiB, CPU {} ms", mib(p.peak_rss_bytes), p.cpu_ms),
+                format!(
+                    "peak RSS {:.1} MiB, CPU {} ms",
+                    mib(p.peak_rss_bytes),
+                    p.cpu_ms
+                ),
             );
         }
         for s in &self.stages {
@@ -147,8 +158,14 @@ impl PipelineReport {
                 ),
             );
         }
-        row("limit: render only (1 core)", format!("{:.0} /s", self.render_only_per_sec));
-        row("limit: plugin only (1 core)", opt(self.plugin_only_per_sec, " /s"));
+        row(
+            "limit: render only (1 core)",
+            format!("{:.0} /s", self.render_only_per_sec),
+        );
+        row(
+            "limit: plugin only (1 core)",
+            opt(self.plugin_only_per_sec, " /s"),
+        );
         row(
             "limit: queue no-op jobs",
             format!(
@@ -156,7 +173,10 @@ impl PipelineReport {
                 self.queue_noop_jobs_per_sec, self.queue_noop_emails_per_sec
             ),
         );
-        row("limit: sink accept", format!("{:.0} /s", self.sink_accept_per_sec));
+        row(
+            "limit: sink accept",
+            format!("{:.0} /s", self.sink_accept_per_sec),
+        );
         row(
             "engine / slowest limit",
             format!(
