@@ -186,6 +186,8 @@ pub async fn start_smtp() -> anyhow::Result<Sink> {
     let t = tally.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            // Replies are small writes the client waits for: no Nagle delay on them.
+            let _ = stream.set_nodelay(true);
             let t = t.clone();
             tokio::spawn(async move {
                 let _ = smtp_session(stream, &t).await;
