@@ -1,8 +1,10 @@
 //! `mailing`: the one binary of Mailing. `serve` (the default) runs the API and the
 //! workers in one process; `api` and `worker` split them for a fleet; `migrate` applies
-//! the schema; `config check` prints the effective configuration with secrets masked.
+//! the schema; `config check` prints the effective configuration with secrets masked;
+//! `bench` measures the engine end to end.
 
 mod app;
+mod bench;
 mod config;
 mod plugin_cli;
 mod supervisor;
@@ -48,6 +50,9 @@ enum Command {
         #[command(subcommand)]
         action: CampaignAction,
     },
+    /// Measure the engine: one campaign through the real pipeline to an in-process
+    /// sink, beside the limits measured in the same run (or the HTTP API under wrk).
+    Bench(bench::BenchArgs),
     /// Check WebAssembly personalization plugins.
     Plugin {
         #[command(subcommand)]
@@ -259,20 +264,27 @@ fn main() -> ExitCode {
         print!("{}", config::docs_table());
         return ExitCode::SUCCESS;
     }
-    let config = match Config::from_env() {
+    let mut config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    // The bench's own process logs only what matters unless told otherwise.
+    if matches!(cli.command, Some(Command::Bench(_)))
+        && std::env::var_os("LOG_LEVEL").is_none()
+        && std::env::var_os("RUST_LOG").is_none()
+    {
+        config.log_level = "warn".into();
+    }
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::Config { .. } = command {
         print!("{}", config.describe());
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    let telemetry = telemetry::init(&config);
+    let telemetry = telemetry::init(&config, matches!(command, Command::Bench(_)));
     let registry = telemetry.registry.clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -332,6 +344,7 @@ async fn run_command(config: &Config, command: Command) -> anyhow::Result<()> {
         Command::Migrate => migrate(config).await,
         Command::Campaign { action } => campaign(config, action).await,
         Command::Backup { action } => backup(config, action).await,
+        Command::Bench(args) => bench::run(config, args).await,
         Command::Plugin {
             action:
                 PluginAction::Check {

@@ -39,7 +39,7 @@ fn resource() -> Resource {
 
 /// Installs logging, the global meter provider and, when configured, OTLP export.
 /// Call before the async runtime starts (the OTLP exporters use blocking clients).
-pub fn init(config: &Config) -> Telemetry {
+pub fn init(config: &Config, logs_to_stderr: bool) -> Telemetry {
     let registry = prometheus::Registry::new();
     let mut meters = SdkMeterProvider::builder().with_resource(resource());
     let mut problems = Vec::new();
@@ -107,7 +107,15 @@ pub fn init(config: &Config) -> Telemetry {
     let otel_layer = tracer
         .as_ref()
         .map(|t| tracing_opentelemetry::layer().with_tracer(t.tracer("mailing")));
-    let fmt = tracing_subscriber::fmt::layer().with_target(false);
+    // Commands whose stdout is their output (`bench --json`) log to stderr.
+    let writer = if logs_to_stderr {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    } else {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
+    };
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_writer(writer);
     let registry_layers = tracing_subscriber::registry().with(filter).with(otel_layer);
     let _ = match config.log_format {
         LogFormat::Json => registry_layers

@@ -9,6 +9,7 @@
 //! * retries with backoff are scheduled by the stages themselves (`push_*_after`); the
 //!   backends' own retry (immediate on SQLite) is only the last resort.
 
+pub mod probe;
 pub mod workers;
 
 use std::time::Duration;

@@ -1,0 +1,826 @@
+//! `mailing bench`: the real engine, measured. `--mode pipeline` (the default) seeds a
+//! synthetic audience, starts this executable as `mailing serve` (SQLite) or `mailing
+//! api` plus `--workers` × `mailing worker` (Redis + PostgreSQL), sends one campaign to
+//! an in-process sink, and reports throughput, CPU, memory and batch latency beside the
+//! limits measured in the same run (Liquid alone, the plugin alone, the queue's empty
+//! round trip, the sink alone), all checked against the campaign's ledger and the
+//! sink's count. `--mode api` load-tests the HTTP API with `wrk` instead.
+
+mod api_load;
+mod audience;
+mod fleet;
+mod limits;
+mod probe;
+mod report;
+mod sink;
+
+use std::collections::HashMap;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::ValueEnum;
+use mailing_jobs::provider::file::FileProvider;
+use mailing_jobs::provider::resend::{ResendConfig, ResendProvider};
+use mailing_jobs::provider::smtp::{SmtpConfig, SmtpProvider, SmtpTls};
+use mailing_jobs::provider::{Provider, Transport};
+use mailing_jobs::queue::{Queue, QueueConfig};
+use mailing_jobs::store::{Store, StoreConfig};
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use fleet::{ADMIN_PASSWORD, Api, Member};
+use report::{Ledger, PipelineReport, ProcessUsage, StageLatency};
+
+/// The most recipients a run accepts.
+pub const MAX_RECIPIENTS: usize = 10_000_000;
+/// Subscribers written per store transaction while seeding.
+const SEED_CHUNK: usize = 10_000;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// One campaign through the real pipeline.
+    Pipeline,
+    /// The HTTP API under `wrk`.
+    Api,
+}
+
+/// Where the store and the queue live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchBackend {
+    /// SQLite store and queue in a temporary DATA_DIR (`mailing serve`).
+    Sqlite,
+    /// Redis queue (`REDIS_URL`) and a fresh database on the PostgreSQL server of
+    /// `DATABASE_URL` (`mailing api` + workers).
+    Redis,
+}
+
+/// The example plugin in the campaign's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchPlugin {
+    /// No plugin.
+    None,
+    /// Keeps everyone, adds nothing: the host's own cost.
+    Trivial,
+    /// Adds a greeting in the recipient's language.
+    Greeting,
+}
+
+/// Where messages go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchProvider {
+    /// An in-process Resend-style HTTP server (the `resend` provider).
+    Sink,
+    /// An in-process SMTP server (the `smtp` provider, no TLS).
+    SmtpSink,
+    /// The outbox directory (the `file` provider).
+    File,
+}
+
+/// `mailing bench` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "pipeline")]
+    pub mode: BenchMode,
+    /// Recipients of the campaign.
+    #[arg(long, default_value_t = 100_000)]
+    pub recipients: usize,
+    /// Store and queue.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub backend: BenchBackend,
+    /// The example plugin to run on every batch.
+    #[arg(long, value_enum, default_value = "none")]
+    pub plugin: BenchPlugin,
+    /// Where `trivial.wasm` and `greeting.wasm` are (default: `plugins/examples/dist`
+    /// under the current directory or the binary's repository).
+    #[arg(long)]
+    pub plugins_dir: Option<PathBuf>,
+    /// Where messages go.
+    #[arg(long, value_enum, default_value = "sink")]
+    pub provider: BenchProvider,
+    /// Worker processes: with Redis, `mailing worker`s beside one `mailing api`; with
+    /// SQLite, `mailing worker`s beside the one `mailing serve` (1: serve alone).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep the temporary directory (logs, databases) and the PostgreSQL database.
+    #[arg(long)]
+    pub keep: bool,
+    /// `--mode api`: seconds `wrk` runs per endpoint.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// `--mode api`: `wrk` connections.
+    #[arg(long, default_value_t = 64)]
+    pub connections: u32,
+}
+
+/// Runs `mailing bench`.
+pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
+    match args.mode {
+        BenchMode::Pipeline => {
+            let report = pipeline(config, &args).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
+            if report.status != "ok" {
+                bail!("the bench run FAILED: {}", report.failures.join("; "));
+            }
+            Ok(())
+        }
+        BenchMode::Api => api_load::run(config, &args).await,
+    }
+}
+
+/// A fresh temporary directory for one run.
+fn scratch_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!(
+        "mailing-bench-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(dir.join("data"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Finds `{name}.wasm`: in `--plugins-dir`, else `plugins/examples/dist` under the
+/// current directory or any ancestor of the executable.
+fn plugin_file(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
+    let file = format!("{name}.wasm");
+    let mut candidates = Vec::new();
+    if let Some(d) = dir {
+        candidates.push(d.join(&file));
+    } else {
+        if let Ok(cwd) = std::env::current_dir() {
+            candidates.push(cwd.join("plugins/examples/dist").join(&file));
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            for ancestor in exe.ancestors().skip(1) {
+                candidates.push(ancestor.join("plugins/examples/dist").join(&file));
+            }
+        }
+    }
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "the example plugin {file} was not found (looked in {}); build the examples with \
+             `plugins/examples/build.sh` (needs the wasm32-wasip2 target: `rustup target add \
+             wasm32-wasip2`) or pass --plugins-dir",
+                candidates
+                    .iter()
+                    .take(3)
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A fresh PostgreSQL database on the server of `url`: (its URL, the admin URL, its name).
+async fn fresh_postgres(url: &str) -> anyhow::Result<(String, String, String)> {
+    use sqlx::Connection as _;
+    if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+        bail!(
+            "--backend redis needs DATABASE_URL to be a postgres:// URL (it is {})",
+            crate::config::mask(url)
+        );
+    }
+    let mut admin = tokio::time::timeout(Duration::from_secs(5), sqlx::PgConnection::connect(url))
+        .await
+        .context("PostgreSQL did not answer within 5 s")?
+        .with_context(|| format!("cannot connect to {}", crate::config::mask(url)))?;
+    let name = format!(
+        "mailing_bench_{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .context("cannot create the bench database")?;
+    let _ = admin.close().await;
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    Ok((format!("{base}/{name}{query}"), url.to_owned(), name))
+}
+
+async fn drop_postgres(admin_url: &str, name: &str) {
+    use sqlx::Connection as _;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+        let _ = admin.close().await;
+    }
+}
+
+/// Deletes every Redis key of the bench's queue namespace.
+async fn clear_redis_namespace(url: &str, namespace: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor: u64 = 0;
+    loop {
+        let answer: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("*{namespace}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await;
+        let Ok((next, keys)) = answer else { return };
+        if !keys.is_empty() {
+            let _: Result<u64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        }
+        if next == 0 {
+            return;
+        }
+        cursor = next;
+    }
+}
+
+/// Everything a run set up, to be taken down whatever happens.
+struct Scratch {
+    dir: PathBuf,
+    keep: bool,
+    postgres: Option<(String, String)>,
+    redis: Option<(String, String)>,
+}
+
+impl Scratch {
+    async fn clean(&self) {
+        if self.keep {
+            eprintln!("bench: kept {}", self.dir.display());
+            if let Some((_, name)) = &self.postgres {
+                eprintln!("bench: kept the PostgreSQL database {name}");
+            }
+            return;
+        }
+        if let Some((admin, name)) = &self.postgres {
+            drop_postgres(admin, name).await;
+        }
+        if let Some((url, namespace)) = &self.redis {
+            clear_redis_namespace(url, namespace).await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn pipeline(config: &Config, args: &BenchArgs) -> anyhow::Result<PipelineReport> {
+    if args.recipients == 0 || args.recipients > MAX_RECIPIENTS {
+        bail!("--recipients must be between 1 and {MAX_RECIPIENTS}");
+    }
+    if args.workers == 0 || args.workers > 64 {
+        bail!("--workers must be between 1 and 64");
+    }
+    let plugin = match args.plugin {
+        BenchPlugin::None => None,
+        BenchPlugin::Trivial => Some("trivial"),
+        BenchPlugin::Greeting => Some("greeting"),
+    };
+    let wasm = match plugin {
+        Some(name) => {
+            let path = plugin_file(args.plugins_dir.as_deref(), name)?;
+            Some(std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let redis_url = match args.backend {
+        BenchBackend::Redis => Some(config.redis_url.clone().context(
+            "--backend redis needs REDIS_URL (e.g. redis://127.0.0.1:6379) and a postgres:// DATABASE_URL",
+        )?),
+        BenchBackend::Sqlite => None,
+    };
+    let dir = scratch_dir()?;
+    let namespace = format!("mailing_bench_{:08x}", rand::random::<u32>());
+    let mut scratch = Scratch {
+        dir: dir.clone(),
+        keep: args.keep,
+        postgres: None,
+        redis: redis_url.clone().map(|u| (u, namespace.clone())),
+    };
+    let database_url = match args.backend {
+        BenchBackend::Sqlite => format!("sqlite://{}/data/mailing.sqlite3", dir.display()),
+        BenchBackend::Redis => match fresh_postgres(&config.database_url).await {
+            Ok((url, admin, name)) => {
+                scratch.postgres = Some((admin, name));
+                url
+            }
+            Err(e) => {
+                scratch.clean().await;
+                return Err(e);
+            }
+        },
+    };
+    let result = pipeline_in(
+        config,
+        args,
+        &dir,
+        &database_url,
+        redis_url.as_deref(),
+        &namespace,
+        wasm,
+    )
+    .await;
+    scratch.clean().await;
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pipeline_in(
+    config: &Config,
+    args: &BenchArgs,
+    dir: &Path,
+    database_url: &str,
+    redis_url: Option<&str>,
+    namespace: &str,
+    wasm: Option<Vec<u8>>,
+) -> anyhow::Result<PipelineReport> {
+    let n = args.recipients;
+    let newsletter = audience::Newsletter::new();
+    let quiet = |msg: &str| eprintln!("bench: {msg}");
+
+    // 1. The audience, straight into the store.
+    quiet(&format!("seeding {n} subscribers ..."));
+    let seed_started = Instant::now();
+    let store = Store::connect(&StoreConfig {
+        url: database_url.to_owned(),
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(30),
+    })
+    .await
+    .context("opening the bench database")?;
+    let list = store.create_list("Bench audience", None).await?;
+    let mut from = 0;
+    while from < n {
+        let to = (from + SEED_CHUNK).min(n);
+        let report = store
+            .add_subscribers(list.id, &audience::subscribers(from, to))
+            .await?;
+        if !report.rejected.is_empty() {
+            bail!("seeding refused rows: {:?}", report.rejected.first());
+        }
+        from = to;
+    }
+    store.close().await;
+    let seed_seconds = seed_started.elapsed().as_secs_f64();
+
+    // 2. The sink.
+    let sink = match args.provider {
+        BenchProvider::Sink => Some(sink::start_http().await?),
+        BenchProvider::SmtpSink => Some(sink::start_smtp().await?),
+        BenchProvider::File => None,
+    };
+
+    // 3. The limits, each alone, before the engine starts.
+    quiet("measuring the limits (render, plugin, queue, sink) ...");
+    let render_only = {
+        let nl = audience::Newsletter::new();
+        tokio::task::spawn_blocking(move || limits::render_only_per_sec(&nl)).await??
+    };
+    let plugin_only = match &wasm {
+        Some(bytes) => {
+            let (limits, bytes) = (config.plugin_limits.clone(), bytes.clone());
+            Some(
+                tokio::task::spawn_blocking(move || limits::plugin_only_per_sec(limits, &bytes))
+                    .await??,
+            )
+        }
+        None => None,
+    };
+    let queue_config = QueueConfig {
+        namespace: namespace.to_owned(),
+        ..config.queue.clone()
+    };
+    let queue = match redis_url {
+        Some(url) => Queue::redis(url, queue_config).await?,
+        None => Queue::sqlite(&dir.join("data/queue.sqlite3"), queue_config).await?,
+    };
+    let queue_noop = limits::queue_noop_jobs_per_sec(&queue, config.worker_concurrency).await?;
+    drop(queue);
+    let batch = limits::sample_batch(&newsletter)?;
+    let probe_provider = match (&sink, args.provider) {
+        (Some(s), BenchProvider::Sink) => Transport::Resend(ResendProvider::new(ResendConfig {
+            api_key: sink::SINK_API_KEY.into(),
+            base_url: s.address.clone(),
+            timeout: Duration::from_secs(30),
+        })?),
+        (Some(s), _) => Transport::Smtp(SmtpProvider::new(&SmtpConfig {
+            host: "127.0.0.1".into(),
+            port: s.port,
+            username: None,
+            password: None,
+            tls: SmtpTls::None,
+            pool_size: 8,
+            timeout: Duration::from_secs(30),
+        })?),
+        (None, _) => Transport::File(FileProvider::new(dir.join("sink-probe-outbox"))),
+    };
+    let sink_accept = limits::sink_accept_per_sec(
+        Provider::unlimited(probe_provider),
+        batch,
+        config.worker_concurrency * args.workers,
+        config.send_concurrency,
+    )
+    .await?;
+    if let Some(s) = &sink {
+        s.tally.reset();
+    }
+    let _ = std::fs::remove_dir_all(dir.join("sink-probe-outbox"));
+
+    // 4. The engine.
+    let port = free_port()?;
+    let mut env: HashMap<String, String> = HashMap::new();
+    for (k, v) in [
+        ("DATA_DIR", dir.join("data").display().to_string()),
+        ("OUTBOX_DIR", dir.join("data/outbox").display().to_string()),
+        ("BACKUP_DIR", dir.join("backups").display().to_string()),
+        ("DATABASE_URL", database_url.to_owned()),
+        ("HTTP_HOST", "127.0.0.1".into()),
+        ("HTTP_PORT", port.to_string()),
+        ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
+        ("ADMIN_USERNAME", "admin".into()),
+        ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+        (
+            "AUTH_SECRET_KEY",
+            format!("bench-secret-{:032x}", rand::random::<u128>()),
+        ),
+        ("ENVIRONMENT", "development".into()),
+        ("LOG_LEVEL", "warn".into()),
+        ("RUST_LOG", "warn".into()),
+        ("LOG_FORMAT", "json".into()),
+        ("QUEUE_NAMESPACE", namespace.to_owned()),
+        // The API's request limits are off: the bench measures the engine, not the
+        // limiter (with them on, wrk would mostly count 429s).
+        ("API_RATE_LIMIT_PER_IP", "0".into()),
+        ("API_RATE_LIMIT_PER_USER", "0".into()),
+        ("BACKUP_ENABLED", "false".into()),
+        ("METRICS_ENABLED", "true".into()),
+    ] {
+        env.insert(k.into(), v);
+    }
+    match redis_url {
+        Some(url) => env.insert("REDIS_URL".into(), url.into()),
+        None => env.insert("REDIS_URL".into(), String::new()),
+    };
+    let provider_name = match (&sink, args.provider) {
+        (Some(s), BenchProvider::Sink) => {
+            env.insert("RESEND_API_KEY".into(), sink::SINK_API_KEY.into());
+            env.insert("RESEND_API_URL".into(), s.address.clone());
+            env.insert("RESEND_REQUEST_RATE".into(), "1000000".into());
+            env.insert("RESEND_RATE_LIMIT".into(), String::new());
+            "resend"
+        }
+        (Some(s), _) => {
+            env.insert("SMTP_HOST".into(), "127.0.0.1".into());
+            env.insert("SMTP_PORT".into(), s.port.to_string());
+            env.insert("SMTP_TLS".into(), "none".into());
+            env.insert("SMTP_USERNAME".into(), String::new());
+            env.insert("SMTP_PASSWORD".into(), String::new());
+            env.insert("SMTP_RATE_LIMIT".into(), String::new());
+            "smtp"
+        }
+        (None, _) => {
+            env.insert("FILE_RATE_LIMIT".into(), String::new());
+            "file"
+        }
+    };
+    let mut members: Vec<Member> = Vec::new();
+    let head = match args.backend {
+        BenchBackend::Sqlite => "serve",
+        BenchBackend::Redis => "api",
+    };
+    members.push(fleet::spawn(head, dir, &env, 0)?);
+    let mut api = Api::new(format!("http://127.0.0.1:{port}"))?;
+    api.wait_healthy(&mut members[0]).await?;
+    let extra_workers = match args.backend {
+        BenchBackend::Sqlite => args.workers - 1,
+        BenchBackend::Redis => args.workers,
+    };
+    for i in 0..extra_workers {
+        let mut worker_env = env.clone();
+        worker_env.insert("HTTP_PORT".into(), free_port()?.to_string());
+        members.push(fleet::spawn("worker", dir, &worker_env, i + 1)?);
+    }
+    api.login().await?;
+    let plugins = match (&wasm, args.plugin) {
+        (Some(bytes), choice) => {
+            let name = format!("{choice:?}").to_ascii_lowercase();
+            let id = api.upload_plugin(&name, bytes.clone()).await?;
+            json!([{"plugin_id": id}])
+        }
+        (None, _) => json!([]),
+    };
+    let template = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/templates",
+            Some(json!({
+                "name": "Bench newsletter",
+                "subject": newsletter.subject,
+                "html": newsletter.html,
+                "text": newsletter.text,
+            })),
+            201,
+        )
+        .await?;
+    let campaign = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/campaigns",
+            Some(json!({
+                "name": "Bench",
+                "template_id": template["id"],
+                "list_ids": [list.id],
+                "from": "Shop <news@shop.example>",
+                "provider": provider_name,
+                "plugins": plugins,
+            })),
+            201,
+        )
+        .await?;
+    let id = campaign["id"].as_i64().context("the campaign has no id")?;
+    for m in &mut members {
+        if let Some(status) = m.exited() {
+            bail!(
+                "`mailing {}` exited ({status}); its log ends:\n{}",
+                m.role,
+                m.log_tail()
+            );
+        }
+    }
+
+    // 5. Send, and watch.
+    quiet(&format!("sending campaign {id} to {n} recipients ..."));
+    let cpu_before: Vec<u64> = members.iter().map(|m| probe::cpu_ms(m.pid())).collect();
+    let started = Instant::now();
+    api.call(
+        reqwest::Method::POST,
+        &format!("/api/v1/campaigns/{id}/send"),
+        None,
+        202,
+    )
+    .await?;
+    let timeout = Duration::from_secs(180 + (n / 500) as u64);
+    let outbox = dir.join("data/outbox");
+    let progress = Progress::new(n);
+    let mut last_poll = Instant::now();
+    let mut failures = Vec::new();
+    let final_campaign: Value = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let accepted = match &sink {
+            Some(s) => s.tally.accepted(),
+            None => 0,
+        };
+        progress.show(accepted, started.elapsed());
+        for m in &mut members {
+            if let Some(status) = m.exited() {
+                bail!(
+                    "`mailing {}` exited ({status}) during the send; its log ends:\n{}",
+                    m.role,
+                    m.log_tail()
+                );
+            }
+        }
+        // The campaign answer counts the campaign's ledger (a scan of N rows), which would
+        // load the engine we measure: with a sink, ask once it has everything (and every
+        // 15 s, to notice a paused or failed campaign); with the outbox, every 2 s.
+        let every = match &sink {
+            Some(_) if accepted >= n as u64 => Duration::from_millis(100),
+            Some(_) => Duration::from_secs(15),
+            None => Duration::from_secs(2),
+        };
+        if last_poll.elapsed() < every {
+            continue;
+        }
+        last_poll = Instant::now();
+        let body = api
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/campaigns/{id}"),
+                None,
+                200,
+            )
+            .await?;
+        match body["status"].as_str().unwrap_or_default() {
+            "done" => break body,
+            "failed" | "cancelled" | "paused" => {
+                failures.push(format!("the campaign ended {}: {}", body["status"], body));
+                break body;
+            }
+            _ => {}
+        }
+        if started.elapsed() > timeout {
+            failures.push(format!(
+                "the campaign did not finish within {timeout:?}: {body}"
+            ));
+            break body;
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish();
+    let cpu_ms: Vec<u64> = members
+        .iter()
+        .zip(&cpu_before)
+        .map(|(m, before)| probe::cpu_ms(m.pid()).saturating_sub(*before))
+        .collect();
+    let processes: Vec<ProcessUsage> = members
+        .iter()
+        .zip(&cpu_ms)
+        .map(|(m, cpu)| ProcessUsage {
+            role: m.role,
+            pid: m.pid(),
+            peak_rss_bytes: probe::peak_rss_bytes(m.pid()),
+            cpu_ms: *cpu,
+        })
+        .collect();
+    let metrics = api.metrics().await.unwrap_or_default();
+    let stages = ["plan", "send"]
+        .into_iter()
+        .map(|stage| {
+            let b = probe::histogram_buckets(
+                &metrics,
+                "mailing_batch_duration_seconds",
+                "stage",
+                stage,
+            );
+            StageLatency {
+                stage,
+                batches: b.last().map_or(0, |l| l.1 as u64),
+                p50_ms: probe::quantile(&b, 0.5).map(|s| s * 1000.0),
+                p99_ms: probe::quantile(&b, 0.99).map(|s| s * 1000.0),
+            }
+        })
+        .collect();
+    for m in &mut members {
+        m.stop(Duration::from_secs(15));
+    }
+
+    // 6. The ledger check.
+    let stats = &final_campaign["stats"];
+    let (sink_accepted, sink_distinct) = match &sink {
+        Some(s) => (s.tally.accepted(), s.tally.distinct()),
+        None => {
+            let files = std::fs::read_dir(&outbox)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+                        .count()
+                })
+                .unwrap_or(0) as u64;
+            (files, files)
+        }
+    };
+    let ledger = Ledger {
+        total: stats["total"].as_i64().unwrap_or(-1),
+        sent: stats["sent"].as_i64().unwrap_or(-1),
+        failed: stats["failed"].as_i64().unwrap_or(-1),
+        sink_accepted,
+        sink_distinct,
+        campaign_status: final_campaign["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    };
+    let n64 = n as i64;
+    if ledger.total != n64 || ledger.sent != n64 {
+        failures.push(format!(
+            "the campaign's ledger shows sent {} of total {} (expected {n} of {n})",
+            ledger.sent, ledger.total
+        ));
+    }
+    if ledger.sink_distinct != n as u64 {
+        failures.push(format!(
+            "the sink counted {} distinct recipients (expected {n})",
+            ledger.sink_distinct
+        ));
+    }
+    if ledger.sink_accepted < n as u64 {
+        failures.push(format!(
+            "the sink accepted {} messages (expected {n})",
+            ledger.sink_accepted
+        ));
+    }
+
+    let emails_per_sec = n as f64 / seconds.max(1e-9);
+    let queue_noop_emails = queue_noop * f64::from(config.batch_size);
+    let mut candidates = vec![
+        ("render_only_per_sec", render_only),
+        ("queue_noop_emails_per_sec", queue_noop_emails),
+        ("sink_accept_per_sec", sink_accept),
+    ];
+    if let Some(p) = plugin_only {
+        candidates.push(("plugin_only_per_sec", p));
+    }
+    let (slowest_name, slowest) = candidates
+        .iter()
+        .copied()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or(("none", f64::INFINITY));
+    let total_cpu: u64 = cpu_ms.iter().sum();
+    Ok(PipelineReport {
+        status: if failures.is_empty() { "ok" } else { "FAILED" },
+        failures,
+        backend: format!("{:?}", args.backend).to_ascii_lowercase(),
+        provider: match args.provider {
+            BenchProvider::Sink => "sink".into(),
+            BenchProvider::SmtpSink => "smtp-sink".into(),
+            BenchProvider::File => "file".into(),
+        },
+        plugin: format!("{:?}", args.plugin).to_ascii_lowercase(),
+        workers: args.workers,
+        recipients: n,
+        seed_seconds,
+        seconds,
+        emails_per_sec,
+        cpu_ms_per_1k: total_cpu as f64 / (n as f64 / 1000.0),
+        peak_rss_bytes: processes
+            .iter()
+            .map(|p| p.peak_rss_bytes)
+            .max()
+            .unwrap_or(0),
+        processes,
+        stages,
+        render_only_per_sec: render_only,
+        plugin_only_per_sec: plugin_only,
+        queue_noop_jobs_per_sec: queue_noop,
+        queue_noop_emails_per_sec: queue_noop_emails,
+        sink_accept_per_sec: sink_accept,
+        slowest_limit: slowest_name.to_owned(),
+        engine_fraction_of_slowest_limit: emails_per_sec / slowest,
+        ledger,
+    })
+}
+
+/// The progress bar on stderr: redrawn in place on a terminal, a line every five
+/// seconds otherwise.
+struct Progress {
+    total: usize,
+    tty: bool,
+    last_line: std::cell::Cell<Instant>,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Progress {
+            total,
+            tty: std::io::stderr().is_terminal(),
+            last_line: std::cell::Cell::new(Instant::now()),
+        }
+    }
+
+    fn show(&self, done: u64, elapsed: Duration) {
+        let fraction = (done as f64 / self.total.max(1) as f64).min(1.0);
+        let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
+        if self.tty {
+            let filled = (fraction * 40.0) as usize;
+            eprint!(
+                "\r[{}{}] {:5.1}% {done}/{} {rate:.0}/s {:.1}s ",
+                "#".repeat(filled),
+                " ".repeat(40 - filled),
+                fraction * 100.0,
+                self.total,
+                elapsed.as_secs_f64()
+            );
+        } else if self.last_line.get().elapsed() >= Duration::from_secs(5) {
+            self.last_line.set(Instant::now());
+            eprintln!(
+                "bench: {:.1}% {done}/{} {rate:.0}/s {:.1}s",
+                fraction * 100.0,
+                self.total,
+                elapsed.as_secs_f64()
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! What the bench reads from its child processes: CPU time and resident memory from
+//! `/proc/<pid>/stat` and `/proc/<pid>/status` (Linux; zero elsewhere), and batch latency
+//! quantiles estimated from the Prometheus histogram `mailing_batch_duration_seconds`
+//! that a child's `/metrics` serves.
+
+/// CPU time (user + system) of a process so far, in milliseconds.
+pub fn cpu_ms(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // The command name (field 2) may hold spaces; fields after the last ')' are fixed.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // USER_HZ is 100 on every Linux the kernel ABI promises.
+    (ticks(11) + ticks(12)) * 10
+}
+
+fn status_kib(pid: u32, key: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Peak resident memory since the process started (the kernel's high-water mark), bytes.
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:") * 1024
+}
+
+/// Cumulative bucket counts of one histogram series: (upper bound, count), sorted.
+pub fn histogram_buckets(metrics: &str, name: &str, label: &str, value: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    let wanted = format!("{label}=\"{value}\"");
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(&wanted))
+        .filter_map(|l| {
+            let (labels, count) = l.rsplit_once('}')?;
+            let le = labels.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, count.trim().parse().ok()?))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    buckets
+}
+
+/// The q-quantile of a cumulative histogram, interpolated linearly inside its bucket
+/// (as Prometheus's `histogram_quantile` does): an estimate, as good as the buckets.
+pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let total = buckets.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, count) in buckets {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower.0);
+            }
+            let width = count - lower.1;
+            let into = if width > 0.0 {
+                (rank - lower.1) / width
+            } else {
+                1.0
+            };
+            return Some(lower.0 + (le - lower.0) * into);
+        }
+        lower = (le, count);
+    }
+    Some(lower.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_histogram_and_interpolates() {
+        let text = "# TYPE x histogram\n\
+            mailing_batch_duration_seconds_bucket{stage=\"send\",le=\"0.1\"} 50\n\
+            mailing_batch_duration_seconds_bucket{stage=\"send\",le=\"0.5\"} 90\n\
+            mailing_batch_duration_seconds_bucket{stage=\"send\",le=\"+Inf\"} 100\n\
+            mailing_batch_duration_seconds_bucket{stage=\"plan\",le=\"0.1\"} 1\n";
+        let b = histogram_buckets(text, "mailing_batch_duration_seconds", "stage", "send");
+        assert_eq!(b.len(), 3);
+        let p50 = quantile(&b, 0.5).unwrap();
+        assert!((p50 - 0.1).abs() < 1e-9, "{p50}");
+        let p80 = quantile(&b, 0.8).unwrap();
+        assert!((p80 - 0.4).abs() < 1e-9, "{p80}");
+        assert_eq!(quantile(&b, 0.99), Some(0.5));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn reads_this_process() {
+        let pid = std::process::id();
+        assert!(peak_rss_bytes(pid) >= status_kib(pid, "VmRSS:") * 1024);
+    }
+}

@@ -1,0 +1,202 @@
+//! What a bench run reports: one JSON object (`--json`) or a table on stdout. Every
+//! figure comes with the ledger check that makes it trustworthy; a run that fails the
+//! check is reported as FAILED.
+
+use serde::Serialize;
+
+/// Batch latency of one pipeline stage, estimated from histogram buckets.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageLatency {
+    /// `plan` or `send`.
+    pub stage: &'static str,
+    /// Jobs the histogram counted.
+    pub batches: u64,
+    /// Median, milliseconds (a bucket estimate).
+    pub p50_ms: Option<f64>,
+    /// 99th percentile, milliseconds (a bucket estimate).
+    pub p99_ms: Option<f64>,
+}
+
+/// One child process's resources.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessUsage {
+    /// `serve`, `api` or `worker`.
+    pub role: &'static str,
+    /// Its pid.
+    pub pid: u32,
+    /// Its resident-memory high-water mark, bytes.
+    pub peak_rss_bytes: u64,
+    /// CPU time it spent during the send, milliseconds.
+    pub cpu_ms: u64,
+}
+
+/// The two ledgers compared.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ledger {
+    /// The campaign's recipients.
+    pub total: i64,
+    /// Recipients the campaign's ledger marks `sent`.
+    pub sent: i64,
+    /// Recipients it marks `failed`.
+    pub failed: i64,
+    /// Messages the sink (or the outbox) accepted.
+    pub sink_accepted: u64,
+    /// Distinct recipients among them.
+    pub sink_distinct: u64,
+    /// The campaign's final status.
+    pub campaign_status: String,
+}
+
+/// A pipeline run.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineReport {
+    /// `ok` or `FAILED`.
+    pub status: &'static str,
+    /// Why it failed.
+    pub failures: Vec<String>,
+    /// `sqlite` or `redis`.
+    pub backend: String,
+    /// `sink`, `smtp-sink` or `file`.
+    pub provider: String,
+    /// `none`, `trivial` or `greeting`.
+    pub plugin: String,
+    /// Worker processes.
+    pub workers: usize,
+    /// Recipients.
+    pub recipients: usize,
+    /// Seeding the audience (not part of `seconds`).
+    pub seed_seconds: f64,
+    /// From `POST /send` to the campaign's `done`.
+    pub seconds: f64,
+    /// recipients / seconds.
+    pub emails_per_sec: f64,
+    /// The engine processes' CPU time during the send, per 1,000 messages.
+    pub cpu_ms_per_1k: f64,
+    /// The highest peak RSS of the engine processes, bytes.
+    pub peak_rss_bytes: u64,
+    /// Each engine process.
+    pub processes: Vec<ProcessUsage>,
+    /// Per-stage batch latency (bucket estimates; `null` when no process serving
+    /// `/metrics` ran that stage, e.g. the workers of a Redis fleet).
+    pub stages: Vec<StageLatency>,
+    /// Liquid alone on one core, messages/s.
+    pub render_only_per_sec: f64,
+    /// The plugin alone on one core in batches of 500, recipients/s (`null`: no plugin).
+    pub plugin_only_per_sec: Option<f64>,
+    /// Empty jobs pushed and consumed per second on the same queue backend.
+    pub queue_noop_jobs_per_sec: f64,
+    /// The same, in messages/s: jobs/s × BATCH_SIZE.
+    pub queue_noop_emails_per_sec: f64,
+    /// Messages/s the sink accepted from the real provider client, alone.
+    pub sink_accept_per_sec: f64,
+    /// The slowest of the limits above (messages/s), by name.
+    pub slowest_limit: String,
+    /// emails_per_sec / the slowest limit.
+    pub engine_fraction_of_slowest_limit: f64,
+    /// The ledger check.
+    pub ledger: Ledger,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn opt(v: Option<f64>, unit: &str) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.1}{unit}"))
+}
+
+impl PipelineReport {
+    /// The human-readable table.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let mut row = |k: &str, v: String| out.push_str(&format!("{k:<34} {v}\n"));
+        row("status", self.status.to_owned());
+        for f in &self.failures {
+            row("  failure", f.clone());
+        }
+        row(
+            "run",
+            format!(
+                "backend={} provider={} plugin={} workers={}",
+                self.backend, self.provider, self.plugin, self.workers
+            ),
+        );
+        row("recipients", self.recipients.to_string());
+        row("seed seconds", format!("{:.1}", self.seed_seconds));
+        row("send seconds", format!("{:.2}", self.seconds));
+        row("emails/s", format!("{:.0}", self.emails_per_sec));
+        row(
+            "CPU ms per 1k messages",
+            format!("{:.1}", self.cpu_ms_per_1k),
+        );
+        row(
+            "peak RSS",
+            format!(
+                "{:.1} MiB ({} bytes)",
+                mib(self.peak_rss_bytes),
+                self.peak_rss_bytes
+            ),
+        );
+        for p in &self.processes {
+            row(
+                &format!("  {} pid {}", p.role, p.pid),
+                format!(
+                    "peak RSS {:.1} MiB, CPU {} ms",
+                    mib(p.peak_rss_bytes),
+                    p.cpu_ms
+                ),
+            );
+        }
+        for s in &self.stages {
+            row(
+                &format!("{} batch p50 / p99 (est.)", s.stage),
+                format!(
+                    "{} / {} over {} jobs",
+                    opt(s.p50_ms, " ms"),
+                    opt(s.p99_ms, " ms"),
+                    s.batches
+                ),
+            );
+        }
+        row(
+            "limit: render only (1 core)",
+            format!("{:.0} /s", self.render_only_per_sec),
+        );
+        row(
+            "limit: plugin only (1 core)",
+            opt(self.plugin_only_per_sec, " /s"),
+        );
+        row(
+            "limit: queue no-op jobs",
+            format!(
+                "{:.0} jobs/s = {:.0} emails/s",
+                self.queue_noop_jobs_per_sec, self.queue_noop_emails_per_sec
+            ),
+        );
+        row(
+            "limit: sink accept",
+            format!("{:.0} /s", self.sink_accept_per_sec),
+        );
+        row(
+            "engine / slowest limit",
+            format!(
+                "{:.1}% of {}",
+                self.engine_fraction_of_slowest_limit * 100.0,
+                self.slowest_limit
+            ),
+        );
+        row(
+            "ledger",
+            format!(
+                "campaign {}: sent {} of {} (failed {}); sink accepted {} ({} distinct)",
+                self.ledger.campaign_status,
+                self.ledger.sent,
+                self.ledger.total,
+                self.ledger.failed,
+                self.ledger.sink_accepted,
+                self.ledger.sink_distinct
+            ),
+        );
+        out
+    }
+}

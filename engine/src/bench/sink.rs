@@ -1,0 +1,254 @@
+//! The bench's stand-ins for a provider, in the bench process: an HTTP server that
+//! accepts Resend-style batch requests (`POST /emails/batch`, bearer key, up to 100
+//! emails, answers their ids) and a minimal SMTP server (no TLS, no auth), both counting
+//! the messages they accept and the distinct recipients among them: the second half of
+//! the bench's ledger check.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use salvo::conn::{Acceptor, Listener, TcpListener};
+use salvo::prelude::*;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// The API key the HTTP sink expects.
+pub const SINK_API_KEY: &str = "re_bench_sink_key";
+
+/// What a sink accepted.
+#[derive(Default)]
+pub struct Tally {
+    /// Messages accepted.
+    pub accepted: AtomicU64,
+    /// Requests (HTTP) or SMTP transactions answered.
+    pub requests: AtomicU64,
+    /// Requests refused (bad key, bad body).
+    pub refused: AtomicU64,
+    recipients: Mutex<HashSet<u64>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Tally {
+    fn record(&self, addresses: impl IntoIterator<Item = String>) {
+        let mut n = 0;
+        let mut seen = self.recipients.lock().unwrap_or_else(|p| p.into_inner());
+        for address in addresses {
+            let bare = address
+                .rsplit('<')
+                .next()
+                .unwrap_or(&address)
+                .trim_end_matches('>')
+                .trim()
+                .to_ascii_lowercase();
+            let mut h = self.hasher.build_hasher();
+            h.write(bare.as_bytes());
+            seen.insert(h.finish());
+            n += 1;
+        }
+        drop(seen);
+        self.accepted.fetch_add(n, Ordering::Relaxed);
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Distinct recipients among them.
+    pub fn distinct(&self) -> u64 {
+        self.recipients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len() as u64
+    }
+
+    /// Forgets everything (after the sink's own limit was measured).
+    pub fn reset(&self) {
+        self.accepted.store(0, Ordering::Relaxed);
+        self.requests.store(0, Ordering::Relaxed);
+        self.refused.store(0, Ordering::Relaxed);
+        self.recipients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+}
+
+#[derive(Deserialize)]
+struct BatchEmail {
+    to: Vec<String>,
+}
+
+struct BatchHandler(Arc<Tally>);
+
+#[async_trait]
+impl Handler for BatchHandler {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        _depot: &mut Depot,
+        res: &mut Response,
+        _ctrl: &mut FlowCtrl,
+    ) {
+        let auth = req.header::<String>("authorization").unwrap_or_default();
+        if auth != format!("Bearer {SINK_API_KEY}") {
+            self.0.refused.fetch_add(1, Ordering::Relaxed);
+            res.status_code(StatusCode::UNAUTHORIZED);
+            res.render(Json(serde_json::json!({"message": "API key is invalid"})));
+            return;
+        }
+        let emails: Vec<BatchEmail> = match req.payload_with_max_size(16 << 20).await {
+            Ok(bytes) => match serde_json::from_slice(bytes) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.0.refused.fetch_add(1, Ordering::Relaxed);
+                    res.status_code(StatusCode::UNPROCESSABLE_ENTITY);
+                    res.render(Json(serde_json::json!({"message": e.to_string()})));
+                    return;
+                }
+            },
+            Err(e) => {
+                self.0.refused.fetch_add(1, Ordering::Relaxed);
+                res.status_code(StatusCode::BAD_REQUEST);
+                res.render(Json(serde_json::json!({"message": e.to_string()})));
+                return;
+            }
+        };
+        if emails.is_empty() || emails.len() > 100 {
+            self.0.refused.fetch_add(1, Ordering::Relaxed);
+            res.status_code(StatusCode::UNPROCESSABLE_ENTITY);
+            res.render(Json(
+                serde_json::json!({"message": "between 1 and 100 emails per batch"}),
+            ));
+            return;
+        }
+        let first = self.0.accepted() + 1;
+        let count = emails.len() as u64;
+        self.0
+            .record(emails.into_iter().filter_map(|e| e.to.into_iter().next()));
+        let mut body = String::with_capacity(32 * count as usize + 16);
+        body.push_str("{\"data\":[");
+        for i in 0..count {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(&format!("{{\"id\":\"sink-{}\"}}", first + i));
+        }
+        body.push_str("]}");
+        res.headers_mut().insert(
+            salvo::http::header::CONTENT_TYPE,
+            salvo::http::HeaderValue::from_static("application/json"),
+        );
+        res.render(body);
+    }
+}
+
+/// A running sink: its base URL (HTTP) or port (SMTP) and its tally.
+pub struct Sink {
+    /// `http://127.0.0.1:PORT` for the HTTP sink, `127.0.0.1:PORT` for SMTP.
+    pub address: String,
+    /// The port.
+    pub port: u16,
+    /// What it accepted.
+    pub tally: Arc<Tally>,
+}
+
+/// Starts the Resend-style HTTP sink on a free loopback port.
+pub async fn start_http() -> anyhow::Result<Sink> {
+    let tally = Arc::new(Tally::default());
+    let acceptor = TcpListener::new("127.0.0.1:0").bind().await;
+    let port = acceptor
+        .holdings()
+        .first()
+        .and_then(|h| h.local_addr.clone().into_std())
+        .map(|a| a.port())
+        .context("the sink has no local address")?;
+    let router = Router::with_path("emails/batch").post(BatchHandler(tally.clone()));
+    tokio::spawn(async move { Server::new(acceptor).serve(router).await });
+    Ok(Sink {
+        address: format!("http://127.0.0.1:{port}"),
+        port,
+        tally,
+    })
+}
+
+/// Starts the SMTP sink on a free loopback port.
+pub async fn start_smtp() -> anyhow::Result<Sink> {
+    let tally = Arc::new(Tally::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the SMTP sink")?;
+    let port = listener.local_addr()?.port();
+    let t = tally.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            // Replies are small writes the client waits for: no Nagle delay on them.
+            let _ = stream.set_nodelay(true);
+            let t = t.clone();
+            tokio::spawn(async move {
+                let _ = smtp_session(stream, &t).await;
+            });
+        }
+    });
+    Ok(Sink {
+        address: format!("127.0.0.1:{port}"),
+        port,
+        tally,
+    })
+}
+
+/// One SMTP connection: EHLO, then any number of MAIL/RCPT/DATA transactions.
+async fn smtp_session(stream: tokio::net::TcpStream, tally: &Tally) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    write.write_all(b"220 sink.bench ESMTP\r\n").await?;
+    let mut rcpts: Vec<String> = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let upper = line.trim_end().to_ascii_uppercase();
+        let reply: &[u8] = if upper.starts_with("EHLO") {
+            b"250-sink.bench\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 PIPELINING\r\n"
+        } else if upper.starts_with("HELO") {
+            b"250 sink.bench\r\n"
+        } else if upper.starts_with("MAIL FROM") {
+            rcpts.clear();
+            b"250 OK\r\n"
+        } else if upper.starts_with("RCPT TO") {
+            let to = line.trim_end().get(8..).unwrap_or("").trim().to_owned();
+            rcpts.push(to);
+            b"250 OK\r\n"
+        } else if upper == "DATA" {
+            write.write_all(b"354 go ahead\r\n").await?;
+            loop {
+                line.clear();
+                if lines.read_line(&mut line).await? == 0 {
+                    return Ok(());
+                }
+                if line == ".\r\n" || line == ".\n" {
+                    break;
+                }
+            }
+            tally.record(std::mem::take(&mut rcpts));
+            b"250 OK queued\r\n"
+        } else if upper == "RSET" {
+            rcpts.clear();
+            b"250 OK\r\n"
+        } else if upper == "NOOP" {
+            b"250 OK\r\n"
+        } else if upper == "QUIT" {
+            write.write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else {
+            b"502 not implemented\r\n"
+        };
+        write.write_all(reply).await?;
+    }
+}

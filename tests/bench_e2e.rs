@@ -1,0 +1,200 @@
+//! End to end: `mailing bench`, the real binary measuring itself. Small SQLite runs
+//! without a plugin and with the trivial plugin, and one Redis + PostgreSQL run with two
+//! worker processes, each checked for its report's fields and its ledger check (the
+//! campaign's ledger and the sink agree on every recipient). No speed is asserted:
+//! figures on a shared test machine mean nothing.
+
+mod support;
+
+#[path = "support/examples.rs"]
+#[allow(dead_code)]
+mod examples;
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use support::{Backend, binary};
+
+const RECIPIENTS: u64 = 2000;
+
+fn bench(args: &[&str], env: &[(String, String)]) -> (Output, Value) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let output = Command::new(binary())
+        .arg("bench")
+        .args(["--recipients", &RECIPIENTS.to_string(), "--json"])
+        .args(args)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TMPDIR", dir.path())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("mailing bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!(
+            "bench printed no JSON ({e}); stdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output, report)
+}
+
+fn positive(report: &Value, key: &str) {
+    let v = report[key].as_f64();
+    assert!(
+        v.is_some_and(|v| v > 0.0),
+        "{key} is {:?} in {report}",
+        report[key]
+    );
+}
+
+/// The fields every pipeline report has, and its ledger check.
+fn check_report(output: &Output, report: &Value, plugin: &str) {
+    assert!(
+        output.status.success(),
+        "bench failed: {report}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(report["status"], "ok", "{report}");
+    assert_eq!(
+        report["failures"].as_array().map(Vec::len),
+        Some(0),
+        "{report}"
+    );
+    assert_eq!(report["recipients"], RECIPIENTS, "{report}");
+    assert_eq!(report["plugin"], plugin, "{report}");
+    for key in [
+        "seconds",
+        "emails_per_sec",
+        "cpu_ms_per_1k",
+        "peak_rss_bytes",
+        "render_only_per_sec",
+        "queue_noop_jobs_per_sec",
+        "queue_noop_emails_per_sec",
+        "sink_accept_per_sec",
+        "engine_fraction_of_slowest_limit",
+    ] {
+        positive(report, key);
+    }
+    if plugin == "none" {
+        assert!(report["plugin_only_per_sec"].is_null(), "{report}");
+    } else {
+        positive(report, "plugin_only_per_sec");
+    }
+    assert!(
+        report["slowest_limit"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("_per_sec")),
+        "{report}"
+    );
+    let stages = report["stages"].as_array().expect("stages");
+    assert_eq!(stages.len(), 2, "{report}");
+    for s in stages {
+        assert!(s["stage"] == "plan" || s["stage"] == "send", "{s}");
+        assert!(
+            s.get("p50_ms").is_some() && s.get("p99_ms").is_some(),
+            "{s}"
+        );
+    }
+    let ledger = &report["ledger"];
+    assert_eq!(ledger["campaign_status"], "done", "{report}");
+    assert_eq!(ledger["total"], RECIPIENTS, "{report}");
+    assert_eq!(ledger["sent"], RECIPIENTS, "{report}");
+    assert_eq!(ledger["failed"], 0, "{report}");
+    assert_eq!(ledger["sink_distinct"], RECIPIENTS, "{report}");
+    assert!(
+        ledger["sink_accepted"]
+            .as_u64()
+            .is_some_and(|a| a >= RECIPIENTS),
+        "{report}"
+    );
+}
+
+#[test]
+fn sqlite_without_a_plugin_reports_figures_that_match_the_ledger() {
+    let (output, report) = bench(&["--backend", "sqlite", "--plugin", "none"], &[]);
+    check_report(&output, &report, "none");
+    assert_eq!(report["backend"], "sqlite");
+    assert_eq!(report["provider"], "sink");
+    assert_eq!(
+        report["processes"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(report["processes"][0]["role"], "serve", "{report}");
+    // The serve process ran both stages, so its histogram has them.
+    let send = &report["stages"][1];
+    assert!(
+        send["batches"]
+            .as_u64()
+            .is_some_and(|b| b >= RECIPIENTS / 500),
+        "{report}"
+    );
+    assert!(send["p99_ms"].as_f64().is_some_and(|p| p > 0.0), "{report}");
+}
+
+#[test]
+fn sqlite_with_the_trivial_plugin_reports_the_plugin_limit() {
+    let dist = examples::example_plugin("trivial");
+    let dir = dist.parent().expect("dist").display().to_string();
+    let (output, report) = bench(
+        &[
+            "--backend",
+            "sqlite",
+            "--plugin",
+            "trivial",
+            "--plugins-dir",
+            &dir,
+        ],
+        &[],
+    );
+    check_report(&output, &report, "trivial");
+}
+
+#[test]
+fn a_missing_plugin_says_how_to_build_it() {
+    let empty = tempfile::tempdir().expect("a temp dir");
+    let output = Command::new(binary())
+        .args([
+            "bench",
+            "--recipients",
+            "10",
+            "--plugin",
+            "greeting",
+            "--plugins-dir",
+        ])
+        .arg(empty.path())
+        .current_dir(empty.path())
+        .output()
+        .expect("mailing bench runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("plugins/examples/build.sh"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_and_postgres_with_two_workers_report_figures_that_match_the_ledger() {
+    let Some(backend) = Backend::fleet("bench redis").await else {
+        return;
+    };
+    let env = backend.env.clone();
+    let (output, report) = tokio::task::spawn_blocking(move || {
+        bench(
+            &["--backend", "redis", "--workers", "2", "--plugin", "none"],
+            &env,
+        )
+    })
+    .await
+    .expect("the bench thread");
+    backend.cleanup().await;
+    check_report(&output, &report, "none");
+    assert_eq!(report["backend"], "redis");
+    let roles: Vec<&str> = report["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .filter_map(|p| p["role"].as_str())
+        .collect();
+    assert_eq!(roles, ["api", "worker", "worker"], "{report}");
+}
