@@ -5,7 +5,6 @@
 //! authenticated GET as a share of `/health`. The wrk scripts are `engine/benches/*.lua`,
 //! compiled into the binary.
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 use serde_json::json;
 
-use super::fleet::{self, ADMIN_PASSWORD, Api};
+use super::fleet::{self, Api};
 use super::{BenchArgs, audience, free_port, scratch_dir};
 use crate::config::Config;
 
@@ -154,38 +153,13 @@ pub async fn run(_config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
 
 async fn run_in(dir: &std::path::Path, args: &BenchArgs) -> anyhow::Result<ApiReport> {
     let port = free_port()?;
-    let mut env: HashMap<String, String> = HashMap::new();
-    for (k, v) in [
-        ("DATA_DIR", dir.join("data").display().to_string()),
-        ("OUTBOX_DIR", dir.join("data/outbox").display().to_string()),
-        ("BACKUP_DIR", dir.join("backups").display().to_string()),
-        (
-            "DATABASE_URL",
-            format!("sqlite://{}/data/mailing.sqlite3", dir.display()),
-        ),
-        ("REDIS_URL", String::new()),
-        ("HTTP_HOST", "127.0.0.1".into()),
-        ("HTTP_PORT", port.to_string()),
-        ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
-        ("ADMIN_USERNAME", "admin".into()),
-        ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
-        (
-            "AUTH_SECRET_KEY",
-            format!("bench-secret-{:032x}", rand::random::<u128>()),
-        ),
-        ("ACCESS_TOKEN_TTL", "3600".into()),
-        ("LOG_LEVEL", "warn".into()),
-        ("RUST_LOG", "warn".into()),
-        ("LOG_FORMAT", "json".into()),
-        ("BACKUP_ENABLED", "false".into()),
-        ("QUEUE_NAMESPACE", "mailing_bench_api".into()),
-        // The API's request limits are off: the bench measures the engine, not the
-        // limiter (with them on, wrk would mostly count 429s).
-        ("API_RATE_LIMIT_PER_IP", "0".into()),
-        ("API_RATE_LIMIT_PER_USER", "0".into()),
-    ] {
-        env.insert(k.into(), v);
-    }
+    let mut env = fleet::child_env(
+        dir,
+        port,
+        &format!("sqlite://{}/data/mailing.sqlite3", dir.display()),
+        "mailing_bench_api",
+    );
+    env.insert("ACCESS_TOKEN_TTL".into(), "3600".into());
     let mut serve = fleet::spawn("serve", dir, &env, 0)?;
     let mut api = Api::new(format!("http://127.0.0.1:{port}"))?;
     api.wait_healthy(&mut serve).await?;

@@ -14,6 +14,47 @@ use serde_json::{Value, json};
 /// The admin password the children are started with.
 pub const ADMIN_PASSWORD: &str = "bench-admin-password-0123456789";
 
+/// The environment every child process of a bench run gets: its own data directory and
+/// port, a fresh secret, quiet logs, no backups, and the API's request limits off (the
+/// bench measures the engine, not the limiter; with them on, wrk would mostly count
+/// 429s). Callers add the store, the queue and the provider.
+pub fn child_env(
+    dir: &Path,
+    port: u16,
+    database_url: &str,
+    namespace: &str,
+) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    for (k, v) in [
+        ("DATA_DIR", dir.join("data").display().to_string()),
+        ("OUTBOX_DIR", dir.join("data/outbox").display().to_string()),
+        ("BACKUP_DIR", dir.join("backups").display().to_string()),
+        ("DATABASE_URL", database_url.to_owned()),
+        ("REDIS_URL", String::new()),
+        ("HTTP_HOST", "127.0.0.1".into()),
+        ("HTTP_PORT", port.to_string()),
+        ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
+        ("ADMIN_USERNAME", "admin".into()),
+        ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+        (
+            "AUTH_SECRET_KEY",
+            format!("bench-secret-{:032x}", rand::random::<u128>()),
+        ),
+        ("ENVIRONMENT", "development".into()),
+        ("LOG_LEVEL", "warn".into()),
+        ("RUST_LOG", "warn".into()),
+        ("LOG_FORMAT", "json".into()),
+        ("QUEUE_NAMESPACE", namespace.to_owned()),
+        ("API_RATE_LIMIT_PER_IP", "0".into()),
+        ("API_RATE_LIMIT_PER_USER", "0".into()),
+        ("BACKUP_ENABLED", "false".into()),
+        ("METRICS_ENABLED", "true".into()),
+    ] {
+        env.insert(k.to_owned(), v);
+    }
+    env
+}
+
 /// One child process.
 pub struct Member {
     /// `serve`, `api` or `worker`.

@@ -14,7 +14,6 @@ mod probe;
 mod report;
 mod sink;
 
-use std::collections::HashMap;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,7 +29,7 @@ use mailing_jobs::store::{Store, StoreConfig};
 use serde_json::{Value, json};
 
 use crate::config::Config;
-use fleet::{ADMIN_PASSWORD, Api, Member};
+use fleet::{Api, Member};
 use report::{Ledger, PipelineReport, ProcessUsage, StageLatency};
 
 /// The most recipients a run accepts.
@@ -455,35 +454,7 @@ async fn pipeline_in(
 
     // 4. The engine.
     let port = free_port()?;
-    let mut env: HashMap<String, String> = HashMap::new();
-    for (k, v) in [
-        ("DATA_DIR", dir.join("data").display().to_string()),
-        ("OUTBOX_DIR", dir.join("data/outbox").display().to_string()),
-        ("BACKUP_DIR", dir.join("backups").display().to_string()),
-        ("DATABASE_URL", database_url.to_owned()),
-        ("HTTP_HOST", "127.0.0.1".into()),
-        ("HTTP_PORT", port.to_string()),
-        ("PUBLIC_URL", format!("http://127.0.0.1:{port}")),
-        ("ADMIN_USERNAME", "admin".into()),
-        ("ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
-        (
-            "AUTH_SECRET_KEY",
-            format!("bench-secret-{:032x}", rand::random::<u128>()),
-        ),
-        ("ENVIRONMENT", "development".into()),
-        ("LOG_LEVEL", "warn".into()),
-        ("RUST_LOG", "warn".into()),
-        ("LOG_FORMAT", "json".into()),
-        ("QUEUE_NAMESPACE", namespace.to_owned()),
-        // The API's request limits are off: the bench measures the engine, not the
-        // limiter (with them on, wrk would mostly count 429s).
-        ("API_RATE_LIMIT_PER_IP", "0".into()),
-        ("API_RATE_LIMIT_PER_USER", "0".into()),
-        ("BACKUP_ENABLED", "false".into()),
-        ("METRICS_ENABLED", "true".into()),
-    ] {
-        env.insert(k.into(), v);
-    }
+    let mut env = fleet::child_env(dir, port, database_url, namespace);
     match redis_url {
         Some(url) => env.insert("REDIS_URL".into(), url.into()),
         None => env.insert("REDIS_URL".into(), String::new()),
