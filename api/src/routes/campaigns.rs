@@ -9,7 +9,7 @@ use crate::auth::principal;
 use crate::problem::{ApiError, ApiResult, FieldError};
 use crate::state::{AppState, from_depot};
 use mailing_jobs::pipeline::PlanCampaign;
-use mailing_jobs::store::campaigns::{CampaignPlugin, CampaignRow, NewCampaign};
+use mailing_jobs::store::campaigns::{CampaignPlugin, CampaignRow, CampaignStats, NewCampaign};
 use mailing_jobs::{CampaignStatus, Role, StoreError};
 
 /// The most lists a campaign may target.
@@ -39,6 +39,14 @@ struct CampaignInput {
 async fn campaign_json(state: &AppState, row: &CampaignRow) -> ApiResult<serde_json::Value> {
     let stats = state.store.campaign_stats(row.id).await?;
     let list_ids = state.store.campaign_list_ids(row.id).await?;
+    campaign_view(row, stats, list_ids)
+}
+
+fn campaign_view(
+    row: &CampaignRow,
+    stats: CampaignStats,
+    list_ids: Vec<i64>,
+) -> ApiResult<serde_json::Value> {
     let plugins = row.plugins().map_err(ApiError::from)?;
     Ok(serde_json::json!({
         "id": row.id,
@@ -183,9 +191,17 @@ pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde
     let state = from_depot(depot)?;
     let (after, limit) = pagination(req)?;
     let page = state.store.campaigns(after, limit).await?;
+    // Two queries for the whole page, not two per campaign.
+    let ids: Vec<i64> = page.items.iter().map(|row| row.id).collect();
+    let mut stats = state.store.campaigns_stats(&ids).await?;
+    let mut lists = state.store.campaigns_list_ids(&ids).await?;
     let mut items = Vec::with_capacity(page.items.len());
     for row in &page.items {
-        items.push(campaign_json(&state, row).await?);
+        items.push(campaign_view(
+            row,
+            stats.remove(&row.id).unwrap_or_default(),
+            lists.remove(&row.id).unwrap_or_default(),
+        )?);
     }
     Ok(Json(serde_json::json!(mailing_jobs::store::Page {
         items,

@@ -350,6 +350,83 @@ impl Store {
         .await?)
     }
 
+    /// [`Store::campaign_stats`] for a page of campaigns in one grouped query (a
+    /// campaign without ledger rows is absent: its stats are all zero).
+    pub async fn campaigns_stats(
+        &self,
+        ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, CampaignStats>, StoreError> {
+        if ids.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT d.campaign_id, COUNT(*), \
+             COUNT(*) FILTER (WHERE d.status IN ('pending', 'sending')), \
+             COUNT(*) FILTER (WHERE d.status = 'sent'), \
+             COUNT(*) FILTER (WHERE d.status = 'failed'), \
+             COUNT(*) FILTER (WHERE d.status = 'skipped'), \
+             COUNT(*) FILTER (WHERE d.status = 'bounced'), \
+             COUNT(*) FILTER (WHERE d.status = 'complained'), \
+             COUNT(*) FILTER (WHERE s.status = 'unsubscribed') \
+             FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
+             WHERE d.campaign_id IN ({}) GROUP BY d.campaign_id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (i64, i64, i64, i64, i64, i64, i64, i64, i64)>(
+            sqlx::AssertSqlSafe(sql),
+        );
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(self.pool()).await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, total, pending, sent, failed, skipped, bounced, complained, unsubscribed)| {
+                    (
+                        id,
+                        CampaignStats {
+                            total,
+                            pending,
+                            sent,
+                            failed,
+                            skipped,
+                            bounced,
+                            complained,
+                            unsubscribed,
+                        },
+                    )
+                },
+            )
+            .collect())
+    }
+
+    /// [`Store::campaign_list_ids`] for a page of campaigns in one query.
+    pub async fn campaigns_list_ids(
+        &self,
+        ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, Vec<i64>>, StoreError> {
+        let mut lists: std::collections::HashMap<i64, Vec<i64>> = std::collections::HashMap::new();
+        if ids.is_empty() {
+            return Ok(lists);
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT campaign_id, list_id FROM campaign_lists WHERE campaign_id IN ({}) \
+             ORDER BY campaign_id, list_id",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(*id);
+        }
+        for (campaign, list) in query.fetch_all(self.pool()).await? {
+            lists.entry(campaign).or_default().push(list);
+        }
+        Ok(lists)
+    }
+
     /// Ledger ratios over every campaign: (delivery, bounce, complaint, unsubscribe),
     /// None before anything was handed to a provider. Scans the ledger: sample it, do
     /// not call it per request.
