@@ -223,6 +223,26 @@ fn input_bytes(config: &str, recipients: &[PluginRecipient]) -> usize {
             .sum::<usize>()
 }
 
+/// A verdict's `variables`: the text of a JSON object. `{}`, what most verdicts carry,
+/// skips the parser.
+fn parse_variables(
+    i: usize,
+    text: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, PluginError> {
+    if text.trim() == "{}" {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        Ok(_) => Err(PluginError::Malformed(format!(
+            "verdict {i}: `variables` is not a JSON object"
+        ))),
+        Err(e) => Err(PluginError::Malformed(format!(
+            "verdict {i}: `variables` is not JSON: {e}"
+        ))),
+    }
+}
+
 fn convert(
     verdicts: Vec<wit::Verdict>,
     expected: usize,
@@ -254,35 +274,13 @@ fn convert(
         .into_iter()
         .enumerate()
         .map(|(i, v)| match v {
-            wit::Verdict::Keep(k) if k.variables.trim() == "{}" => Ok(Verdict::Keep {
-                variables: serde_json::Map::new(),
+            wit::Verdict::Keep(k) => Ok(Verdict::Keep {
+                variables: parse_variables(i, &k.variables)?,
                 subject: k.subject.map(|s| s.replace(['\r', '\n'], " ")),
                 from_name: k
                     .from_name
                     .map(|s| s.replace(['\r', '\n', '"', '<', '>'], " ")),
             }),
-            wit::Verdict::Keep(k) => {
-                let variables = match serde_json::from_str::<serde_json::Value>(&k.variables) {
-                    Ok(serde_json::Value::Object(map)) => map,
-                    Ok(_) => {
-                        return Err(PluginError::Malformed(format!(
-                            "verdict {i}: `variables` is not a JSON object"
-                        )));
-                    }
-                    Err(e) => {
-                        return Err(PluginError::Malformed(format!(
-                            "verdict {i}: `variables` is not JSON: {e}"
-                        )));
-                    }
-                };
-                Ok(Verdict::Keep {
-                    variables,
-                    subject: k.subject.map(|s| s.replace(['\r', '\n'], " ")),
-                    from_name: k
-                        .from_name
-                        .map(|s| s.replace(['\r', '\n', '"', '<', '>'], " ")),
-                })
-            }
             wit::Verdict::Skip(reason) => Ok(Verdict::Skip {
                 reason: truncate(&reason, 500),
             }),

@@ -64,7 +64,8 @@ pub enum Plan {
 }
 
 impl Plan {
-    fn unchanged() -> Plan {
+    /// Send as the template renders it (no plugin, or no verdict yet).
+    pub fn unchanged() -> Plan {
         Plan::Send {
             extra: serde_json::Map::new(),
             subject: None,

@@ -61,11 +61,7 @@ fn prepare(
         .zip(
             plans
                 .into_iter()
-                .chain(std::iter::repeat_with(|| Plan::Send {
-                    extra: serde_json::Map::new(),
-                    subject: None,
-                    from_name: None,
-                })),
+                .chain(std::iter::repeat_with(Plan::unchanged)),
         )
         .map(|(r, plan)| {
             let (extra, subject, from_name) = match plan {

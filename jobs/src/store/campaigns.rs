@@ -201,12 +201,11 @@ impl Store {
 
     /// The lists a campaign sends to.
     pub async fn campaign_list_ids(&self, id: i64) -> Result<Vec<i64>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT list_id FROM campaign_lists WHERE campaign_id = $1 ORDER BY list_id",
-        )
-        .bind(id)
-        .fetch_all(self.pool())
-        .await?)
+        Ok(self
+            .campaigns_list_ids(&[id])
+            .await?
+            .remove(&id)
+            .unwrap_or_default())
     }
 
     /// Moves a campaign from one of `from` to `to`, atomically. Returns false when the
@@ -227,13 +226,12 @@ impl Store {
         if allowed.is_empty() {
             return Ok(false);
         }
-        let placeholders: Vec<String> = (0..allowed.len()).map(|i| format!("${}", i + 5)).collect();
         let sql = format!(
             "UPDATE campaigns SET status = $1, updated_at = $2, last_error = COALESCE($3, last_error), \
              started_at = CASE WHEN $1 = 'running' AND started_at IS NULL THEN $2 ELSE started_at END, \
              finished_at = CASE WHEN $1 IN ('done', 'cancelled', 'failed') THEN $2 ELSE finished_at END \
              WHERE id = $4 AND status IN ({})",
-            placeholders.join(", ")
+            super::placeholders(5, allowed.len())
         );
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(to.as_str())
@@ -333,21 +331,11 @@ impl Store {
 
     /// Counts the campaign's recipients by outcome.
     pub async fn campaign_stats(&self, id: i64) -> Result<CampaignStats, StoreError> {
-        Ok(sqlx::query_as::<_, CampaignStats>(
-            "SELECT COUNT(*) AS total, \
-             COUNT(*) FILTER (WHERE d.status IN ('pending', 'sending')) AS pending, \
-             COUNT(*) FILTER (WHERE d.status = 'sent') AS sent, \
-             COUNT(*) FILTER (WHERE d.status = 'failed') AS failed, \
-             COUNT(*) FILTER (WHERE d.status = 'skipped') AS skipped, \
-             COUNT(*) FILTER (WHERE d.status = 'bounced') AS bounced, \
-             COUNT(*) FILTER (WHERE d.status = 'complained') AS complained, \
-             COUNT(*) FILTER (WHERE s.status = 'unsubscribed') AS unsubscribed \
-             FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
-             WHERE d.campaign_id = $1",
-        )
-        .bind(id)
-        .fetch_one(self.pool())
-        .await?)
+        Ok(self
+            .campaigns_stats(&[id])
+            .await?
+            .remove(&id)
+            .unwrap_or_default())
     }
 
     /// [`Store::campaign_stats`] for a page of campaigns in one grouped query (a
@@ -359,7 +347,6 @@ impl Store {
         if ids.is_empty() {
             return Ok(std::collections::HashMap::new());
         }
-        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT d.campaign_id, COUNT(*), \
              COUNT(*) FILTER (WHERE d.status IN ('pending', 'sending')), \
@@ -371,7 +358,7 @@ impl Store {
              COUNT(*) FILTER (WHERE s.status = 'unsubscribed') \
              FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
              WHERE d.campaign_id IN ({}) GROUP BY d.campaign_id",
-            placeholders.join(", ")
+            super::placeholders(1, ids.len())
         );
         let mut query = sqlx::query_as::<_, (i64, i64, i64, i64, i64, i64, i64, i64, i64)>(
             sqlx::AssertSqlSafe(sql),
@@ -411,11 +398,10 @@ impl Store {
         if ids.is_empty() {
             return Ok(lists);
         }
-        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT campaign_id, list_id FROM campaign_lists WHERE campaign_id IN ({}) \
              ORDER BY campaign_id, list_id",
-            placeholders.join(", ")
+            super::placeholders(1, ids.len())
         );
         let mut query = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(sql));
         for id in ids {

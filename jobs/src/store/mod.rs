@@ -119,6 +119,15 @@ impl<T> Page<T> {
     }
 }
 
+/// `$first, $first+1, …` for `count` values of an `IN (…)` list (dynamic SQL, bound
+/// values only).
+pub(crate) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Normalises a SQLite URL: accepts the seed's `sqlite:///./x` spelling, and returns the
 /// file path it names (None for in-memory databases).
 pub fn sqlite_path(url: &str) -> Option<String> {
