@@ -480,3 +480,310 @@ async fn subscribers_are_searched_updated_exported_unsubscribed_and_erased() {
         "the erased subscriber's ledger rows went too"
     );
 }
+
+/// Logs in as a fresh viewer; returns the token.
+async fn viewer_token(server: &Server, admin: &str) -> String {
+    let (status, body) = server
+        .request(
+            "POST",
+            "/api/v1/users",
+            Some(admin),
+            Some(serde_json::json!({"username": "vic", "password": "a-long-viewer-password", "role": "viewer"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, login) = server
+        .request(
+            "POST",
+            "/auth/login",
+            None,
+            Some(serde_json::json!({"username": "vic", "password": "a-long-viewer-password"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    login["access_token"].as_str().expect("token").to_owned()
+}
+
+/// The campaign ids of a subscriber's ledger rows, from the GDPR export.
+async fn ledger_campaigns(server: &Server, token: &str, email: &str) -> Vec<i64> {
+    let (_, found) = server
+        .request(
+            "GET",
+            &format!("/api/v1/subscribers?email={email}"),
+            Some(token),
+            None,
+        )
+        .await;
+    let id = found["items"][0]["id"].as_i64().expect("the subscriber");
+    let (status, export) = server
+        .request(
+            "GET",
+            &format!("/api/v1/subscribers/{id}/export"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{export}");
+    export["deliveries"]
+        .as_array()
+        .expect("deliveries")
+        .iter()
+        .filter_map(|d| d["campaign_id"].as_i64())
+        .collect()
+}
+
+/// PATCH changes a draft's settings (validated as on creation) and nothing once it is
+/// sent; DELETE removes a campaign that is not sending, with its ledger, and refuses a
+/// running or paused one; a viewer can do neither.
+async fn campaign_edit_and_delete(server: &Server) {
+    let token = server.login().await;
+    let viewer = viewer_token(server, &token).await;
+    let list = seed_list(server, &token, 200).await;
+    let (status, vip) = server
+        .request(
+            "POST",
+            "/api/v1/lists",
+            Some(&token),
+            Some(serde_json::json!({"name": "VIP"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{vip}");
+    let vip = vip["id"].as_i64().expect("list id");
+    let draft = create_campaign(server, &token, list, "file").await;
+    let path = format!("/api/v1/campaigns/{draft}");
+
+    // A draft: the given fields change, the others stay.
+    let send_at = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let (status, patched) = server
+        .request(
+            "PATCH",
+            &path,
+            Some(&token),
+            Some(serde_json::json!({
+                "name": "  Spring launch ",
+                "list_ids": [list, vip],
+                "reply_to": "Help <help@shop.example>",
+                "send_at": send_at,
+            })),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["id"], draft);
+    assert_eq!(patched["status"], "draft");
+    assert_eq!(patched["name"], "Spring launch");
+    assert_eq!(patched["list_ids"], serde_json::json!([list, vip]));
+    assert_eq!(patched["reply_to"], "Help <help@shop.example>");
+    assert!(patched["send_at"].is_string(), "{patched}");
+    assert_eq!(patched["from"], "Shop <news@shop.example>", "untouched");
+    assert_eq!(patched["provider"], "file");
+    let (_, shown) = server.request("GET", &path, Some(&token), None).await;
+    assert_eq!(shown, patched, "stored as answered");
+
+    // `null` clears the optional fields; absent ones stay.
+    let (status, cleared) = server
+        .request(
+            "PATCH",
+            &path,
+            Some(&token),
+            Some(serde_json::json!({"reply_to": null, "send_at": null, "list_ids": [list]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{cleared}");
+    assert!(
+        cleared["reply_to"].is_null() && cleared["send_at"].is_null(),
+        "{cleared}"
+    );
+    assert_eq!(cleared["name"], "Spring launch");
+    assert_eq!(cleared["list_ids"], serde_json::json!([list]));
+
+    // Invalid values: 422 naming every refused field, and nothing changes.
+    let (status, refused) = server
+        .request(
+            "PATCH",
+            &path,
+            Some(&token),
+            Some(serde_json::json!({
+                "name": " ",
+                "template_id": 999_999,
+                "list_ids": [],
+                "from": "not an address",
+                "provider": "pigeon",
+                "send_at": "2001-01-01T00:00:00Z",
+            })),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    let mut fields: Vec<&str> = refused["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "from",
+            "list_ids",
+            "name",
+            "provider",
+            "send_at",
+            "template_id"
+        ],
+        "{refused}"
+    );
+    let (status, body) = server
+        .request(
+            "PATCH",
+            &path,
+            Some(&token),
+            Some(serde_json::json!({"name": null})),
+        )
+        .await;
+    assert_eq!(status, 400, "a required field cannot be null: {body}");
+    let (status, body) = server
+        .request(
+            "PATCH",
+            &path,
+            Some(&token),
+            Some(serde_json::json!({"status": "done"})),
+        )
+        .await;
+    assert_eq!(status, 400, "unknown fields are refused: {body}");
+    let (_, unchanged) = server.request("GET", &path, Some(&token), None).await;
+    assert_eq!(unchanged, cleared, "a refused update changes nothing");
+
+    // A viewer may read but neither change nor delete.
+    for (method, body) in [
+        ("PATCH", Some(serde_json::json!({"name": "Mine"}))),
+        ("DELETE", None),
+    ] {
+        let (status, answer) = server.request(method, &path, Some(&viewer), body).await;
+        assert_eq!(status, 403, "{method}: {answer}");
+    }
+    let (status, _) = server.request("GET", &path, Some(&viewer), None).await;
+    assert_eq!(status, 200);
+
+    // A campaign that is sending can be neither changed nor deleted.
+    let sent = create_campaign(server, &token, list, "file").await;
+    let sent_path = format!("/api/v1/campaigns/{sent}");
+    support::send_campaign(server, &token, sent).await;
+    let (status, body) = server
+        .request(
+            "PATCH",
+            &sent_path,
+            Some(&token),
+            Some(serde_json::json!({"name": "Too late"})),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("only a draft or scheduled campaign can be changed"),
+        "{body}"
+    );
+    let (status, body) = server
+        .request("DELETE", &sent_path, Some(&token), None)
+        .await;
+    assert_eq!(status, 409, "running: {body}");
+    let (status, body) = server
+        .request("POST", &format!("{sent_path}/pause"), Some(&token), None)
+        .await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (202, serde_json::json!("paused"))
+    );
+    let (status, body) = server
+        .request("DELETE", &sent_path, Some(&token), None)
+        .await;
+    assert_eq!(status, 409, "paused: {body}");
+    let (status, _) = server
+        .request("POST", &format!("{sent_path}/resume"), Some(&token), None)
+        .await;
+    assert_eq!(status, 202);
+    let done = server
+        .wait_campaign(&token, sent, "done", Duration::from_secs(120))
+        .await;
+    assert_eq!(done["stats"]["sent"], 200, "{done}");
+    let (status, body) = server
+        .request(
+            "PATCH",
+            &sent_path,
+            Some(&token),
+            Some(serde_json::json!({"name": "Too late"})),
+        )
+        .await;
+    assert_eq!(status, 409, "a sent campaign cannot be changed: {body}");
+    assert!(
+        ledger_campaigns(server, &token, "user7@example.com")
+            .await
+            .contains(&sent),
+        "the ledger has the sent campaign's rows"
+    );
+
+    // A finished campaign goes, with its ledger rows.
+    let (status, body) = server
+        .request("DELETE", &sent_path, Some(&token), None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, _) = server.request("GET", &sent_path, Some(&token), None).await;
+    assert_eq!(status, 404, "gone");
+    let (status, _) = server
+        .request(
+            "GET",
+            &format!("{sent_path}/deliveries"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    let (status, _) = server
+        .request("DELETE", &sent_path, Some(&token), None)
+        .await;
+    assert_eq!(status, 404, "deleted once");
+    assert!(
+        !ledger_campaigns(server, &token, "user7@example.com")
+            .await
+            .contains(&sent),
+        "its ledger rows went too"
+    );
+    let (status, body) = server
+        .request(
+            "DELETE",
+            &format!("/api/v1/lists/{vip}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "no campaign targets the list any more: {body}");
+
+    // And so does a draft.
+    let (status, _) = server.request("DELETE", &path, Some(&token), None).await;
+    assert_eq!(status, 204);
+    let (_, page) = server
+        .request("GET", "/api/v1/campaigns", Some(&token), None)
+        .await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(0), "{page}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigns_are_edited_while_draft_and_deleted_unless_sending_on_sqlite() {
+    // Slow enough that the campaign is still running when it is paused.
+    let env = [("FILE_RATE_LIMIT", "20".to_owned())];
+    let server = Server::start("serve", &Backend::embedded(), &env).await;
+    campaign_edit_and_delete(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn campaigns_are_edited_while_draft_and_deleted_unless_sending_on_a_postgres_redis_fleet() {
+    let Some(backend) = Backend::fleet("fleet campaign edit and delete").await else {
+        return;
+    };
+    let env = [("FILE_RATE_LIMIT", "20".to_owned())];
+    let api = Server::start("api", &backend, &env).await;
+    let _worker = Server::start_in(&api.dir, "worker", &backend, &env).await;
+    campaign_edit_and_delete(&api).await;
+    backend.cleanup().await;
+}

@@ -3,7 +3,9 @@
 //! reused refresh token kills its family; a viewer cannot send (403); a login flood from
 //! one address is throttled (429) while the real user logs in from another address; API
 //! requests are rate limited per caller and per address (429 with Retry-After), and on
-//! a fleet the per-caller limit holds across API replicas through Redis.
+//! a fleet the per-caller limit holds across API replicas through Redis; deleting a
+//! user ends their sessions at once, and an admin can delete neither themselves nor the
+//! last admin.
 
 mod support;
 
@@ -487,5 +489,202 @@ async fn on_a_fleet_the_per_caller_limit_holds_across_api_replicas() {
         codes[4..].contains(&429),
         "the replicas share the limit: {codes:?}"
     );
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_user_is_logged_out_at_once_and_admins_cannot_delete_themselves_or_the_last_admin()
+ {
+    let server = Server::start("serve", &Backend::embedded(), &[]).await;
+    deleting_users(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_too_a_deleted_user_is_logged_out_and_the_last_admin_stays() {
+    let Some(backend) = Backend::fleet("deleting users on PostgreSQL").await else {
+        return;
+    };
+    let server = Server::start("serve", &backend, &[]).await;
+    deleting_users(&server).await;
+    drop(server);
+    backend.cleanup().await;
+}
+
+/// Admin deletes an editor: the editor's access and refresh tokens stop working at
+/// once. Nobody deletes themselves, an editor deletes nobody, the last admin stays.
+async fn deleting_users(server: &Server) {
+    let admin = server.login().await;
+    let (status, created) = server
+        .request(
+            "POST",
+            "/api/v1/users",
+            Some(&admin),
+            Some(json!({"username": "eddie", "password": "an-editor-password", "role": "editor"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let eddie = created["id"].as_i64().expect("id");
+    let (_, login) = server
+        .request(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"username": "eddie", "password": "an-editor-password"})),
+        )
+        .await;
+    let access = login["access_token"].as_str().expect("token").to_owned();
+    let refresh = login["refresh_token"].clone();
+    let (status, _) = server
+        .request("GET", "/api/v1/lists", Some(&access), None)
+        .await;
+    assert_eq!(status, 200, "the editor's session works before");
+
+    let (_, users) = server
+        .request("GET", "/api/v1/users", Some(&admin), None)
+        .await;
+    let admin_id = users["items"]
+        .as_array()
+        .and_then(|users| users.iter().find(|u| u["username"] == "admin"))
+        .and_then(|u| u["id"].as_i64())
+        .expect("the admin is listed");
+    let (status, body) = server
+        .request(
+            "DELETE",
+            &format!("/api/v1/users/{admin_id}"),
+            Some(&access),
+            None,
+        )
+        .await;
+    assert_eq!(status, 403, "an editor cannot delete users: {body}");
+    let (status, body) = server
+        .request(
+            "DELETE",
+            &format!("/api/v1/users/{admin_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "nobody deletes themselves: {body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("your own account"),
+        "{body}"
+    );
+    let (_, key) = server
+        .request(
+            "POST",
+            "/api/v1/api-keys",
+            Some(&admin),
+            Some(json!({"name": "ops", "role": "admin"})),
+        )
+        .await;
+    let key = key["key"].as_str().expect("an admin key").to_owned();
+    let (status, body) = server
+        .request(
+            "DELETE",
+            &format!("/api/v1/users/{admin_id}"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "the last admin stays: {body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("last admin"),
+        "{body}"
+    );
+
+    let (status, shown) = server
+        .request("GET", &format!("/api/v1/users/{eddie}"), Some(&admin), None)
+        .await;
+    assert_eq!(
+        (status, &shown["username"]),
+        (200, &json!("eddie")),
+        "{shown}"
+    );
+    let (status, body) = server
+        .request(
+            "DELETE",
+            &format!("/api/v1/users/{eddie}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let (status, body) = server
+        .request("GET", "/api/v1/lists", Some(&access), None)
+        .await;
+    assert_eq!(
+        status, 401,
+        "the deleted user's access token is refused: {body}"
+    );
+    let (status, body) = server
+        .request(
+            "POST",
+            "/auth/refresh",
+            None,
+            Some(json!({"refresh_token": refresh})),
+        )
+        .await;
+    assert_eq!(status, 401, "and so is their refresh token: {body}");
+    let (status, _) = server
+        .request(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"username": "eddie", "password": "an-editor-password"})),
+        )
+        .await;
+    assert_eq!(status, 401, "they cannot log in again");
+    let (status, _) = server
+        .request("GET", &format!("/api/v1/users/{eddie}"), Some(&admin), None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, body) = server
+        .request(
+            "DELETE",
+            &format!("/api/v1/users/{eddie}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_fleet_the_login_throttle_holds_across_api_replicas() {
+    let Some(backend) = Backend::fleet("login throttle across replicas").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let extra = [("API_RATE_LIMIT_PER_IP", "0".to_string())];
+    let first = Server::start_in(dir.path(), "api", &backend, &extra).await;
+    let second = Server::start_in(dir.path(), "api", &backend, &extra).await;
+    let attempt = |server: &Server| {
+        let url = format!("{}/auth/login", server.base);
+        let http = server.http.clone();
+        async move {
+            http.post(url)
+                .json(&json!({"username": "admin", "password": "guess"}))
+                .send()
+                .await
+                .expect("sent")
+                .status()
+                .as_u16()
+        }
+    };
+    // Ten failures spread over two replicas: each process alone saw five, so only
+    // counts shared through Redis reach the limit of ten.
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        codes.push(attempt(if i % 2 == 0 { &first } else { &second }).await);
+    }
+    assert_eq!(codes, vec![401; 10]);
+    assert_eq!(attempt(&first).await, 429, "the 11th, on one replica");
+    assert_eq!(attempt(&second).await, 429, "and on the other");
     backend.cleanup().await;
 }

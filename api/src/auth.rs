@@ -209,7 +209,7 @@ impl AppState {
     }
 
     /// Verifies an access token: signature (HS256 only), expiry, not-before, issuer,
-    /// audience, and that it was not revoked.
+    /// audience, that it was not revoked, and that its user still exists as named.
     pub async fn verify_access_token(&self, token: &str) -> Result<Principal, ApiError> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
@@ -233,6 +233,17 @@ impl AppState {
             .sub
             .parse()
             .map_err(|_| ApiError::Unauthorized("the access token names no user".into()))?;
+        // A deleted user's tokens stop at once (name and role too: SQLite may give a
+        // deleted user's id to the next new one).
+        if !self
+            .store
+            .user_matches(user_id, &claims.name, claims.role)
+            .await?
+        {
+            return Err(ApiError::Unauthorized(
+                "the access token's user was deleted or changed; log in again".into(),
+            ));
+        }
         Ok(Principal {
             user_id,
             username: claims.name,
@@ -314,59 +325,142 @@ pub fn principal(depot: &Depot) -> Result<&Principal, ApiError> {
         .map_err(|_| ApiError::Unauthorized("this route needs an access token".into()))
 }
 
-/// Counts failed logins per key within a window.
+/// Counts failed logins per key within a fixed window (it starts at the key's first
+/// failure). In Redis when the deployment has one, so every API replica sees the same
+/// counts; in process otherwise. When Redis cannot be reached the process's own counts
+/// stand in (logged), so an outage neither locks everyone out nor lets a flood through
+/// unthrottled.
 #[derive(Clone)]
 pub struct LoginThrottle {
-    failures: moka::sync::Cache<String, (u32, Instant)>,
+    local: moka::sync::Cache<String, (u32, Instant)>,
+    shared: Option<SharedCounts>,
     window: Duration,
 }
+
+#[derive(Clone)]
+struct SharedCounts {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+    script: Arc<redis::Script>,
+}
+
+/// KEYS[1] = the key's counter; ARGV[1] = the window in ms. Returns the new count.
+const FAIL_SCRIPT: &str = r"
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return n
+";
 
 impl std::fmt::Debug for LoginThrottle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoginThrottle")
             .field("window", &self.window)
+            .field("redis", &self.shared.as_ref().map(|s| &s.prefix))
             .finish()
     }
 }
 
 impl LoginThrottle {
-    /// A throttle with the given window.
+    /// A throttle held in this process, with the given window.
     pub fn new(window: Duration) -> Self {
         LoginThrottle {
-            failures: moka::sync::Cache::builder()
+            local: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_idle(window)
                 .build(),
+            shared: None,
             window,
         }
     }
 
-    /// Seconds to wait if `key` has `limit` or more failures in the window.
-    pub fn blocked_for(&self, key: &str, limit: u32) -> Option<u64> {
-        let (count, start) = self.failures.get(key)?;
+    /// A throttle held in Redis under `prefix` (e.g. `{namespace}:login`).
+    pub fn redis(window: Duration, conn: redis::aio::ConnectionManager, prefix: String) -> Self {
+        LoginThrottle {
+            shared: Some(SharedCounts {
+                conn,
+                prefix,
+                script: Arc::new(redis::Script::new(FAIL_SCRIPT)),
+            }),
+            ..Self::new(window)
+        }
+    }
+
+    fn local_blocked_for(&self, key: &str, limit: u32) -> Option<u64> {
+        let (count, start) = self.local.get(key)?;
         let elapsed = start.elapsed();
         if elapsed >= self.window {
-            self.failures.invalidate(key);
+            self.local.invalidate(key);
             return None;
         }
         (count >= limit).then(|| (self.window - elapsed).as_secs().max(1))
     }
 
-    /// Records one failure for `key`.
-    pub fn fail(&self, key: &str) {
+    fn local_fail(&self, key: &str) {
         let now = Instant::now();
         let window = self.window;
-        self.failures.entry(key.to_owned()).and_upsert_with(|old| {
-            match old.map(|e| e.into_value()) {
+        self.local
+            .entry(key.to_owned())
+            .and_upsert_with(|old| match old.map(|e| e.into_value()) {
                 Some((count, start)) if start.elapsed() < window => (count + 1, start),
                 _ => (1, now),
+            });
+    }
+
+    /// Seconds to wait if `key` has `limit` or more failures in the window.
+    pub async fn blocked_for(&self, key: &str, limit: u32) -> Option<u64> {
+        let Some(shared) = &self.shared else {
+            return self.local_blocked_for(key, limit);
+        };
+        let mut conn = shared.conn.clone();
+        let answer: Result<(Option<u32>, i64), redis::RedisError> = redis::pipe()
+            .get(format!("{}:{key}", shared.prefix))
+            .pttl(format!("{}:{key}", shared.prefix))
+            .query_async(&mut conn)
+            .await;
+        match answer {
+            Ok((Some(count), ttl_ms)) if count >= limit => {
+                Some((ttl_ms.max(0) as u64).div_ceil(1000).max(1))
             }
-        });
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "Login throttle: Redis unreachable; using this process's counts");
+                self.local_blocked_for(key, limit)
+            }
+        }
+    }
+
+    /// Records one failure for `key`.
+    pub async fn fail(&self, key: &str) {
+        self.local_fail(key);
+        let Some(shared) = &self.shared else {
+            return;
+        };
+        let mut conn = shared.conn.clone();
+        let window_ms = self.window.as_millis() as u64;
+        let result: Result<u32, redis::RedisError> = shared
+            .script
+            .key(format!("{}:{key}", shared.prefix))
+            .arg(window_ms)
+            .invoke_async(&mut conn)
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "Login throttle: cannot count a failure in Redis");
+        }
     }
 
     /// Forgets `key` (after a successful login).
-    pub fn reset(&self, key: &str) {
-        self.failures.invalidate(key);
+    pub async fn reset(&self, key: &str) {
+        self.local.invalidate(key);
+        if let Some(shared) = &self.shared {
+            let mut conn = shared.conn.clone();
+            let result: Result<(), redis::RedisError> = redis::cmd("DEL")
+                .arg(format!("{}:{key}", shared.prefix))
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "Login throttle: cannot reset a counter in Redis");
+            }
+        }
     }
 }
 
@@ -386,15 +480,15 @@ mod tests {
         assert!(!verify_password("x", "not a hash"));
     }
 
-    #[test]
-    fn throttle_blocks_after_the_limit_and_resets() {
+    #[tokio::test]
+    async fn throttle_blocks_after_the_limit_and_resets() {
         let t = LoginThrottle::new(Duration::from_secs(60));
         for _ in 0..3 {
-            assert!(t.blocked_for("u", 3).is_none());
-            t.fail("u");
+            assert!(t.blocked_for("u", 3).await.is_none());
+            t.fail("u").await;
         }
-        assert!(t.blocked_for("u", 3).is_some());
-        t.reset("u");
-        assert!(t.blocked_for("u", 3).is_none());
+        assert!(t.blocked_for("u", 3).await.is_some());
+        t.reset("u").await;
+        assert!(t.blocked_for("u", 3).await.is_none());
     }
 }

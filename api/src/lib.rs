@@ -8,9 +8,11 @@
 
 pub mod auth;
 pub mod limits;
+pub mod openapi;
 pub mod problem;
 pub mod routes;
 pub mod state;
+pub mod transport;
 
 use std::sync::Arc;
 
@@ -53,15 +55,20 @@ impl Handler for SecurityHeaders {
             elapsed: started.elapsed(),
         }
         .emit();
+        // Swagger UI at /docs runs its own scripts (served from the binary, never from
+        // elsewhere) and one inline bootstrap script; every other answer runs nothing.
+        let csp = if req.uri().path().starts_with("/docs") {
+            "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"
+        } else {
+            "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'"
+        };
         let headers = res.headers_mut();
         let fixed = [
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
             (header::X_FRAME_OPTIONS, "DENY"),
             (header::REFERRER_POLICY, "no-referrer"),
-            (
-                header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
-            ),
+            (header::CONTENT_SECURITY_POLICY, csp),
             (header::CACHE_CONTROL, "no-store"),
         ];
         for (name, value) in fixed {
@@ -78,6 +85,56 @@ impl Handler for SecurityHeaders {
         }
     }
 }
+
+/// Every route label; see [`route_of`].
+const ROUTES: &[&str] = &[
+    "/health",
+    "/health/ready",
+    "/metrics",
+    "/auth/login",
+    "/auth/refresh",
+    "/auth/logout",
+    "/api/v1/lists",
+    "/api/v1/lists/{id}",
+    "/api/v1/lists/{id}/subscribers",
+    "/api/v1/templates",
+    "/api/v1/templates/{id}",
+    "/api/v1/templates/{id}/preview",
+    "/api/v1/campaigns",
+    "/api/v1/campaigns/{id}",
+    "/api/v1/campaigns/{id}/send",
+    "/api/v1/campaigns/{id}/pause",
+    "/api/v1/campaigns/{id}/resume",
+    "/api/v1/campaigns/{id}/cancel",
+    "/api/v1/campaigns/{id}/deliveries",
+    "/api/v1/campaigns/{id}/retry-failed",
+    "/api/v1/subscribers",
+    "/api/v1/subscribers/{id}",
+    "/api/v1/subscribers/{id}/unsubscribe",
+    "/api/v1/subscribers/{id}/export",
+    "/api/v1/users",
+    "/api/v1/users/{id}",
+    "/api/v1/suppressions",
+    "/api/v1/suppressions/{param}",
+    "/api/v1/api-keys",
+    "/api/v1/api-keys/{id}",
+    "/api/v1/tx",
+    "/api/v1/plugins",
+    "/api/v1/plugins/{id}",
+    "/api/v1/tx/{id}",
+    "/admin/stats",
+    "/admin/cache/stats",
+    "/admin/cache/clear",
+    "/admin/backup/list",
+    "/admin/backup/create",
+    "/admin/backup/restore",
+    "/admin/debug/crash/{param}",
+    "/unsubscribe/{param}",
+    "/webhooks/resend",
+    "/webhooks/bounce",
+    "/openapi.json",
+    "/docs",
+];
 
 /// A low-cardinality route label: numeric ids and tokens become placeholders, unknown
 /// paths collapse to `other`.
@@ -99,51 +156,6 @@ pub fn route_of(path: &str) -> String {
     let route = format!("/{}", parts.join("/"));
     // Only routes that exist become label values; anything else (probes, typos) is one
     // series, so nobody can mint label values without a token.
-    const ROUTES: &[&str] = &[
-        "/health",
-        "/health/ready",
-        "/metrics",
-        "/auth/login",
-        "/auth/refresh",
-        "/auth/logout",
-        "/api/v1/lists",
-        "/api/v1/lists/{id}",
-        "/api/v1/lists/{id}/subscribers",
-        "/api/v1/templates",
-        "/api/v1/templates/{id}",
-        "/api/v1/templates/{id}/preview",
-        "/api/v1/campaigns",
-        "/api/v1/campaigns/{id}",
-        "/api/v1/campaigns/{id}/send",
-        "/api/v1/campaigns/{id}/pause",
-        "/api/v1/campaigns/{id}/resume",
-        "/api/v1/campaigns/{id}/cancel",
-        "/api/v1/campaigns/{id}/deliveries",
-        "/api/v1/campaigns/{id}/retry-failed",
-        "/api/v1/subscribers",
-        "/api/v1/subscribers/{id}",
-        "/api/v1/subscribers/{id}/unsubscribe",
-        "/api/v1/subscribers/{id}/export",
-        "/api/v1/users",
-        "/api/v1/suppressions",
-        "/api/v1/suppressions/{param}",
-        "/api/v1/api-keys",
-        "/api/v1/api-keys/{id}",
-        "/api/v1/tx",
-        "/api/v1/plugins",
-        "/api/v1/plugins/{id}",
-        "/api/v1/tx/{id}",
-        "/admin/stats",
-        "/admin/cache/stats",
-        "/admin/cache/clear",
-        "/admin/backup/list",
-        "/admin/backup/create",
-        "/admin/backup/restore",
-        "/admin/debug/crash/{param}",
-        "/unsubscribe/{param}",
-        "/webhooks/resend",
-        "/webhooks/bounce",
-    ];
     if ROUTES.contains(&route.as_str()) {
         route
     } else {
@@ -151,11 +163,33 @@ pub fn route_of(path: &str) -> String {
     }
 }
 
-/// The router of every route.
+/// The router of every route: the API's routes under the state and the per-address
+/// limit, and the OpenAPI document of them at `/openapi.json` (Swagger UI at `/docs`).
 pub fn router(state: Arc<AppState>) -> Router {
+    let api = api_routes(state.fault_injector.is_some(), state.metrics.is_some());
+    let doc = openapi::document(&api);
+    let mut root = Router::new()
+        .hoop(affix_state::inject(state))
+        .hoop(limits::LimitByAddress)
+        .push(api);
+    match openapi::routes(&doc) {
+        Ok(docs) => root = root.push(docs),
+        Err(e) => {
+            tracing::error!(error = %e, "The OpenAPI document could not be rendered; /openapi.json and /docs are off")
+        }
+    }
+    root
+}
+
+/// Every documented route, without the hoops that need the state.
+fn api_routes(fault_injection: bool, metrics: bool) -> Router {
     use routes::*;
-    let fault_injection = state.fault_injector.is_some();
+    use salvo::oapi::{RouterExt, SecurityRequirement};
     let authed = Router::new()
+        .oapi_security(SecurityRequirement::new(
+            openapi::BEARER,
+            Vec::<String>::new(),
+        ))
         .hoop(auth::Authenticate)
         .hoop(limits::LimitByCaller)
         .push(Router::with_path("auth/logout").post(session::logout))
@@ -195,6 +229,8 @@ pub fn router(state: Arc<AppState>) -> Router {
                         .push(
                             Router::with_path("{id}")
                                 .get(campaigns::show)
+                                .patch(campaigns::update)
+                                .delete(campaigns::delete)
                                 .push(Router::with_path("send").post(campaigns::send))
                                 .push(Router::with_path("pause").post(campaigns::pause))
                                 .push(Router::with_path("resume").post(campaigns::resume))
@@ -249,7 +285,12 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .push(
                     Router::with_path("users")
                         .get(users::index)
-                        .post(users::create),
+                        .post(users::create)
+                        .push(
+                            Router::with_path("{id}")
+                                .get(users::show)
+                                .delete(users::delete),
+                        ),
                 ),
         )
         .push({
@@ -265,15 +306,11 @@ pub fn router(state: Arc<AppState>) -> Router {
             }
             admin
         });
-    let metrics = state.metrics.is_some();
-    let mut root = Router::new()
-        .hoop(affix_state::inject(state))
-        .hoop(limits::LimitByAddress)
-        .push(
-            Router::with_path("health")
-                .get(ops::health)
-                .push(Router::with_path("ready").get(ops::ready)),
-        );
+    let mut root = Router::new().push(
+        Router::with_path("health")
+            .get(ops::health)
+            .push(Router::with_path("ready").get(ops::ready)),
+    );
     if metrics {
         root = root.push(Router::with_path("metrics").get(ops::metrics));
     }
@@ -289,17 +326,105 @@ pub fn router(state: Arc<AppState>) -> Router {
         .push(authed)
 }
 
-/// The service: the router, the security headers, and problem+json error pages.
+/// The service: the router, the security headers, the plain-HTTP redirect and CORS when
+/// configured, and problem+json error pages.
 pub fn service(state: Arc<AppState>) -> Service {
-    let hsts = state.https;
-    Service::new(router(state))
-        .hoop(SecurityHeaders { hsts })
-        .catcher(Catcher::default().hoop(problem::problem_catcher))
+    let policy = state.transport.clone();
+    let mut service = Service::new(router(state)).hoop(SecurityHeaders { hsts: policy.hsts });
+    if let Some(target) = &policy.redirect_to {
+        service = service.hoop(transport::ForceHttps::new(target, policy.behind_proxy));
+    }
+    if let Some(cors) = transport::CorsHoop::new(&policy.cors_origins) {
+        service = service.hoop(cors);
+    }
+    service.catcher(Catcher::default().hoop(problem::problem_catcher))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::route_of;
+    use super::{ROUTES, route_of};
+
+    /// `/a/{id}/b` and `/a/{param}/b` name the same route.
+    fn shape(path: &str) -> String {
+        path.split('/')
+            .map(|seg| if seg.starts_with('{') { "{}" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    #[test]
+    fn the_openapi_document_covers_every_route_with_its_parameters_and_answers() {
+        let doc = super::openapi::document(&super::api_routes(true, true));
+        let json: serde_json::Value =
+            serde_json::from_str(&doc.to_json().expect("the document renders")).unwrap();
+        assert_eq!(json["openapi"], "3.1.0");
+        let paths = json["paths"].as_object().expect("paths");
+        let documented: Vec<String> = paths.keys().map(|p| shape(p)).collect();
+        let missing: Vec<&str> = ROUTES
+            .iter()
+            .copied()
+            .filter(|r| !matches!(*r, "/openapi.json" | "/docs"))
+            .filter(|r| !documented.contains(&shape(r)))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "routes missing from /openapi.json: {missing:?}"
+        );
+        for (path, item) in paths {
+            let declared: Vec<String> = path
+                .split('/')
+                .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}').map(str::to_owned))
+                .collect();
+            for (method, op) in item.as_object().unwrap() {
+                let params: Vec<&str> = op["parameters"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .filter(|p| p["in"] == "path")
+                            .filter_map(|p| p["name"].as_str())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for name in &declared {
+                    assert!(
+                        params.contains(&name.as_str()),
+                        "{method} {path}: path parameter `{name}` is not declared"
+                    );
+                }
+                let answers = op["responses"].as_object().expect("responses");
+                assert!(
+                    answers
+                        .keys()
+                        .any(|code| code.starts_with('2') || code.starts_with('3')),
+                    "{method} {path}: no success answer documented: {:?}",
+                    answers.keys().collect::<Vec<_>>()
+                );
+            }
+        }
+        let import = &paths["/api/v1/lists/{id}/subscribers"]["post"]["requestBody"]["content"];
+        assert!(
+            import["application/json"].is_object() && import["text/csv"].is_object(),
+            "the import takes JSON and CSV: {import}"
+        );
+        let upload = &paths["/api/v1/plugins"]["post"]["requestBody"]["content"];
+        for media in [
+            "application/wasm",
+            "application/octet-stream",
+            "multipart/form-data",
+        ] {
+            assert!(
+                upload[media].is_object(),
+                "plugin upload takes {media}: {upload}"
+            );
+        }
+        for name in json["components"]["schemas"].as_object().unwrap().keys() {
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')),
+                "schema name `{name}` is not a valid component key"
+            );
+        }
+    }
 
     #[test]
     fn route_labels_are_patterns_and_unknown_paths_collapse() {

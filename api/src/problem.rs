@@ -8,7 +8,7 @@ use salvo::prelude::*;
 use serde::Serialize;
 
 /// One invalid field of a request.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, salvo::oapi::ToSchema)]
 pub struct FieldError {
     /// The field, as a JSON path (`list_ids[0]`, `html`).
     pub field: String,

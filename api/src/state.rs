@@ -38,8 +38,8 @@ pub struct AppState {
     pub signer: UnsubscribeSigner,
     /// Present only when fault injection is enabled (never in production).
     pub fault_injector: Option<FaultInjector>,
-    /// Whether HTTPS is in front (HSTS is sent then).
-    pub https: bool,
+    /// HSTS, the plain-HTTP redirect and CORS.
+    pub transport: crate::transport::TransportPolicy,
     /// The registry `/metrics` encodes (None: `/metrics` is not served).
     pub metrics: Option<prometheus::Registry>,
     /// Backup destinations (for `/admin/backup/*`).

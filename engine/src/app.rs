@@ -350,11 +350,18 @@ pub async fn run(
                 max_failures_per_ip: 50,
                 throttle_window: Duration::from_secs(15 * 60),
             },
-            throttle: Arc::new(LoginThrottle::new(Duration::from_secs(15 * 60))),
+            throttle: Arc::new(match queue.redis_connection() {
+                Some(conn) => LoginThrottle::redis(
+                    Duration::from_secs(15 * 60),
+                    conn,
+                    format!("{}:login", config.queue.namespace),
+                ),
+                None => LoginThrottle::new(Duration::from_secs(15 * 60)),
+            }),
             health: health.clone(),
             signer: signer.clone(),
             fault_injector: injector,
-            https: config.hsts,
+            transport: config.transport.clone(),
             metrics: config.metrics_enabled.then(|| metrics.clone()),
             backup: config.backup.clone(),
             restart: restart.clone(),
@@ -368,6 +375,7 @@ pub async fn run(
         let args = HttpArgs {
             addr: config.http_addr.clone(),
             state,
+            tls: config.tls.clone(),
             slot: Arc::default(),
             shutdown_timeout: config.shutdown_timeout,
         };

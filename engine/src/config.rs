@@ -116,11 +116,12 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "LOG_FORMAT", default: "pretty", secret: false, doc: "`pretty` or `json` (default `json` in production)" },
     Setting { name: "LOG_LEVEL", default: "info", secret: false, doc: "tracing filter, e.g. `info,mailing_jobs=debug`" },
     Setting { name: "FAULT_INJECTION", default: "false", secret: false, doc: "enable POST /admin/debug/crash/{component} (refused in production)" },
-    Setting { name: "HTTPS_ENABLED", default: "false", secret: false, doc: "TLS termination in process (not built yet: terminate TLS in a proxy)" },
-    Setting { name: "HTTPS_PORT", default: "8443", secret: false, doc: "HTTPS port" },
-    Setting { name: "FORCE_HTTPS", default: "false", secret: false, doc: "send HSTS (set it when a TLS proxy is in front)" },
-    Setting { name: "SSL_CERT_FILE", default: "certs/cert.pem", secret: false, doc: "TLS certificate" },
-    Setting { name: "SSL_KEY_FILE", default: "certs/key.pem", secret: false, doc: "TLS key" },
+    Setting { name: "HTTPS_ENABLED", default: "false", secret: false, doc: "serve HTTPS in process (rustls) on HTTPS_PORT with SSL_CERT_FILE and SSL_KEY_FILE, beside plain HTTP" },
+    Setting { name: "HTTPS_PORT", default: "8443", secret: false, doc: "HTTPS port (with HTTPS_ENABLED)" },
+    Setting { name: "FORCE_HTTPS", default: "false", secret: false, doc: "redirect plain-HTTP requests (308) to HTTPS and send HSTS; /health and /metrics stay on HTTP. Without HTTPS_ENABLED, TLS is a proxy's: requests with X-Forwarded-Proto: http are redirected to PUBLIC_URL" },
+    Setting { name: "SSL_CERT_FILE", default: "certs/cert.pem", secret: false, doc: "TLS certificate chain, PEM (with HTTPS_ENABLED)" },
+    Setting { name: "SSL_KEY_FILE", default: "certs/key.pem", secret: false, doc: "TLS private key, PEM (with HTTPS_ENABLED)" },
+    Setting { name: "CORS_ALLOWED_ORIGINS", default: "", secret: false, doc: "comma-separated origins (https://app.example.com) browsers may call the API from; empty: CORS closed" },
     Setting { name: "METRICS_ENABLED", default: "true", secret: false, doc: "serve /metrics" },
     Setting { name: "PROMETHEUS_PORT", default: "", secret: false, doc: "reserved: a separate metrics port (observability issue)" },
     Setting { name: "BACKUP_ENABLED", default: "true", secret: false, doc: "take scheduled backups (in `serve` and `api` processes)" },
@@ -219,8 +220,10 @@ pub struct Config {
     pub log_level: String,
     /// `FAULT_INJECTION`.
     pub fault_injection: bool,
-    /// `FORCE_HTTPS` or `HTTPS_ENABLED`: send HSTS.
-    pub hsts: bool,
+    /// `HTTPS_ENABLED`: the HTTPS listener.
+    pub tls: Option<TlsListener>,
+    /// HSTS, the plain-HTTP redirect (`FORCE_HTTPS`) and CORS (`CORS_ALLOWED_ORIGINS`).
+    pub transport: mailing_api::transport::TransportPolicy,
     /// `METRICS_ENABLED`.
     pub metrics_enabled: bool,
     /// Backup destinations and retention.
@@ -231,6 +234,17 @@ pub struct Config {
     pub backup_hours: Vec<u32>,
     /// Raw values, for `config check`.
     pub raw: BTreeMap<&'static str, Option<String>>,
+}
+
+/// The in-process HTTPS listener (`HTTPS_ENABLED`).
+#[derive(Debug, Clone)]
+pub struct TlsListener {
+    /// `HTTP_HOST:HTTPS_PORT`.
+    pub addr: String,
+    /// `SSL_CERT_FILE`: the certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// `SSL_KEY_FILE`: the private key, PEM.
+    pub key_file: PathBuf,
 }
 
 /// Rate limits per provider; None is unlimited.
@@ -581,9 +595,65 @@ impl Config {
         let fault_injection = r.bool("FAULT_INJECTION");
         let https_enabled = r.bool("HTTPS_ENABLED");
         let force_https = r.bool("FORCE_HTTPS");
-        let _ = r.string("HTTPS_PORT");
-        let _ = r.string("SSL_CERT_FILE");
-        let _ = r.string("SSL_KEY_FILE");
+        let https_port: u16 = r.positive("HTTPS_PORT");
+        let cert_file = PathBuf::from(r.string("SSL_CERT_FILE"));
+        let key_file = PathBuf::from(r.string("SSL_KEY_FILE"));
+        let tls = if https_enabled {
+            for (name, path) in [("SSL_CERT_FILE", &cert_file), ("SSL_KEY_FILE", &key_file)] {
+                if let Err(e) = std::fs::metadata(path) {
+                    r.errors.push(format!(
+                        "HTTPS_ENABLED=true but {name}={:?} cannot be read: {e}",
+                        path.display()
+                    ));
+                }
+            }
+            Some(TlsListener {
+                addr: format!("{host}:{https_port}"),
+                cert_file,
+                key_file,
+            })
+        } else {
+            None
+        };
+        let public_origin = url::Url::parse(&public_url).ok();
+        let redirect_to = if !force_https {
+            None
+        } else if let Some(u) = public_origin.as_ref().filter(|u| u.scheme() == "https") {
+            Some(u.origin().ascii_serialization())
+        } else if https_enabled {
+            let public_host = public_origin
+                .as_ref()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_else(|| "localhost".into());
+            Some(format!("https://{public_host}:{https_port}"))
+        } else {
+            r.errors.push(format!(
+                "FORCE_HTTPS=true needs somewhere to send plain requests: set PUBLIC_URL to the \
+                 https:// address of the proxy in front (now {public_url:?}) or HTTPS_ENABLED=true"
+            ));
+            None
+        };
+        let mut cors_origins = Vec::new();
+        let cors_raw = r.string("CORS_ALLOWED_ORIGINS");
+        for origin in cors_raw.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            match url::Url::parse(origin) {
+                Ok(u) if matches!(u.scheme(), "http" | "https")
+                    && u.origin().ascii_serialization() == origin.trim_end_matches('/') =>
+                {
+                    cors_origins.push(u.origin().ascii_serialization());
+                }
+                _ => r.errors.push(format!(
+                    "CORS_ALLOWED_ORIGINS: {origin:?} is not an origin such as https://app.example.com \
+                     (scheme and host, optional port, no path; `*` is not allowed)"
+                )),
+            }
+        }
+        let transport = mailing_api::transport::TransportPolicy {
+            hsts: https_enabled || force_https,
+            redirect_to,
+            behind_proxy: !https_enabled,
+            cors_origins,
+        };
         let metrics_enabled = r.bool("METRICS_ENABLED");
         let _ = r.text("PROMETHEUS_PORT");
         let backup_enabled = r.bool("BACKUP_ENABLED");
@@ -642,13 +712,6 @@ impl Config {
                 r.errors
                     .push("FAULT_INJECTION must not be enabled in production".into());
             }
-            if https_enabled {
-                r.errors.push(
-                    "HTTPS_ENABLED=true: in-process TLS is not built yet; terminate TLS in a proxy \
-                     and set FORCE_HTTPS=true instead"
-                        .into(),
-                );
-            }
         }
         if !r.errors.is_empty() {
             return Err(ConfigError(r.errors));
@@ -697,7 +760,8 @@ impl Config {
             log_format,
             log_level,
             fault_injection,
-            hsts: https_enabled || force_https,
+            tls,
+            transport,
             metrics_enabled,
             backup,
             backup_enabled,

@@ -1,29 +1,46 @@
 //! `/api/v1/api-keys` (admin): keys for machines, scoped by role. The key text is
 //! returned once at creation; only its prefix is listed afterwards.
 
+use salvo::oapi::ToSchema;
 use salvo::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{JSON_LIMIT, json_body, pagination, path_id, required_text};
+use super::{JSON_LIMIT, PageQuery, json_body, pagination, path_id, required_text};
 use crate::auth::principal;
+use crate::openapi::{Created, NoContent};
 use crate::problem::{ApiError, ApiResult};
 use crate::state::from_depot;
 use mailing_jobs::Role;
+use mailing_jobs::store::Page;
+use mailing_jobs::store::api_keys::ApiKey;
 
-#[derive(Deserialize)]
+/// An API key to create.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewKey {
+struct NewApiKey {
+    /// A label, 1 to 100 characters.
     name: String,
+    /// What the key may do: `admin`, `editor` or `viewer`.
     role: String,
 }
 
+/// A new API key: the stored key and, this once, its full text.
+#[derive(Debug, Serialize, ToSchema)]
+struct CreatedApiKey {
+    #[serde(flatten)]
+    stored: ApiKey,
+    /// The full key (`mk_<prefix>_<secret>`), to send as `Authorization: Bearer <key>`.
+    /// Shown only in this answer: the secret is not stored.
+    key: String,
+}
+
 /// `POST /api/v1/api-keys` with `{"name","role"}` → 201 with the key (shown once).
-#[handler]
-pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+#[endpoint(tags("api-keys"), request_body = NewApiKey)]
+pub async fn create(req: &mut Request, depot: &mut Depot) -> ApiResult<Created<CreatedApiKey>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Admin)?;
-    let body: NewKey = json_body(req, JSON_LIMIT).await?;
+    let body: NewApiKey = json_body(req, JSON_LIMIT).await?;
     let name = required_text("name", &body.name, 100)?;
     let role: Role = body
         .role
@@ -42,26 +59,26 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             &serde_json::json!({"role": role}),
         )
         .await?;
-    let mut body = serde_json::json!(key);
-    body["key"] = secret.into();
-    res.status_code(StatusCode::CREATED).render(Json(body));
-    Ok(())
+    Ok(Created(CreatedApiKey {
+        stored: key,
+        key: secret,
+    }))
 }
 
-/// `GET /api/v1/api-keys`.
-#[handler]
-pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+/// `GET /api/v1/api-keys`: one page of keys, revoked ones included, never with their
+/// secret.
+#[endpoint(tags("api-keys"), parameters(PageQuery))]
+pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Page<ApiKey>>> {
     let state = from_depot(depot)?;
     principal(depot)?.require(Role::Admin)?;
     let (after, limit) = pagination(req)?;
-    Ok(Json(serde_json::json!(
-        state.store.api_keys(after, limit).await?
-    )))
+    Ok(Json(state.store.api_keys(after, limit).await?))
 }
 
-/// `DELETE /api/v1/api-keys/{id}`: revokes the key at once.
-#[handler]
-pub async fn revoke(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// `DELETE /api/v1/api-keys/{id}`: revokes the key at once; 404 when there is no
+/// active key with this id.
+#[endpoint(tags("api-keys"), parameters(("id" = i64, Path, description = "The API key")))]
+pub async fn revoke(req: &mut Request, depot: &mut Depot) -> ApiResult<NoContent> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Admin)?;
@@ -78,6 +95,5 @@ pub async fn revoke(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             &serde_json::json!({}),
         )
         .await?;
-    res.status_code(StatusCode::NO_CONTENT);
-    Ok(())
+    Ok(NoContent)
 }

@@ -1,16 +1,23 @@
-//! `/api/v1/campaigns`: creation (validated against templates, lists and providers),
-//! the status machine (send, pause, resume, cancel) and statistics from the ledger.
+//! `/api/v1/campaigns`: creation and editing (validated against templates, lists and
+//! providers; only a draft or scheduled campaign can be edited), deletion of a campaign
+//! that is not sending, the status machine (send, pause, resume, cancel) and statistics
+//! from the ledger.
 
+use chrono::{DateTime, Utc};
+use salvo::oapi::ToSchema;
 use salvo::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
-use super::{JSON_LIMIT, json_body, pagination, path_id, required_text};
+use super::{JSON_LIMIT, PageQuery, json_body, pagination, path_id, required_text};
 use crate::auth::principal;
+use crate::openapi::{Accepted, Created, NoContent};
 use crate::problem::{ApiError, ApiResult, FieldError};
 use crate::state::{AppState, from_depot};
 use mailing_jobs::pipeline::PlanCampaign;
+use mailing_jobs::store::Page;
 use mailing_jobs::store::campaigns::{CampaignPlugin, CampaignRow, CampaignStats, NewCampaign};
-use mailing_jobs::{CampaignStatus, Role, StoreError};
+use mailing_jobs::store::deliveries::DeliveryRow;
+use mailing_jobs::{CampaignStatus, DeliveryStatus, Role, StoreError};
 
 /// The most lists a campaign may target.
 pub const MAX_LISTS: usize = 100;
@@ -19,24 +26,173 @@ pub const MAX_PLUGINS: usize = 8;
 /// The largest JSON config of one plugin of a campaign.
 pub const MAX_PLUGIN_CONFIG_BYTES: usize = 64 * 1024;
 
-#[derive(Deserialize)]
+/// A campaign to create (it starts as a `draft`).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CampaignInput {
+struct CampaignDraft {
+    /// 1 to 200 characters.
     name: String,
+    /// The template to render: an existing template's id.
     template_id: i64,
+    /// The audience: 1 to 100 existing list ids.
     list_ids: Vec<i64>,
+    /// The From header: an address, optionally with a display name
+    /// (`Shop <news@shop.example>`).
     from: String,
+    /// The Reply-To header, in the same form as `from`.
     #[serde(default)]
     reply_to: Option<String>,
+    /// A provider configured on this server (`file`, `smtp`, `resend`); `file` when
+    /// absent.
     #[serde(default)]
     provider: Option<String>,
+    /// At most 8 registered plugins, in the order they run; each `config` at most 64 KiB
+    /// of JSON.
     #[serde(default)]
     plugins: Vec<CampaignPlugin>,
+    /// When `send` should start sending (RFC 3339), not more than a minute in the past;
+    /// absent sends at once.
     #[serde(default)]
-    send_at: Option<chrono::DateTime<chrono::Utc>>,
+    send_at: Option<DateTime<Utc>>,
 }
 
-async fn campaign_json(state: &AppState, row: &CampaignRow) -> ApiResult<serde_json::Value> {
+/// The settings of a `draft` or `scheduled` campaign to change; absent fields stay as
+/// they are. Each given field is validated as on creation.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct CampaignChanges {
+    /// 1 to 200 characters.
+    #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(nullable = false))]
+    name: Option<String>,
+    /// The template to render: an existing template's id.
+    #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(nullable = false))]
+    template_id: Option<i64>,
+    /// The new audience (replaces the whole set): 1 to 100 existing list ids.
+    #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(nullable = false))]
+    list_ids: Option<Vec<i64>>,
+    /// The From header: an address, optionally with a display name.
+    #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(nullable = false))]
+    from: Option<String>,
+    /// The Reply-To header; `null` removes it.
+    #[serde(default, deserialize_with = "nullable")]
+    reply_to: Option<Option<String>>,
+    /// A provider configured on this server (`file`, `smtp`, `resend`).
+    #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(nullable = false))]
+    provider: Option<String>,
+    /// The new plugin chain (replaces the whole chain): at most 8, in the order they run.
+    #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(nullable = false))]
+    plugins: Option<Vec<CampaignPlugin>>,
+    /// When to send (RFC 3339), not more than a minute in the past; `null` removes it
+    /// from a draft (a scheduled campaign must keep one).
+    #[serde(default, deserialize_with = "nullable")]
+    send_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// A field that may be absent but not `null` (`null` is a type error, as on creation).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl CampaignChanges {
+    /// The names of the fields given, for the audit log.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("name", self.name.is_some()),
+            ("template_id", self.template_id.is_some()),
+            ("list_ids", self.list_ids.is_some()),
+            ("from", self.from.is_some()),
+            ("reply_to", self.reply_to.is_some()),
+            ("provider", self.provider.is_some()),
+            ("plugins", self.plugins.is_some()),
+            ("send_at", self.send_at.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect()
+    }
+}
+
+/// A campaign as the API shows it: its settings, its status and its recipients'
+/// outcomes counted from the delivery ledger.
+#[derive(Debug, Serialize, ToSchema)]
+#[salvo(schema(name = "Campaign"))]
+pub struct CampaignView {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Where the campaign is in its life.
+    pub status: CampaignStatus,
+    /// The template it renders.
+    pub template_id: i64,
+    /// The lists it sends to.
+    pub list_ids: Vec<i64>,
+    /// The From header.
+    pub from: String,
+    /// The Reply-To header.
+    pub reply_to: Option<String>,
+    /// The provider that sends it.
+    pub provider: String,
+    /// Plugins in the order they run.
+    pub plugins: Vec<CampaignPlugin>,
+    /// When it is (or was) to be sent; `null` sends on request.
+    pub send_at: Option<DateTime<Utc>>,
+    /// Why it failed, if it did.
+    pub last_error: Option<String>,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When sending started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it reached `done`, `cancelled` or `failed`.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Its recipients by outcome.
+    pub stats: CampaignStats,
+}
+
+/// A campaign's new status after a request that moves it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CampaignStatusChange {
+    /// The campaign.
+    pub id: i64,
+    /// Its status now.
+    pub status: CampaignStatus,
+}
+
+/// What `retry-failed` did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryFailedReport {
+    /// The campaign.
+    pub id: i64,
+    /// Its status now (`running` again when there was something to retry).
+    pub status: CampaignStatus,
+    /// How many failed recipients went back to pending.
+    pub retried: u64,
+}
+
+/// `?status=&email=` of the delivery ledger.
+#[derive(Debug, Deserialize, ToParameters)]
+#[salvo(parameters(default_parameter_in = Query))]
+pub struct DeliveryFilter {
+    /// Only recipients with this outcome.
+    pub status: Option<DeliveryStatus>,
+    /// Only this recipient (the exact address).
+    pub email: Option<String>,
+}
+
+async fn campaign_json(state: &AppState, row: &CampaignRow) -> ApiResult<CampaignView> {
     let stats = state.store.campaign_stats(row.id).await?;
     let list_ids = state.store.campaign_list_ids(row.id).await?;
     campaign_view(row, stats, list_ids)
@@ -46,60 +202,83 @@ fn campaign_view(
     row: &CampaignRow,
     stats: CampaignStats,
     list_ids: Vec<i64>,
-) -> ApiResult<serde_json::Value> {
-    let plugins = row.plugins().map_err(ApiError::from)?;
-    Ok(serde_json::json!({
-        "id": row.id,
-        "name": row.name,
-        "status": row.status,
-        "template_id": row.template_id,
-        "list_ids": list_ids,
-        "from": row.from_addr,
-        "reply_to": row.reply_to,
-        "provider": row.provider,
-        "plugins": plugins,
-        "send_at": row.send_at.and_then(chrono::DateTime::from_timestamp_millis),
-        "last_error": row.last_error,
-        "created_at": chrono::DateTime::from_timestamp_millis(row.created_at),
-        "started_at": row.started_at.and_then(chrono::DateTime::from_timestamp_millis),
-        "finished_at": row.finished_at.and_then(chrono::DateTime::from_timestamp_millis),
-        "stats": stats,
-    }))
+) -> ApiResult<CampaignView> {
+    let at = DateTime::<Utc>::from_timestamp_millis;
+    Ok(CampaignView {
+        id: row.id,
+        name: row.name.clone(),
+        status: row.status()?,
+        template_id: row.template_id,
+        list_ids,
+        from: row.from_addr.clone(),
+        reply_to: row.reply_to.clone(),
+        provider: row.provider.clone(),
+        plugins: row.plugins()?,
+        send_at: row.send_at.and_then(at),
+        last_error: row.last_error.clone(),
+        created_at: at(row.created_at).unwrap_or_default(),
+        started_at: row.started_at.and_then(at),
+        finished_at: row.finished_at.and_then(at),
+        stats,
+    })
 }
 
-async fn validate(state: &AppState, input: CampaignInput) -> ApiResult<NewCampaign> {
+/// The campaign fields a request sets (all of them on creation, those given on an
+/// update); [`check`] validates each one present.
+#[derive(Default)]
+struct Fields<'a> {
+    name: Option<&'a str>,
+    template_id: Option<i64>,
+    list_ids: Option<&'a [i64]>,
+    from: Option<&'a str>,
+    reply_to: Option<&'a str>,
+    provider: Option<&'a str>,
+    plugins: Option<&'a [CampaignPlugin]>,
+    send_at: Option<DateTime<Utc>>,
+}
+
+/// Validates every field given and reports all refused ones at once (422); returns the
+/// trimmed name when one was given.
+async fn check(state: &AppState, fields: Fields<'_>) -> ApiResult<Option<String>> {
     let mut errors = Vec::new();
-    let name = match required_text("name", &input.name, 200) {
-        Ok(n) => n,
-        Err(_) => {
+    let name = match fields.name.map(|n| required_text("name", n, 200)) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
             errors.push(FieldError::new("name", "must be 1 to 200 characters"));
-            String::new()
+            None
         }
     };
-    match state.store.template(input.template_id).await {
-        Ok(_) => {}
-        Err(StoreError::NotFound(_)) => {
-            errors.push(FieldError::new("template_id", "no template has this id"))
+    if let Some(template_id) = fields.template_id {
+        match state.store.template(template_id).await {
+            Ok(_) => {}
+            Err(StoreError::NotFound(_)) => {
+                errors.push(FieldError::new("template_id", "no template has this id"))
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
     }
-    if input.list_ids.is_empty() || input.list_ids.len() > MAX_LISTS {
-        errors.push(FieldError::new(
-            "list_ids",
-            format!("name 1 to {MAX_LISTS} lists"),
-        ));
-    } else {
-        for missing in state.store.missing_lists(&input.list_ids).await? {
+    if let Some(list_ids) = fields.list_ids {
+        if list_ids.is_empty() || list_ids.len() > MAX_LISTS {
             errors.push(FieldError::new(
                 "list_ids",
-                format!("no list has id {missing}"),
+                format!("name 1 to {MAX_LISTS} lists"),
             ));
+        } else {
+            for missing in state.store.missing_lists(list_ids).await? {
+                errors.push(FieldError::new(
+                    "list_ids",
+                    format!("no list has id {missing}"),
+                ));
+            }
         }
     }
-    if let Err(e) = mailing_jobs::message::check_mailbox(&input.from) {
+    if let Some(from) = fields.from
+        && let Err(e) = mailing_jobs::message::check_mailbox(from)
+    {
         errors.push(FieldError::new("from", format!("not a valid address: {e}")));
     }
-    if let Some(r) = &input.reply_to
+    if let Some(r) = fields.reply_to
         && let Err(e) = mailing_jobs::message::check_mailbox(r)
     {
         errors.push(FieldError::new(
@@ -107,51 +286,80 @@ async fn validate(state: &AppState, input: CampaignInput) -> ApiResult<NewCampai
             format!("not a valid address: {e}"),
         ));
     }
-    let provider = input.provider.unwrap_or_else(|| "file".into());
-    if let Err(e) = state.providers.by_name(&provider) {
+    if let Some(provider) = fields.provider
+        && let Err(e) = state.providers.by_name(provider)
+    {
         errors.push(FieldError::new(
             "provider",
             format!("{e}; configured: {}", state.providers.names().join(", ")),
         ));
     }
-    if input.plugins.len() > MAX_PLUGINS {
-        errors.push(FieldError::new(
-            "plugins",
-            format!("at most {MAX_PLUGINS} plugins"),
-        ));
-    }
-    for (i, entry) in input.plugins.iter().enumerate() {
-        match state.store.plugin(entry.plugin_id).await {
-            Ok(_) => {}
-            Err(mailing_jobs::StoreError::NotFound(_)) => errors.push(FieldError::new(
-                format!("plugins[{i}].plugin_id"),
-                format!("no plugin has id {}", entry.plugin_id),
-            )),
-            Err(e) => return Err(e.into()),
-        }
-        let config_len = entry.config.as_ref().map_or(0, |c| c.to_string().len());
-        if config_len > MAX_PLUGIN_CONFIG_BYTES {
+    if let Some(plugins) = fields.plugins {
+        if plugins.len() > MAX_PLUGINS {
             errors.push(FieldError::new(
-                format!("plugins[{i}].config"),
-                format!("is {config_len} bytes of JSON; the limit is {MAX_PLUGIN_CONFIG_BYTES}"),
+                "plugins",
+                format!("at most {MAX_PLUGINS} plugins"),
             ));
         }
+        for (i, entry) in plugins.iter().enumerate() {
+            match state.store.plugin(entry.plugin_id).await {
+                Ok(_) => {}
+                Err(StoreError::NotFound(_)) => errors.push(FieldError::new(
+                    format!("plugins[{i}].plugin_id"),
+                    format!("no plugin has id {}", entry.plugin_id),
+                )),
+                Err(e) => return Err(e.into()),
+            }
+            let config_len = entry.config.as_ref().map_or(0, |c| c.to_string().len());
+            if config_len > MAX_PLUGIN_CONFIG_BYTES {
+                errors.push(FieldError::new(
+                    format!("plugins[{i}].config"),
+                    format!(
+                        "is {config_len} bytes of JSON; the limit is {MAX_PLUGIN_CONFIG_BYTES}"
+                    ),
+                ));
+            }
+        }
     }
-    if let Some(at) = input.send_at
-        && at.timestamp_millis() < chrono::Utc::now().timestamp_millis() - 60_000
+    if let Some(at) = fields.send_at
+        && at.timestamp_millis() < Utc::now().timestamp_millis() - 60_000
     {
         errors.push(FieldError::new("send_at", "is in the past"));
     }
     if !errors.is_empty() {
-        let detail = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(ApiError::Validation { detail, errors });
+        return Err(refused(errors));
     }
+    Ok(name)
+}
+
+/// A 422 naming every refused field.
+fn refused(errors: Vec<FieldError>) -> ApiError {
+    let detail = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    ApiError::Validation { detail, errors }
+}
+
+async fn validate(state: &AppState, input: CampaignDraft) -> ApiResult<NewCampaign> {
+    let provider = input.provider.unwrap_or_else(|| "file".into());
+    let name = check(
+        state,
+        Fields {
+            name: Some(&input.name),
+            template_id: Some(input.template_id),
+            list_ids: Some(&input.list_ids),
+            from: Some(&input.from),
+            reply_to: input.reply_to.as_deref(),
+            provider: Some(&provider),
+            plugins: Some(&input.plugins),
+            send_at: input.send_at,
+        },
+    )
+    .await?;
     Ok(NewCampaign {
-        name,
+        name: name.unwrap_or_default(),
         template_id: input.template_id,
         list_ids: input.list_ids,
         from: input.from,
@@ -162,13 +370,13 @@ async fn validate(state: &AppState, input: CampaignInput) -> ApiResult<NewCampai
     })
 }
 
-/// `POST /api/v1/campaigns`.
-#[handler]
-pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// `POST /api/v1/campaigns`: creates a draft campaign (editor).
+#[endpoint(tags("campaigns"), request_body = CampaignDraft)]
+pub async fn create(req: &mut Request, depot: &mut Depot) -> ApiResult<Created<CampaignView>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
-    let input: CampaignInput = json_body(req, JSON_LIMIT).await?;
+    let input: CampaignDraft = json_body(req, JSON_LIMIT).await?;
     let new = validate(&state, input).await?;
     let row = state.store.create_campaign(&new).await?;
     state
@@ -180,14 +388,12 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             &serde_json::json!({}),
         )
         .await?;
-    res.status_code(StatusCode::CREATED)
-        .render(Json(campaign_json(&state, &row).await?));
-    Ok(())
+    Ok(Created(campaign_json(&state, &row).await?))
 }
 
-/// `GET /api/v1/campaigns`.
-#[handler]
-pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+/// `GET /api/v1/campaigns`: one page of campaigns, each with its statistics.
+#[endpoint(tags("campaigns"), parameters(PageQuery))]
+pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Page<CampaignView>>> {
     let state = from_depot(depot)?;
     let (after, limit) = pagination(req)?;
     let page = state.store.campaigns(after, limit).await?;
@@ -203,23 +409,119 @@ pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde
             lists.remove(&row.id).unwrap_or_default(),
         )?);
     }
-    Ok(Json(serde_json::json!(mailing_jobs::store::Page {
+    Ok(Json(Page {
         items,
-        next: page.next
-    })))
+        next: page.next,
+    }))
 }
 
-/// `GET /api/v1/campaigns/{id}`.
-#[handler]
-pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+/// `GET /api/v1/campaigns/{id}`: the campaign with its statistics.
+#[endpoint(tags("campaigns"), parameters(("id" = i64, Path, description = "The campaign")))]
+pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<CampaignView>> {
     let state = from_depot(depot)?;
     let row = state.store.campaign(path_id(req, "id")?).await?;
     Ok(Json(campaign_json(&state, &row).await?))
 }
 
-fn accepted(res: &mut Response, id: i64, status: CampaignStatus) {
-    res.status_code(StatusCode::ACCEPTED)
-        .render(Json(serde_json::json!({ "id": id, "status": status })));
+/// `PATCH /api/v1/campaigns/{id}`: changes the given settings of a `draft` or
+/// `scheduled` campaign (editor), validated as on creation; 409 in any other status.
+#[endpoint(
+    tags("campaigns"),
+    parameters(("id" = i64, Path, description = "The campaign")),
+    request_body = CampaignChanges
+)]
+pub async fn update(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<CampaignView>> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Editor)?;
+    let id = path_id(req, "id")?;
+    let changes: CampaignChanges = json_body(req, JSON_LIMIT).await?;
+    let row = state.store.campaign(id).await?;
+    let status = row.status()?;
+    if !matches!(status, CampaignStatus::Draft | CampaignStatus::Scheduled) {
+        return Err(ApiError::Conflict(format!(
+            "campaign {id} is {status}; only a draft or scheduled campaign can be changed"
+        )));
+    }
+    if status == CampaignStatus::Scheduled && matches!(changes.send_at, Some(None)) {
+        return Err(ApiError::field(
+            "send_at",
+            "a scheduled campaign needs a send time; cancel it to stop it",
+        ));
+    }
+    let name = check(
+        &state,
+        Fields {
+            name: changes.name.as_deref(),
+            template_id: changes.template_id,
+            list_ids: changes.list_ids.as_deref(),
+            from: changes.from.as_deref(),
+            reply_to: changes.reply_to.as_ref().and_then(Option::as_deref),
+            provider: changes.provider.as_deref(),
+            plugins: changes.plugins.as_deref(),
+            send_at: changes.send_at.flatten(),
+        },
+    )
+    .await?;
+    let given = changes.given();
+    let list_ids = match changes.list_ids {
+        Some(ids) => ids,
+        None => state.store.campaign_list_ids(id).await?,
+    };
+    let plugins = match changes.plugins {
+        Some(p) => p,
+        None => row.plugins()?,
+    };
+    let new = NewCampaign {
+        name: name.unwrap_or(row.name),
+        template_id: changes.template_id.unwrap_or(row.template_id),
+        list_ids,
+        from: changes.from.unwrap_or(row.from_addr),
+        reply_to: changes.reply_to.unwrap_or(row.reply_to),
+        provider: changes.provider.unwrap_or(row.provider),
+        plugins,
+        send_at: match changes.send_at {
+            Some(at) => at.map(|t| t.timestamp_millis()),
+            None => row.send_at,
+        },
+    };
+    let row = state.store.update_campaign(id, &new).await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "campaign.update",
+            Some(&format!("campaign:{id}")),
+            &serde_json::json!({ "fields": given }),
+        )
+        .await?;
+    Ok(Json(campaign_json(&state, &row).await?))
+}
+
+/// `DELETE /api/v1/campaigns/{id}`: deletes a campaign that is not sending (`draft`,
+/// `scheduled`, `done`, `cancelled`, `failed`) with its delivery ledger (editor); 409
+/// while it is `running` or `paused` (cancel it first).
+#[endpoint(tags("campaigns"), parameters(("id" = i64, Path, description = "The campaign")))]
+pub async fn delete(req: &mut Request, depot: &mut Depot) -> ApiResult<NoContent> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Editor)?;
+    let id = path_id(req, "id")?;
+    state.store.delete_campaign(id).await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "campaign.delete",
+            Some(&format!("campaign:{id}")),
+            &serde_json::json!({}),
+        )
+        .await?;
+    Ok(NoContent)
+}
+
+fn accepted(id: i64, status: CampaignStatus) -> Accepted<CampaignStatusChange> {
+    Accepted(CampaignStatusChange { id, status })
 }
 
 fn conflict(row: &CampaignRow, action: &str) -> ApiError {
@@ -248,9 +550,13 @@ pub async fn start(state: &AppState, row: &CampaignRow, from: CampaignStatus) ->
     Ok(true)
 }
 
-/// `POST /api/v1/campaigns/{id}/send`: sends now, or schedules when `send_at` is ahead.
-#[handler]
-pub async fn send(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// `POST /api/v1/campaigns/{id}/send`: sends a draft now (`running`), or schedules it
+/// (`scheduled`) when its `send_at` is ahead.
+#[endpoint(tags("campaigns"), parameters(("id" = i64, Path, description = "The campaign")))]
+pub async fn send(
+    req: &mut Request,
+    depot: &mut Depot,
+) -> ApiResult<Accepted<CampaignStatusChange>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
@@ -299,13 +605,15 @@ pub async fn send(req: &mut Request, depot: &mut Depot, res: &mut Response) -> A
             &serde_json::json!({"status": next}),
         )
         .await?;
-    accepted(res, row.id, next);
-    Ok(())
+    Ok(accepted(row.id, next))
 }
 
-/// `POST /api/v1/campaigns/{id}/pause`.
-#[handler]
-pub async fn pause(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// `POST /api/v1/campaigns/{id}/pause`: a running campaign stops taking new batches.
+#[endpoint(tags("campaigns"), parameters(("id" = i64, Path, description = "The campaign")))]
+pub async fn pause(
+    req: &mut Request,
+    depot: &mut Depot,
+) -> ApiResult<Accepted<CampaignStatusChange>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
@@ -331,13 +639,15 @@ pub async fn pause(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
             &serde_json::json!({}),
         )
         .await?;
-    accepted(res, row.id, CampaignStatus::Paused);
-    Ok(())
+    Ok(accepted(row.id, CampaignStatus::Paused))
 }
 
-/// `POST /api/v1/campaigns/{id}/resume`.
-#[handler]
-pub async fn resume(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// `POST /api/v1/campaigns/{id}/resume`: a paused campaign runs again.
+#[endpoint(tags("campaigns"), parameters(("id" = i64, Path, description = "The campaign")))]
+pub async fn resume(
+    req: &mut Request,
+    depot: &mut Depot,
+) -> ApiResult<Accepted<CampaignStatusChange>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
@@ -354,13 +664,15 @@ pub async fn resume(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             &serde_json::json!({}),
         )
         .await?;
-    accepted(res, row.id, CampaignStatus::Running);
-    Ok(())
+    Ok(accepted(row.id, CampaignStatus::Running))
 }
 
 /// `POST /api/v1/campaigns/{id}/cancel`: pending recipients are marked skipped.
-#[handler]
-pub async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+#[endpoint(tags("campaigns"), parameters(("id" = i64, Path, description = "The campaign")))]
+pub async fn cancel(
+    req: &mut Request,
+    depot: &mut Depot,
+) -> ApiResult<Accepted<CampaignStatusChange>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
@@ -391,17 +703,19 @@ pub async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             &serde_json::json!({}),
         )
         .await?;
-    accepted(res, row.id, CampaignStatus::Cancelled);
-    Ok(())
+    Ok(accepted(row.id, CampaignStatus::Cancelled))
 }
 
 /// `GET /api/v1/campaigns/{id}/deliveries?status=&email=&limit=&after=`: the ledger,
 /// one row per recipient with its outcome, attempts and last error.
-#[handler]
+#[endpoint(
+    tags("campaigns"),
+    parameters(("id" = i64, Path, description = "The campaign"), DeliveryFilter, PageQuery)
+)]
 pub async fn deliveries(
     req: &mut Request,
     depot: &mut Depot,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Page<DeliveryRow>>> {
     let state = from_depot(depot)?;
     let id = path_id(req, "id")?;
     state.store.campaign(id).await?;
@@ -409,7 +723,7 @@ pub async fn deliveries(
     let status = match req.query::<String>("status") {
         None => None,
         Some(s) => Some(
-            s.parse::<mailing_jobs::DeliveryStatus>()
+            s.parse::<DeliveryStatus>()
                 .map_err(|e| ApiError::field("status", e.to_string()))?,
         ),
     };
@@ -420,22 +734,21 @@ pub async fn deliveries(
                 .map_err(|m| ApiError::field("email", m))?,
         ),
     };
-    Ok(Json(serde_json::json!(
+    Ok(Json(
         state
             .store
             .deliveries(id, status, email.as_deref(), after, limit)
-            .await?
-    )))
+            .await?,
+    ))
 }
 
 /// `POST /api/v1/campaigns/{id}/retry-failed`: failed recipients go back to pending with
 /// fresh attempts; a finished campaign runs again for them.
-#[handler]
+#[endpoint(tags("campaigns"), parameters(("id" = i64, Path, description = "The campaign")))]
 pub async fn retry_failed(
     req: &mut Request,
     depot: &mut Depot,
-    res: &mut Response,
-) -> ApiResult<()> {
+) -> ApiResult<Accepted<RetryFailedReport>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
@@ -460,8 +773,9 @@ pub async fn retry_failed(
             &serde_json::json!({"retried": retried}),
         )
         .await?;
-    res.status_code(StatusCode::ACCEPTED).render(Json(
-        serde_json::json!({ "id": row.id, "status": status, "retried": retried }),
-    ));
-    Ok(())
+    Ok(Accepted(RetryFailedReport {
+        id: row.id,
+        status,
+        retried,
+    }))
 }

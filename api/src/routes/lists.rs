@@ -1,31 +1,39 @@
 //! `/api/v1/lists` and their subscribers (JSON array or CSV import).
 
+use salvo::oapi::ToSchema;
 use salvo::prelude::*;
 use serde::Deserialize;
 
-use super::{JSON_LIMIT, json_body, pagination, path_id, required_text};
+use super::subscribers::SubscriberView;
+use super::{JSON_LIMIT, PageQuery, json_body, pagination, path_id, required_text};
 use crate::auth::principal;
+use crate::openapi::{Created, NoContent};
 use crate::problem::{ApiError, ApiResult, parse_error};
 use crate::state::from_depot;
 use mailing_jobs::Role;
-use mailing_jobs::store::subscribers::NewSubscriber;
+use mailing_jobs::store::Page;
+use mailing_jobs::store::lists::MailingList;
+use mailing_jobs::store::subscribers::{ImportReport, NewSubscriber};
 
 /// The largest subscriber import body (JSON or CSV).
 pub const IMPORT_LIMIT: usize = 32 * 1024 * 1024;
 /// The most rows one import request may carry.
 pub const IMPORT_MAX_ROWS: usize = 200_000;
 
-#[derive(Deserialize)]
+/// A list to create.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewList {
+    /// 1 to 200 characters.
     name: String,
+    /// At most 2,000 characters.
     #[serde(default)]
     description: Option<String>,
 }
 
-/// `POST /api/v1/lists`.
-#[handler]
-pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// `POST /api/v1/lists`: creates a list (editor).
+#[endpoint(tags("lists"), request_body = NewList)]
+pub async fn create(req: &mut Request, depot: &mut Depot) -> ApiResult<Created<MailingList>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
@@ -54,24 +62,21 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             &serde_json::json!({}),
         )
         .await?;
-    res.status_code(StatusCode::CREATED).render(Json(list));
-    Ok(())
+    Ok(Created(list))
 }
 
-/// `GET /api/v1/lists`.
-#[handler]
-pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+/// `GET /api/v1/lists`: one page of lists.
+#[endpoint(tags("lists"), parameters(PageQuery))]
+pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Page<MailingList>>> {
     let state = from_depot(depot)?;
     let (after, limit) = pagination(req)?;
-    Ok(Json(serde_json::json!(
-        state.store.lists(after, limit).await?
-    )))
+    Ok(Json(state.store.lists(after, limit).await?))
 }
 
 /// `DELETE /api/v1/lists/{id}`: the list and its memberships (not the subscribers);
 /// 409 while a campaign targets it.
-#[handler]
-pub async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+#[endpoint(tags("lists"), parameters(("id" = i64, Path, description = "The list")))]
+pub async fn delete(req: &mut Request, depot: &mut Depot) -> ApiResult<NoContent> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
@@ -86,45 +91,31 @@ pub async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             &serde_json::json!({}),
         )
         .await?;
-    res.status_code(StatusCode::NO_CONTENT);
-    Ok(())
+    Ok(NoContent)
 }
 
 /// `GET /api/v1/lists/{id}`.
-#[handler]
-pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+#[endpoint(tags("lists"), parameters(("id" = i64, Path, description = "The list")))]
+pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<MailingList>> {
     let state = from_depot(depot)?;
-    Ok(Json(serde_json::json!(
-        state.store.list(path_id(req, "id")?).await?
-    )))
+    Ok(Json(state.store.list(path_id(req, "id")?).await?))
 }
 
-/// `GET /api/v1/lists/{id}/subscribers`.
-#[handler]
+/// `GET /api/v1/lists/{id}/subscribers`: one page of the list's members.
+#[endpoint(tags("lists"), parameters(("id" = i64, Path, description = "The list"), PageQuery))]
 pub async fn subscribers(
     req: &mut Request,
     depot: &mut Depot,
-) -> ApiResult<Json<serde_json::Value>> {
+) -> ApiResult<Json<Page<SubscriberView>>> {
     let state = from_depot(depot)?;
     let id = path_id(req, "id")?;
     state.store.list(id).await?;
     let (after, limit) = pagination(req)?;
     let page = state.store.list_subscribers(id, after, limit).await?;
-    let items: Vec<serde_json::Value> = page
-        .items
-        .iter()
-        .map(|s| {
-            serde_json::json!({
-                "id": s.id, "email": s.email, "name": s.name, "status": s.status,
-                "attributes": serde_json::from_str::<serde_json::Value>(&s.attributes).unwrap_or_default(),
-                "created_at": s.created_at,
-            })
-        })
-        .collect();
-    Ok(Json(serde_json::json!(mailing_jobs::store::Page {
-        items,
-        next: page.next
-    })))
+    Ok(Json(Page {
+        items: page.items.iter().map(SubscriberView::from).collect(),
+        next: page.next,
+    }))
 }
 
 /// Parses a CSV body with a header row: `email` (required), `name`, and any other
@@ -170,13 +161,17 @@ fn parse_csv(bytes: &[u8]) -> ApiResult<Vec<NewSubscriber>> {
 }
 
 /// `POST /api/v1/lists/{id}/subscribers`: a JSON array of subscribers, or `text/csv`.
-/// Valid rows are written in one transaction; invalid ones are reported per row.
-#[handler]
+/// Valid rows are written in one transaction; invalid ones are reported per row. (The
+/// document's `text/csv` alternative is added in [`crate::openapi::document`].)
+#[endpoint(
+    tags("lists"),
+    parameters(("id" = i64, Path, description = "The list")),
+    request_body = Vec<NewSubscriber>,
+)]
 pub async fn add_subscribers(
     req: &mut Request,
     depot: &mut Depot,
-    res: &mut Response,
-) -> ApiResult<()> {
+) -> ApiResult<Json<ImportReport>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
@@ -212,8 +207,7 @@ pub async fn add_subscribers(
             &serde_json::json!({"inserted": report.inserted, "updated": report.updated, "rejected": report.rejected.len()}),
         )
         .await?;
-    res.render(Json(report));
-    Ok(())
+    Ok(Json(report))
 }
 
 #[cfg(test)]

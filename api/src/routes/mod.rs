@@ -20,6 +20,17 @@ use serde::de::DeserializeOwned;
 
 use crate::problem::{ApiError, ApiResult, parse_error};
 
+/// `?limit=&after=` as the OpenAPI document shows it; [`pagination`] reads and checks it.
+#[derive(Debug, serde::Deserialize, ToParameters)]
+#[salvo(parameters(default_parameter_in = Query))]
+pub struct PageQuery {
+    /// How many items to return (1 to 500; 50 when absent).
+    #[salvo(parameter(minimum = 1, maximum = 500))]
+    pub limit: Option<u32>,
+    /// The `next` value of the previous page; absent for the first page.
+    pub after: Option<i64>,
+}
+
 /// The largest JSON body most routes accept.
 pub const JSON_LIMIT: usize = 256 * 1024;
 /// The largest page a collection returns.

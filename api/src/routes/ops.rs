@@ -1,23 +1,281 @@
 //! Operational routes: `/health` (cheap liveness plus the supervision tree's state),
 //! `/health/ready` (dependencies with latency), `/metrics` (Prometheus text),
-//! `/admin/stats`, `/admin/cache/stats`, `/admin/cache/clear`, and the fault-injection
-//! route used by drills and tests (absent unless enabled, never in production).
+//! `/admin/stats`, `/admin/cache/stats`, `/admin/cache/clear`, the backups, and the
+//! fault-injection route used by drills and tests (absent unless enabled, never in
+//! production).
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
+use salvo::oapi::ToSchema;
 use salvo::prelude::*;
+use serde::{Deserialize, Serialize};
 
 use crate::auth::principal;
+use crate::openapi::{Accepted, Created};
 use crate::problem::{ApiError, ApiResult};
 use crate::state::from_depot;
 use mailing_jobs::Role;
-use mailing_jobs::health::ComponentStatus;
+use mailing_jobs::backup::Manifest;
+use mailing_jobs::health::{ComponentHealth, ComponentStatus};
+use mailing_jobs::render::CacheStats;
+
+/// Every supervised component's state, by name.
+type Components = BTreeMap<String, ComponentHealth>;
+
+/// What `/health` answers.
+#[derive(Debug, Serialize, ToSchema)]
+struct HealthReport {
+    /// `ok` (every component runs), `degraded` (one is being restarted) or `failed`
+    /// (one exceeded its restart limit and was given up).
+    status: String,
+    /// Every supervised component, by name.
+    components: Components,
+}
+
+/// How one dependency answered a readiness check.
+#[derive(Debug, Serialize, ToSchema)]
+struct DependencyCheck {
+    /// `up` or `down`.
+    status: String,
+    /// How long the check took, in milliseconds.
+    latency_ms: f64,
+    /// Why it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl DependencyCheck {
+    fn of(result: Result<(), String>, latency_ms: f64) -> Self {
+        match result {
+            Ok(()) => DependencyCheck {
+                status: "up".into(),
+                latency_ms,
+                error: None,
+            },
+            Err(e) => DependencyCheck {
+                status: "down".into(),
+                latency_ms,
+                error: Some(e),
+            },
+        }
+    }
+}
+
+/// Jobs waiting (due or scheduled) in each queue.
+#[derive(Debug, Serialize, ToSchema)]
+struct QueueDepth {
+    /// Campaigns to plan.
+    plan: u64,
+    /// Batches of messages to send.
+    send: u64,
+}
+
+impl QueueDepth {
+    fn of(depth: Option<(u64, u64)>) -> Option<Self> {
+        depth.map(|(plan, send)| QueueDepth { plan, send })
+    }
+}
+
+/// The job queue, as `/health/ready` sees it.
+#[derive(Debug, Serialize, ToSchema)]
+struct QueueReadiness {
+    /// `sqlite` or `redis`.
+    backend: String,
+    /// Whether it answers.
+    check: DependencyCheck,
+    /// Jobs waiting; null when the queue could not be asked.
+    depth: Option<QueueDepth>,
+}
+
+/// What `/health/ready` answers.
+#[derive(Debug, Serialize, ToSchema)]
+struct Readiness {
+    /// `ready`, or `not_ready` when the database or the queue is down.
+    status: String,
+    /// The database.
+    database: DependencyCheck,
+    /// The job queue.
+    queue: QueueReadiness,
+    /// Every supervised component, by name.
+    components: Components,
+}
+
+/// The template cache's counters.
+#[derive(Debug, Serialize, ToSchema)]
+struct TemplateCacheStats {
+    /// Whether caching is on.
+    enabled: bool,
+    /// Lookups answered from the cache.
+    hits: u64,
+    /// Lookups that compiled the template.
+    misses: u64,
+    /// Entries dropped for size or age.
+    evictions: u64,
+    /// Entries now held.
+    size: u64,
+    /// The most entries held.
+    capacity: u64,
+    /// Seconds an entry lives.
+    ttl_seconds: u64,
+    /// hits / (hits + misses), 0 when unused.
+    hit_ratio: f64,
+}
+
+impl From<CacheStats> for TemplateCacheStats {
+    fn from(counters: CacheStats) -> Self {
+        // Destructured whole, so a new counter cannot be left out of the API.
+        let CacheStats {
+            enabled,
+            hits,
+            misses,
+            evictions,
+            size,
+            capacity,
+            ttl_seconds,
+            hit_ratio,
+        } = counters;
+        TemplateCacheStats {
+            enabled,
+            hits,
+            misses,
+            evictions,
+            size,
+            capacity,
+            ttl_seconds,
+            hit_ratio,
+        }
+    }
+}
+
+/// The job queue, as `/admin/stats` shows it.
+#[derive(Debug, Serialize, ToSchema)]
+struct QueueStats {
+    /// `sqlite` or `redis`.
+    backend: String,
+    /// Jobs waiting; null when the queue could not be asked.
+    depth: Option<QueueDepth>,
+}
+
+/// What `/admin/stats` answers.
+#[derive(Debug, Serialize, ToSchema)]
+struct AdminStats {
+    /// Workspace-wide counts: `subscribers`, `lists`, `campaigns`, `deliveries`, and
+    /// `sent` (deliveries sent).
+    totals: serde_json::Value,
+    /// The job queue.
+    queue: QueueStats,
+    /// The template cache.
+    template_cache: TemplateCacheStats,
+    /// Every supervised component, by name.
+    components: Components,
+}
+
+/// What `/admin/cache/clear` answers.
+#[derive(Debug, Serialize, ToSchema)]
+struct CacheCleared {
+    /// How many compiled templates were dropped.
+    cleared: u64,
+}
+
+/// A backup, as its manifest (written next to it) describes it.
+#[derive(Debug, Serialize, ToSchema)]
+struct BackupManifest {
+    /// The backup's name (its directory).
+    name: String,
+    /// `sqlite` or `postgres`.
+    backend: String,
+    /// The Mailing version that wrote it.
+    mailing_version: String,
+    /// The number of migrations applied to the copied database.
+    schema_version: i64,
+    /// When it was taken (RFC 3339).
+    #[salvo(schema(value_type = String, format = DateTime))]
+    created_at: chrono::DateTime<chrono::Utc>,
+    /// The data file, relative to the backup directory.
+    file: String,
+    /// Bytes of the data file.
+    size_bytes: u64,
+    /// Bytes of the database before compression (SQLite).
+    uncompressed_bytes: u64,
+    /// SHA-256 of the data file, hex.
+    sha256: String,
+    /// Row counts of the main tables in the copy, by table.
+    row_counts: BTreeMap<String, i64>,
+    /// Whether verification passed after writing.
+    verified: bool,
+}
+
+impl From<Manifest> for BackupManifest {
+    fn from(manifest: Manifest) -> Self {
+        // Destructured whole, so a new manifest field cannot be left out of the API.
+        let Manifest {
+            name,
+            backend,
+            mailing_version,
+            schema_version,
+            created_at,
+            file,
+            size_bytes,
+            uncompressed_bytes,
+            sha256,
+            row_counts,
+            verified,
+        } = manifest;
+        BackupManifest {
+            name,
+            backend,
+            mailing_version,
+            schema_version,
+            created_at,
+            file,
+            size_bytes,
+            uncompressed_bytes,
+            sha256,
+            row_counts,
+            verified,
+        }
+    }
+}
+
+/// What `/admin/backup/list` answers.
+#[derive(Debug, Serialize, ToSchema)]
+struct BackupList {
+    /// The backups, newest first.
+    items: Vec<BackupManifest>,
+}
+
+/// A backup to restore.
+#[derive(Deserialize, ToSchema)]
+struct BackupRestoreRequest {
+    /// The backup's name, as `/admin/backup/list` shows it (the body is at most 4 KiB).
+    name: String,
+}
+
+/// What `/admin/backup/restore` answers.
+#[derive(Debug, Serialize, ToSchema)]
+struct RestoreStarted {
+    /// The backup being restored.
+    restoring: String,
+    /// What happens next.
+    detail: String,
+}
+
+/// What `/admin/debug/crash/{component}` answers.
+#[derive(Debug, Serialize, ToSchema)]
+struct CrashInjected {
+    /// The component that was made to fail.
+    crashed: String,
+}
 
 /// `GET /health`: cheap liveness. 200 with `status: ok` when every supervised
 /// component runs, `degraded` (still 200) while one is being restarted, and 503
 /// `failed` when a component exceeded its restart limit and was given up.
-#[handler]
-pub async fn health(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+#[endpoint(
+    tags("operations"),
+    responses((status_code = 503, description = "A component failed too often and was given up", body = HealthReport))
+)]
+pub async fn health(depot: &mut Depot, res: &mut Response) -> ApiResult<Json<HealthReport>> {
     let state = from_depot(depot)?;
     let components = state.health.snapshot();
     let failed = components
@@ -31,15 +289,18 @@ pub async fn health(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     } else {
         "degraded"
     };
-    res.render(Json(
-        serde_json::json!({ "status": status, "components": components }),
-    ));
-    Ok(())
+    Ok(Json(HealthReport {
+        status: status.into(),
+        components,
+    }))
 }
 
 /// `GET /health/ready`: checks the database and the queue; 503 when either fails.
-#[handler]
-pub async fn ready(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+#[endpoint(
+    tags("operations"),
+    responses((status_code = 503, description = "The database or the queue is down", body = Readiness))
+)]
+pub async fn ready(depot: &mut Depot, res: &mut Response) -> ApiResult<Json<Readiness>> {
     let state = from_depot(depot)?;
     let started = Instant::now();
     let db = state.store.ping().await;
@@ -49,53 +310,52 @@ pub async fn ready(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     let queue_ms = started.elapsed().as_secs_f64() * 1000.0;
     let depth = state.queue.depth().await.ok();
     let ok = db.is_ok() && queue.is_ok();
-    let check = |r: &Result<(), String>, ms: f64| match r {
-        Ok(()) => serde_json::json!({ "status": "up", "latency_ms": ms }),
-        Err(e) => serde_json::json!({ "status": "down", "latency_ms": ms, "error": e }),
-    };
-    let body = serde_json::json!({
-        "status": if ok { "ready" } else { "not_ready" },
-        "database": check(&db.map_err(|e| e.to_string()), db_ms),
-        "queue": {
-            "backend": state.queue.backend(),
-            "check": check(&queue.map_err(|e| e.to_string()), queue_ms),
-            "depth": depth.map(|(plan, send)| serde_json::json!({ "plan": plan, "send": send })),
+    let body = Readiness {
+        status: if ok { "ready" } else { "not_ready" }.into(),
+        database: DependencyCheck::of(db.map_err(|e| e.to_string()), db_ms),
+        queue: QueueReadiness {
+            backend: state.queue.backend().into(),
+            check: DependencyCheck::of(queue.map_err(|e| e.to_string()), queue_ms),
+            depth: QueueDepth::of(depth),
         },
-        "components": state.health.snapshot(),
-    });
+        components: state.health.snapshot(),
+    };
     if !ok {
         res.status_code(StatusCode::SERVICE_UNAVAILABLE);
     }
-    res.render(Json(body));
-    Ok(())
+    Ok(Json(body))
 }
 
-/// `GET /admin/stats`.
-#[handler]
-pub async fn stats(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+/// `GET /admin/stats`: counts, the queue, the template cache and the components
+/// (admin).
+#[endpoint(tags("operations"))]
+pub async fn stats(depot: &mut Depot) -> ApiResult<Json<AdminStats>> {
     let state = from_depot(depot)?;
     principal(depot)?.require(Role::Admin)?;
     let totals = state.store.totals().await?;
     let depth = state.queue.depth().await.ok();
-    Ok(Json(serde_json::json!({
-        "totals": totals,
-        "queue": { "backend": state.queue.backend(), "depth": depth.map(|(p, s)| serde_json::json!({"plan": p, "send": s})) },
-        "template_cache": state.renderer.stats(),
-        "components": state.health.snapshot(),
-    })))
+    Ok(Json(AdminStats {
+        totals,
+        queue: QueueStats {
+            backend: state.queue.backend().into(),
+            depth: QueueDepth::of(depth),
+        },
+        template_cache: state.renderer.stats().into(),
+        components: state.health.snapshot(),
+    }))
 }
 
-/// `GET /admin/cache/stats`.
-#[handler]
-pub async fn cache_stats(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+/// `GET /admin/cache/stats`: the template cache's counters (admin).
+#[endpoint(tags("operations"))]
+pub async fn cache_stats(depot: &mut Depot) -> ApiResult<Json<TemplateCacheStats>> {
     let state = from_depot(depot)?;
     principal(depot)?.require(Role::Admin)?;
-    Ok(Json(serde_json::json!(state.renderer.stats())))
+    Ok(Json(state.renderer.stats().into()))
 }
 
-/// `POST /admin/cache/clear`.
-#[handler]
-pub async fn cache_clear(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+/// `POST /admin/cache/clear`: drops every compiled template (admin).
+#[endpoint(tags("operations"))]
+pub async fn cache_clear(depot: &mut Depot) -> ApiResult<Json<CacheCleared>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Admin)?;
@@ -109,22 +369,25 @@ pub async fn cache_clear(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>
             &serde_json::json!({"cleared": cleared}),
         )
         .await?;
-    Ok(Json(serde_json::json!({ "cleared": cleared })))
+    Ok(Json(CacheCleared { cleared }))
 }
 
-/// `GET /admin/backup/list`: the backups, newest first, with their manifests.
-#[handler]
-pub async fn backup_list(depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+/// `GET /admin/backup/list`: the backups, newest first, with their manifests (admin).
+#[endpoint(tags("backups"))]
+pub async fn backup_list(depot: &mut Depot) -> ApiResult<Json<BackupList>> {
     let state = from_depot(depot)?;
     principal(depot)?.require(Role::Admin)?;
     let list = mailing_jobs::backup::list(&state.backup.dir)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(serde_json::json!({ "items": list })))
+    Ok(Json(BackupList {
+        items: list.into_iter().map(BackupManifest::from).collect(),
+    }))
 }
 
-/// `POST /admin/backup/create`: takes and verifies a backup now; 201 with its manifest.
-#[handler]
-pub async fn backup_create(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// `POST /admin/backup/create`: takes and verifies a backup now; 201 with its manifest
+/// (admin). 503 when a tool the backup needs (`pg_dump`) is missing.
+#[endpoint(tags("backups"))]
+pub async fn backup_create(depot: &mut Depot) -> ApiResult<Created<BackupManifest>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Admin)?;
@@ -145,28 +408,23 @@ pub async fn backup_create(depot: &mut Depot, res: &mut Response) -> ApiResult<(
             &serde_json::json!({"size_bytes": manifest.size_bytes}),
         )
         .await?;
-    res.status_code(StatusCode::CREATED).render(Json(manifest));
-    Ok(())
+    Ok(Created(manifest.into()))
 }
 
 /// `POST /admin/backup/restore` with `{"name"}`: verifies the backup, records the
 /// request and restarts the process, which stops taking work, restores the backup
 /// (keeping the current database as a rollback point, put back on any failure) and
-/// starts again. Other processes sharing the database should be stopped first.
-#[handler]
+/// starts again. Other processes sharing the database should be stopped first (admin).
+/// 404 for an unknown backup; 422 for one that fails verification.
+#[endpoint(tags("backups"), request_body = BackupRestoreRequest)]
 pub async fn backup_restore(
     req: &mut Request,
     depot: &mut Depot,
-    res: &mut Response,
-) -> ApiResult<()> {
-    #[derive(serde::Deserialize)]
-    struct Restore {
-        name: String,
-    }
+) -> ApiResult<Accepted<RestoreStarted>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Admin)?;
-    let body: Restore = super::json_body(req, 4096).await?;
+    let body: BackupRestoreRequest = super::json_body(req, 4096).await?;
     let manifest = mailing_jobs::backup::request_restore(&state.backup, &body.name)
         .await
         .map_err(|e| match e {
@@ -185,18 +443,23 @@ pub async fn backup_restore(
             &serde_json::json!({}),
         )
         .await?;
-    res.status_code(StatusCode::ACCEPTED).render(Json(serde_json::json!({
-        "restoring": manifest.name,
-        "detail": "the server is restarting to restore this backup; /health answers again when it is done",
-    })));
     state.restart.notify_one();
-    Ok(())
+    Ok(Accepted(RestoreStarted {
+        restoring: manifest.name,
+        detail:
+            "the server is restarting to restore this backup; /health answers again when it is done"
+                .into(),
+    }))
 }
 
 /// `POST /admin/debug/crash/{component}`: makes a supervised component fail, to prove
-/// that its supervisor restarts it. Only routed when `FAULT_INJECTION=true`.
-#[handler]
-pub async fn crash(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// that its supervisor restarts it. Only routed when `FAULT_INJECTION=true` (admin); 404
+/// for an unknown component.
+#[endpoint(
+    tags("operations"),
+    parameters(("component" = String, Path, description = "A supervised component, as `/health` names it"))
+)]
+pub async fn crash(req: &mut Request, depot: &mut Depot) -> ApiResult<Accepted<CrashInjected>> {
     let state = from_depot(depot)?;
     principal(depot)?.require(Role::Admin)?;
     let name = req.param::<String>("component").unwrap_or_default();
@@ -211,13 +474,16 @@ pub async fn crash(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
             known.join(", ")
         )));
     }
-    res.status_code(StatusCode::ACCEPTED)
-        .render(Json(serde_json::json!({ "crashed": name })));
-    Ok(())
+    Ok(Accepted(CrashInjected { crashed: name }))
 }
 
 /// `GET /metrics`: every instrument of the global meter, in Prometheus text format.
-#[handler]
+/// Only routed when `METRICS_ENABLED=true`.
+#[endpoint(
+    tags("operations"),
+    responses((status_code = 200, description = "Prometheus text exposition format 0.0.4", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)),
+    status_codes(200, 404, 500)
+)]
 pub async fn metrics(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     let state = from_depot(depot)?;
     let registry = state

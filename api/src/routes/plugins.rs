@@ -6,14 +6,45 @@
 //! Uploading and deleting run or remove code in the send path, so they need the admin
 //! role; editors and viewers may list plugins and use them in campaigns.
 
+use salvo::oapi::{
+    BasicType, Components, KnownFormat, Object, RefOr, Schema, SchemaFormat, ToSchema,
+};
 use salvo::prelude::*;
+use serde::Deserialize;
 
-use super::{pagination, path_id};
+use super::{PageQuery, pagination, path_id};
 use crate::auth::principal;
+use crate::openapi::{Created, NoContent};
 use crate::problem::{ApiError, ApiResult, FieldError, parse_error};
 use crate::state::from_depot;
 use mailing_jobs::Role;
+use mailing_jobs::store::Page;
+use mailing_jobs::store::plugins::PluginRow;
 use mailing_plugins::PluginError;
+
+/// The component's bytes as an upload body: a binary string in the document (never
+/// built; the handler reads the bytes itself).
+enum WasmComponent {}
+
+impl ToSchema for WasmComponent {
+    fn to_schema(_components: &mut Components) -> RefOr<Schema> {
+        Object::with_type(BasicType::String)
+            .format(SchemaFormat::KnownFormat(KnownFormat::Binary))
+            .content_media_type("application/wasm")
+            .into()
+    }
+}
+
+/// `?name=&version=` of an upload (with multipart they may be form fields instead).
+#[derive(Debug, Deserialize, ToParameters)]
+#[salvo(parameters(default_parameter_in = Query))]
+pub struct PluginUpload {
+    /// The plugin's name: 1 to 64 letters, digits, `-` or `_`.
+    pub name: Option<String>,
+    /// Its version: 1 to 32 letters, digits, `-`, `_`, `.` or `+`. A name and version
+    /// are registered once.
+    pub version: Option<String>,
+}
 
 fn check_name(field: &str, value: Option<String>, max: usize, extra: &str) -> ApiResult<String> {
     let value = value.unwrap_or_default();
@@ -58,9 +89,19 @@ fn refusal(e: PluginError) -> ApiError {
 /// `POST /api/v1/plugins?name=&version=` with the component's bytes as the body
 /// (`application/wasm`, or `application/octet-stream`), or `multipart/form-data` with
 /// the component in a file part named `component` (`name` and `version` may then be
-/// form fields instead of query parameters).
-#[handler]
-pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// form fields instead of query parameters). Admin only. (The document's
+/// `application/octet-stream` and `multipart/form-data` alternatives are added in
+/// [`crate::openapi::document`].)
+#[endpoint(
+    tags("plugins"),
+    parameters(PluginUpload),
+    request_body(
+        content = WasmComponent,
+        content_type = "application/wasm",
+        description = "The WebAssembly component's bytes (a component implementing `world personalizer`)"
+    )
+)]
+pub async fn create(req: &mut Request, depot: &mut Depot) -> ApiResult<Created<PluginRow>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Admin)?;
@@ -128,34 +169,30 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             &serde_json::json!({ "name": name, "version": version, "sha256": info.sha256 }),
         )
         .await?;
-    res.status_code(StatusCode::CREATED)
-        .render(Json(serde_json::json!(row)));
-    Ok(())
+    Ok(Created(row))
 }
 
 /// `GET /api/v1/plugins`: a page of registered plugins.
-#[handler]
-pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+#[endpoint(tags("plugins"), parameters(PageQuery))]
+pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Page<PluginRow>>> {
     let state = from_depot(depot)?;
     principal(depot)?.require(Role::Viewer)?;
     let (after, limit) = pagination(req)?;
-    let page = state.store.plugins(after, limit).await?;
-    Ok(Json(serde_json::json!(page)))
+    Ok(Json(state.store.plugins(after, limit).await?))
 }
 
 /// `GET /api/v1/plugins/{id}`.
-#[handler]
-pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+#[endpoint(tags("plugins"), parameters(("id" = i64, Path, description = "The plugin")))]
+pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<PluginRow>> {
     let state = from_depot(depot)?;
     principal(depot)?.require(Role::Viewer)?;
     let id = path_id(req, "id")?;
-    let row = state.store.plugin(id).await?;
-    Ok(Json(serde_json::json!(row)))
+    Ok(Json(state.store.plugin(id).await?))
 }
 
-/// `DELETE /api/v1/plugins/{id}`: 409 while an unfinished campaign uses it.
-#[handler]
-pub async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// `DELETE /api/v1/plugins/{id}`: 409 while an unfinished campaign uses it (admin).
+#[endpoint(tags("plugins"), parameters(("id" = i64, Path, description = "The plugin")))]
+pub async fn delete(req: &mut Request, depot: &mut Depot) -> ApiResult<NoContent> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Admin)?;
@@ -170,6 +207,5 @@ pub async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             &serde_json::json!({}),
         )
         .await?;
-    res.status_code(StatusCode::NO_CONTENT);
-    Ok(())
+    Ok(NoContent)
 }

@@ -1,10 +1,12 @@
 //! `/auth/login`, `/auth/refresh`, `/auth/logout`.
 
+use salvo::oapi::ToSchema;
 use salvo::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{has_body, json_body};
 use crate::auth::{decoy_hash, principal, refresh_token_id, verify_password};
+use crate::openapi::NoContent;
 use crate::problem::{ApiError, ApiResult};
 use crate::state::from_depot;
 use mailing_jobs::Role;
@@ -12,21 +14,58 @@ use mailing_jobs::store::tokens::RefreshOutcome;
 
 const AUTH_BODY_LIMIT: usize = 8 * 1024;
 
-#[derive(Deserialize)]
-struct Login {
+/// A username and password to log in with (the body is at most 8 KiB).
+#[derive(Deserialize, ToSchema)]
+struct LoginRequest {
+    /// The login name.
     username: String,
+    /// The password.
     password: String,
 }
 
-#[derive(Deserialize)]
-struct Refresh {
+/// A refresh token to exchange for a new pair (the body is at most 8 KiB).
+#[derive(Deserialize, ToSchema)]
+struct RefreshRequest {
+    /// The `refresh_token` of the last pair; it works once.
     refresh_token: String,
 }
 
-#[derive(Deserialize, Default)]
-struct Logout {
+/// What to end besides the access token (the body is optional, at most 8 KiB).
+#[derive(Deserialize, Default, ToSchema)]
+struct LogoutRequest {
+    /// A refresh token of this login: its whole family is revoked too.
     #[serde(default)]
     refresh_token: Option<String>,
+}
+
+/// A session: a short-lived access token and the refresh token that renews it.
+#[derive(Debug, Serialize, ToSchema)]
+struct TokenPair {
+    /// The JWT to send as `Authorization: Bearer <access_token>`.
+    access_token: String,
+    /// Opaque; exchange it at `/auth/refresh` for a new pair (once).
+    refresh_token: String,
+    /// Always `Bearer`.
+    token_type: String,
+    /// Seconds until the access token expires.
+    expires_in: u64,
+}
+
+impl From<crate::auth::TokenPair> for TokenPair {
+    fn from(pair: crate::auth::TokenPair) -> Self {
+        let crate::auth::TokenPair {
+            access_token,
+            refresh_token,
+            token_type,
+            expires_in,
+        } = pair;
+        TokenPair {
+            access_token,
+            refresh_token,
+            token_type: token_type.to_owned(),
+            expires_in,
+        }
+    }
 }
 
 fn client_ip(req: &Request) -> String {
@@ -36,11 +75,12 @@ fn client_ip(req: &Request) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// `POST /auth/login`.
-#[handler]
-pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// `POST /auth/login`: a new session. 401 for a wrong username or password; 429 (with
+/// `Retry-After`) after repeated failures for the account or from the address.
+#[endpoint(tags("sessions"), request_body = LoginRequest)]
+pub async fn login(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<TokenPair>> {
     let state = from_depot(depot)?;
-    let body: Login = json_body(req, AUTH_BODY_LIMIT).await?;
+    let body: LoginRequest = json_body(req, AUTH_BODY_LIMIT).await?;
     // Three counters: this account from this address (a flood from one place locks only
     // that place out), this address for any account, and this account from anywhere
     // (a high ceiling against distributed guessing).
@@ -54,7 +94,7 @@ pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
         (&ip_key, state.auth.max_failures_per_ip),
         (&account_key, state.auth.max_failures_per_account_anywhere),
     ] {
-        if let Some(wait) = state.throttle.blocked_for(key, limit) {
+        if let Some(wait) = state.throttle.blocked_for(key, limit).await {
             return Err(ApiError::TooManyRequests(wait));
         }
     }
@@ -68,12 +108,12 @@ pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let Some(user) = user.filter(|_| ok) else {
-        state.throttle.fail(&account_ip_key);
-        state.throttle.fail(&ip_key);
-        state.throttle.fail(&account_key);
+        state.throttle.fail(&account_ip_key).await;
+        state.throttle.fail(&ip_key).await;
+        state.throttle.fail(&account_key).await;
         return Err(ApiError::Unauthorized("wrong username or password".into()));
     };
-    state.throttle.reset(&account_ip_key);
+    state.throttle.reset(&account_ip_key).await;
     let role: Role = user
         .role
         .parse()
@@ -85,15 +125,16 @@ pub async fn login(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
         .store
         .audit(&user.username, "auth.login", None, &serde_json::json!({}))
         .await?;
-    res.render(Json(pair));
-    Ok(())
+    Ok(Json(pair.into()))
 }
 
-/// `POST /auth/refresh`: rotates the refresh token.
-#[handler]
-pub async fn refresh(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// `POST /auth/refresh`: rotates the refresh token: a new pair, and the old refresh
+/// token stops working. 401 for an unknown, expired or revoked token; presenting a used
+/// one revokes every token of its login.
+#[endpoint(tags("sessions"), request_body = RefreshRequest)]
+pub async fn refresh(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<TokenPair>> {
     let state = from_depot(depot)?;
-    let body: Refresh = json_body(req, AUTH_BODY_LIMIT).await?;
+    let body: RefreshRequest = json_body(req, AUTH_BODY_LIMIT).await?;
     match state
         .store
         .use_refresh_token(&refresh_token_id(&body.refresh_token))
@@ -108,8 +149,7 @@ pub async fn refresh(req: &mut Request, depot: &mut Depot, res: &mut Response) -
             let pair = state
                 .issue_tokens(user.id, &user.username, role, Some(family_id))
                 .await?;
-            res.render(Json(pair));
-            Ok(())
+            Ok(Json(pair.into()))
         }
         RefreshOutcome::Reused => Err(ApiError::Unauthorized(
             "this refresh token was already used; every session of its login is now revoked".into(),
@@ -121,14 +161,14 @@ pub async fn refresh(req: &mut Request, depot: &mut Depot, res: &mut Response) -
 }
 
 /// `POST /auth/logout`: revokes the access token and, when given, the refresh family.
-#[handler]
-pub async fn logout(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+#[endpoint(tags("sessions"), request_body = Option<LogoutRequest>)]
+pub async fn logout(req: &mut Request, depot: &mut Depot) -> ApiResult<NoContent> {
     let state = from_depot(depot)?;
     let who = principal(depot)?.clone();
-    let body: Logout = if has_body(req) {
+    let body: LogoutRequest = if has_body(req) {
         json_body(req, AUTH_BODY_LIMIT).await?
     } else {
-        Logout::default()
+        LogoutRequest::default()
     };
     state
         .store
@@ -146,6 +186,5 @@ pub async fn logout(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
         .store
         .audit(&who.username, "auth.logout", None, &serde_json::json!({}))
         .await?;
-    res.status_code(StatusCode::NO_CONTENT);
-    Ok(())
+    Ok(NoContent)
 }

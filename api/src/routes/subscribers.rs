@@ -1,26 +1,61 @@
 //! `/api/v1/subscribers`: search by address, read, update name and attributes,
 //! unsubscribe, and the GDPR pair (export everything stored, erase).
 
+use salvo::oapi::ToSchema;
 use salvo::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{JSON_LIMIT, json_body, pagination, path_id};
+use super::{JSON_LIMIT, PageQuery, json_body, pagination, path_id};
 use crate::auth::principal;
+use crate::openapi::NoContent;
 use crate::problem::{ApiError, ApiResult};
 use crate::state::from_depot;
 use mailing_jobs::Role;
+use mailing_jobs::store::Page;
 use mailing_jobs::store::subscribers::{MAX_ATTRIBUTES_BYTES, MAX_NAME_LEN, Subscriber};
 
-fn subscriber_json(s: &Subscriber) -> serde_json::Value {
-    serde_json::json!({
-        "id": s.id, "email": s.email, "name": s.name, "status": s.status, "created_at": s.created_at,
-        "attributes": serde_json::from_str::<serde_json::Value>(&s.attributes).unwrap_or_default(),
-    })
+/// A subscriber as the API shows it: the stored row with its attributes as an object.
+#[derive(Debug, Serialize, ToSchema)]
+#[salvo(schema(name = "Subscriber"))]
+pub struct SubscriberView {
+    /// Id.
+    pub id: i64,
+    /// Address (domain lower-cased).
+    pub email: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// `enabled`, `unsubscribed` or `blocklisted`.
+    pub status: String,
+    /// Creation time, epoch ms.
+    pub created_at: i64,
+    /// The attributes templates and plugins read.
+    pub attributes: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<&Subscriber> for SubscriberView {
+    fn from(s: &Subscriber) -> Self {
+        SubscriberView {
+            id: s.id,
+            email: s.email.clone(),
+            name: s.name.clone(),
+            status: s.status.clone(),
+            created_at: s.created_at,
+            attributes: serde_json::from_str(&s.attributes).unwrap_or_default(),
+        }
+    }
+}
+
+/// `?email=` of the subscriber search.
+#[derive(Debug, Deserialize, ToParameters)]
+#[salvo(parameters(default_parameter_in = Query))]
+pub struct EmailPrefix {
+    /// The start of the address (at most 254 characters); absent lists everyone.
+    pub email: Option<String>,
 }
 
 /// `GET /api/v1/subscribers?email=<prefix>&limit=&after=`.
-#[handler]
-pub async fn search(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+#[endpoint(tags("subscribers"), parameters(EmailPrefix, PageQuery))]
+pub async fn search(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Page<SubscriberView>>> {
     let state = from_depot(depot)?;
     let (after, limit) = pagination(req)?;
     let prefix = req.query::<String>("email").unwrap_or_default();
@@ -31,27 +66,29 @@ pub async fn search(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serd
         .store
         .search_subscribers(prefix.trim(), after, limit)
         .await?;
-    let items: Vec<serde_json::Value> = page.items.iter().map(subscriber_json).collect();
-    Ok(Json(serde_json::json!(mailing_jobs::store::Page {
-        items,
-        next: page.next
-    })))
+    Ok(Json(Page {
+        items: page.items.iter().map(SubscriberView::from).collect(),
+        next: page.next,
+    }))
 }
 
 /// `GET /api/v1/subscribers/{id}`.
-#[handler]
-pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+#[endpoint(tags("subscribers"), parameters(("id" = i64, Path, description = "The subscriber")))]
+pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<SubscriberView>> {
     let state = from_depot(depot)?;
-    Ok(Json(subscriber_json(
+    Ok(Json(SubscriberView::from(
         &state.store.subscriber(path_id(req, "id")?).await?,
     )))
 }
 
-#[derive(Deserialize)]
+/// The fields of a subscriber to replace.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct Update {
+struct SubscriberUpdate {
+    /// The new display name; `null` clears it.
     #[serde(default, with = "serde_with_option")]
     name: Option<Option<String>>,
+    /// The new attributes (replace the whole object).
     #[serde(default)]
     attributes: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -69,13 +106,17 @@ mod serde_with_option {
 
 /// `PATCH /api/v1/subscribers/{id}` with `{"name"?, "attributes"?}`: replaces what is
 /// given (`"name": null` clears the name; `attributes` replaces the whole object).
-#[handler]
-pub async fn update(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+#[endpoint(
+    tags("subscribers"),
+    parameters(("id" = i64, Path, description = "The subscriber")),
+    request_body = SubscriberUpdate
+)]
+pub async fn update(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<SubscriberView>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
     let id = path_id(req, "id")?;
-    let body: Update = json_body(req, JSON_LIMIT).await?;
+    let body: SubscriberUpdate = json_body(req, JSON_LIMIT).await?;
     let name = match body.name {
         Some(Some(n)) if n.chars().count() > MAX_NAME_LEN || n.chars().any(char::is_control) => {
             return Err(ApiError::field(
@@ -110,15 +151,12 @@ pub async fn update(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serd
             &serde_json::json!({}),
         )
         .await?;
-    Ok(Json(subscriber_json(&s)))
+    Ok(Json(SubscriberView::from(&s)))
 }
 
 /// `POST /api/v1/subscribers/{id}/unsubscribe`: as the one-click link does.
-#[handler]
-pub async fn unsubscribe(
-    req: &mut Request,
-    depot: &mut Depot,
-) -> ApiResult<Json<serde_json::Value>> {
+#[endpoint(tags("subscribers"), parameters(("id" = i64, Path, description = "The subscriber")))]
+pub async fn unsubscribe(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<SubscriberView>> {
     let state = from_depot(depot)?;
     principal(depot)?.require(Role::Editor)?;
     let id = path_id(req, "id")?;
@@ -126,11 +164,13 @@ pub async fn unsubscribe(
     if state.store.unsubscribe(id, 0).await? {
         mailing_jobs::telemetry::Unsubscribed.emit();
     }
-    Ok(Json(subscriber_json(&state.store.subscriber(id).await?)))
+    Ok(Json(SubscriberView::from(
+        &state.store.subscriber(id).await?,
+    )))
 }
 
 /// `GET /api/v1/subscribers/{id}/export`: everything stored about the subscriber.
-#[handler]
+#[endpoint(tags("subscribers"), parameters(("id" = i64, Path, description = "The subscriber")))]
 pub async fn export(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
@@ -151,8 +191,8 @@ pub async fn export(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serd
 
 /// `DELETE /api/v1/subscribers/{id}`: erases the subscriber, memberships and ledger
 /// rows. A suppression of the address stays, so it is never mailed again.
-#[handler]
-pub async fn erase(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+#[endpoint(tags("subscribers"), parameters(("id" = i64, Path, description = "The subscriber")))]
+pub async fn erase(req: &mut Request, depot: &mut Depot) -> ApiResult<NoContent> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Admin)?;
@@ -167,6 +207,5 @@ pub async fn erase(req: &mut Request, depot: &mut Depot, res: &mut Response) -> 
             &serde_json::json!({}),
         )
         .await?;
-    res.status_code(StatusCode::NO_CONTENT);
-    Ok(())
+    Ok(NoContent)
 }

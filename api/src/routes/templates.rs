@@ -1,24 +1,36 @@
 //! `/api/v1/templates`: Liquid templates, validated at creation (a parse error is a 422
 //! naming the part and line), and previews rendered on sample data.
 
+use salvo::oapi::ToSchema;
 use salvo::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{has_body, json_body, pagination, path_id, required_text};
+use super::{PageQuery, has_body, json_body, pagination, path_id, required_text};
 use crate::auth::principal;
+use crate::openapi::{Created, NoContent};
 use crate::problem::{ApiError, ApiResult, FieldError};
 use crate::state::from_depot;
 use mailing_jobs::Role;
-use mailing_jobs::render::{MAX_TEMPLATE_BYTES, RenderContext, RenderError, TemplateSource};
+use mailing_jobs::render::{
+    MAX_TEMPLATE_BYTES, RenderContext, RenderError, Rendered, TemplateSource,
+};
+use mailing_jobs::store::Page;
+use mailing_jobs::store::templates::Template;
 
 const TEMPLATE_BODY_LIMIT: usize = 3 * MAX_TEMPLATE_BYTES + 4096;
 
-#[derive(Deserialize)]
+/// A Liquid template to store (creation, or the whole replacement of one). Every part
+/// must parse; a part that does not is a 422 naming the part and the line.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct NewTemplate {
+struct TemplateDraft {
+    /// 1 to 200 characters.
     name: String,
+    /// Liquid source of the subject line: not empty, at most 512 KiB.
     subject: String,
+    /// Liquid source of the HTML body: not empty, at most 512 KiB.
     html: String,
+    /// Liquid source of the plain-text body, at most 512 KiB.
     #[serde(default)]
     text: Option<String>,
 }
@@ -49,13 +61,13 @@ fn render_problem(err: RenderError) -> ApiError {
     }
 }
 
-/// `POST /api/v1/templates`.
-#[handler]
-pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// `POST /api/v1/templates`: stores a template that parses (editor).
+#[endpoint(tags("templates"), request_body = TemplateDraft)]
+pub async fn create(req: &mut Request, depot: &mut Depot) -> ApiResult<Created<Template>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
-    let body: NewTemplate = json_body(req, TEMPLATE_BODY_LIMIT).await?;
+    let body: TemplateDraft = json_body(req, TEMPLATE_BODY_LIMIT).await?;
     let name = required_text("name", &body.name, 200)?;
     if body.subject.trim().is_empty() {
         return Err(ApiError::field("subject", "must not be empty"));
@@ -84,19 +96,22 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             &serde_json::json!({}),
         )
         .await?;
-    res.status_code(StatusCode::CREATED).render(Json(template));
-    Ok(())
+    Ok(Created(template))
 }
 
 /// `PUT /api/v1/templates/{id}` with the same body as creation: replaces the template
 /// (validated the same way). Campaigns render the new version from their next batch.
-#[handler]
-pub async fn replace(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+#[endpoint(
+    tags("templates"),
+    parameters(("id" = i64, Path, description = "The template")),
+    request_body = TemplateDraft
+)]
+pub async fn replace(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Template>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
     let id = path_id(req, "id")?;
-    let body: NewTemplate = json_body(req, TEMPLATE_BODY_LIMIT).await?;
+    let body: TemplateDraft = json_body(req, TEMPLATE_BODY_LIMIT).await?;
     let name = required_text("name", &body.name, 200)?;
     if body.subject.trim().is_empty() {
         return Err(ApiError::field("subject", "must not be empty"));
@@ -125,12 +140,12 @@ pub async fn replace(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<ser
             &serde_json::json!({}),
         )
         .await?;
-    Ok(Json(serde_json::json!(template)))
+    Ok(Json(template))
 }
 
 /// `DELETE /api/v1/templates/{id}`: 409 while a campaign uses it.
-#[handler]
-pub async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+#[endpoint(tags("templates"), parameters(("id" = i64, Path, description = "The template")))]
+pub async fn delete(req: &mut Request, depot: &mut Depot) -> ApiResult<NoContent> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
@@ -145,55 +160,81 @@ pub async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             &serde_json::json!({}),
         )
         .await?;
-    res.status_code(StatusCode::NO_CONTENT);
-    Ok(())
+    Ok(NoContent)
 }
 
-/// `GET /api/v1/templates`.
-#[handler]
-pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+/// `GET /api/v1/templates`: one page of templates.
+#[endpoint(tags("templates"), parameters(PageQuery))]
+pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Page<Template>>> {
     let state = from_depot(depot)?;
     let (after, limit) = pagination(req)?;
-    Ok(Json(serde_json::json!(
-        state.store.templates(after, limit).await?
-    )))
+    Ok(Json(state.store.templates(after, limit).await?))
 }
 
 /// `GET /api/v1/templates/{id}`.
-#[handler]
-pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+#[endpoint(tags("templates"), parameters(("id" = i64, Path, description = "The template")))]
+pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Template>> {
     let state = from_depot(depot)?;
-    Ok(Json(serde_json::json!(
-        state.store.template(path_id(req, "id")?).await?
-    )))
+    Ok(Json(state.store.template(path_id(req, "id")?).await?))
 }
 
-#[derive(Deserialize, Default)]
-struct Preview {
+/// What to render a template preview on; the body may be left out altogether.
+#[derive(Deserialize, Default, ToSchema)]
+struct PreviewRequest {
+    /// The subscriber to render for; a sample one (Jane Doe) when absent.
     #[serde(default)]
     subscriber: Option<PreviewSubscriber>,
 }
 
-#[derive(Deserialize, Default)]
+/// The subscriber a preview renders for; each field absent takes the sample's value.
+#[derive(Deserialize, Default, ToSchema)]
 struct PreviewSubscriber {
+    /// The address (`jane.doe@example.com` when absent).
     #[serde(default)]
     email: Option<String>,
+    /// The display name (`Jane Doe` when absent).
     #[serde(default)]
     name: Option<String>,
+    /// The attributes the template reads (none when absent).
     #[serde(default)]
     attributes: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// A template rendered for one subscriber.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RenderedPreview {
+    /// Subject line.
+    pub subject: String,
+    /// HTML body.
+    pub html: String,
+    /// Plain-text body; `null` when the template has none.
+    pub text: Option<String>,
+}
+
+impl From<Rendered> for RenderedPreview {
+    fn from(r: Rendered) -> Self {
+        RenderedPreview {
+            subject: r.subject,
+            html: r.html,
+            text: r.text,
+        }
+    }
+}
+
 /// `POST /api/v1/templates/{id}/preview`: renders on the given or a sample subscriber.
-#[handler]
-pub async fn preview(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+#[endpoint(
+    tags("templates"),
+    parameters(("id" = i64, Path, description = "The template")),
+    request_body = Option<PreviewRequest>
+)]
+pub async fn preview(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<RenderedPreview>> {
     let state = from_depot(depot)?;
     let id = path_id(req, "id")?;
     let template = state.store.template(id).await?;
-    let body: Preview = if has_body(req) {
+    let body: PreviewRequest = if has_body(req) {
         json_body(req, 64 * 1024).await?
     } else {
-        Preview::default()
+        PreviewRequest::default()
     };
     let sub = body.subscriber.unwrap_or_default();
     let compiled = state
@@ -217,5 +258,5 @@ pub async fn preview(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<ser
         extra: serde_json::Map::new(),
     };
     let rendered = compiled.render(&ctx).map_err(render_problem)?;
-    Ok(Json(serde_json::json!(rendered)))
+    Ok(Json(RenderedPreview::from(rendered)))
 }

@@ -1,37 +1,55 @@
 //! `POST /api/v1/tx`: one message from a template to one recipient, sent by the tx
 //! stage's own workers ahead of bulk traffic; `GET /api/v1/tx/{id}` reports it.
 
+use salvo::oapi::ToSchema;
 use salvo::prelude::*;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{JSON_LIMIT, json_body, path_id};
 use crate::auth::principal;
+use crate::openapi::Accepted;
 use crate::problem::{ApiError, ApiResult, FieldError};
 use crate::state::from_depot;
 use mailing_jobs::Role;
 use mailing_jobs::pipeline::TxSend;
 use mailing_jobs::store::subscribers::NewSubscriber;
-use mailing_jobs::store::transactional::NewTx;
+use mailing_jobs::store::transactional::{NewTx, TxMessage};
 
-#[derive(Deserialize)]
+/// One transactional message to send: a template rendered for one recipient.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-struct TxInput {
+struct TxDraft {
+    /// The template to render: an existing template's id.
     template_id: i64,
+    /// The recipient (a valid address; attributes at most 16 KiB of JSON).
     to: NewSubscriber,
+    /// Extra variables for the template, at most 64 KiB of JSON.
     #[serde(default)]
     data: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The From header: an address, optionally with a display name.
     from: String,
+    /// A provider configured on this server (`file`, `smtp`, `resend`); `file` when
+    /// absent.
     #[serde(default)]
     provider: Option<String>,
 }
 
-/// `POST /api/v1/tx` → 202 `{"id","status"}`.
-#[handler]
-pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// A transactional message accepted for sending; follow it at `GET /api/v1/tx/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TxAccepted {
+    /// The message.
+    pub id: i64,
+    /// Its status: `pending` until a worker sends it.
+    pub status: String,
+}
+
+/// `POST /api/v1/tx` → 202 `{"id","status"}`: queued ahead of campaign traffic (editor).
+#[endpoint(tags("tx"), request_body = TxDraft)]
+pub async fn create(req: &mut Request, depot: &mut Depot) -> ApiResult<Accepted<TxAccepted>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Editor)?;
-    let input: TxInput = json_body(req, JSON_LIMIT).await?;
+    let input: TxDraft = json_body(req, JSON_LIMIT).await?;
     let mut errors = Vec::new();
     let recipient = input
         .to
@@ -80,17 +98,15 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
         .queue
         .push_tx_after(TxSend::new(tx.id), std::time::Duration::ZERO)
         .await?;
-    res.status_code(StatusCode::ACCEPTED).render(Json(
-        serde_json::json!({ "id": tx.id, "status": tx.status }),
-    ));
-    Ok(())
+    Ok(Accepted(TxAccepted {
+        id: tx.id,
+        status: tx.status,
+    }))
 }
 
-/// `GET /api/v1/tx/{id}`.
-#[handler]
-pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+/// `GET /api/v1/tx/{id}`: the message's status, attempts and provider id.
+#[endpoint(tags("tx"), parameters(("id" = i64, Path, description = "The transactional message")))]
+pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<TxMessage>> {
     let state = from_depot(depot)?;
-    Ok(Json(serde_json::json!(
-        state.store.tx(path_id(req, "id")?).await?
-    )))
+    Ok(Json(state.store.tx(path_id(req, "id")?).await?))
 }

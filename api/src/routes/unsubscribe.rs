@@ -3,7 +3,9 @@
 //! `GET` only shows that form, because mail scanners follow links and must not
 //! unsubscribe anyone. Answers never reveal whom a token names.
 
+use salvo::oapi::ToSchema;
 use salvo::prelude::*;
+use serde::Serialize;
 
 use crate::problem::{ApiError, ApiResult};
 use crate::state::from_depot;
@@ -19,8 +21,21 @@ fn page(title: &str, body: &str) -> Text<String> {
     ))
 }
 
-/// `GET /unsubscribe/{token}`: a confirmation page whose button POSTs.
-#[handler]
+/// The JSON answer of a one-click unsubscribe.
+#[derive(Debug, Serialize, ToSchema)]
+struct OneClickAnswer {
+    /// Always true: the address is unsubscribed (or already was).
+    unsubscribed: bool,
+}
+
+/// `GET /unsubscribe/{token}`: a confirmation page whose button POSTs. 404 (problem+json)
+/// for a token that is not valid.
+#[endpoint(
+    tags("unsubscribe"),
+    parameters(("token" = String, Path, description = "The signed token of the message's unsubscribe link")),
+    responses((status_code = 200, description = "An HTML page asking to confirm, whose button POSTs to the same address", content_type = "text/html", body = String)),
+    status_codes(200, 404, 429, 500)
+)]
 pub async fn confirm(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     let state = from_depot(depot)?;
     let token = token(req);
@@ -39,8 +54,20 @@ pub async fn confirm(req: &mut Request, depot: &mut Depot, res: &mut Response) -
     Ok(())
 }
 
-/// `POST /unsubscribe/{token}`: unsubscribes at once (RFC 8058 one-click).
-#[handler]
+/// `POST /unsubscribe/{token}`: unsubscribes at once (RFC 8058 one-click: mail clients
+/// send `List-Unsubscribe=One-Click` as a form, which is not read). Answers an HTML page
+/// when the client accepts `text/html`, JSON otherwise; 404 for a token that is not
+/// valid.
+#[endpoint(
+    tags("unsubscribe"),
+    parameters(("token" = String, Path, description = "The signed token of the message's unsubscribe link")),
+    responses((
+        status_code = 200,
+        description = "Unsubscribed: an HTML page when `Accept` includes `text/html`, else JSON",
+        content(("application/json" = OneClickAnswer), ("text/html" = String))
+    )),
+    status_codes(200, 404, 429, 500, 503)
+)]
 pub async fn one_click(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     let state = from_depot(depot)?;
     let (campaign_id, subscriber_id) = state
@@ -61,7 +88,7 @@ pub async fn one_click(req: &mut Request, depot: &mut Depot, res: &mut Response)
             "<p>You will not receive these emails any more.</p>",
         ));
     } else {
-        res.render(Json(serde_json::json!({ "unsubscribed": true })));
+        res.render(Json(OneClickAnswer { unsubscribed: true }));
     }
     Ok(())
 }

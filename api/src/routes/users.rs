@@ -1,28 +1,37 @@
-//! `/api/v1/users` (admin only).
+//! `/api/v1/users` (admin only): create, list, read and delete the people who log in.
 
+use salvo::oapi::ToSchema;
 use salvo::prelude::*;
 use serde::Deserialize;
 
-use super::{JSON_LIMIT, json_body, pagination};
+use super::{JSON_LIMIT, PageQuery, json_body, pagination, path_id};
 use crate::auth::{hash_password, principal};
+use crate::openapi::{Created, NoContent};
 use crate::problem::{ApiError, ApiResult};
 use crate::state::from_depot;
 use mailing_jobs::Role;
+use mailing_jobs::store::Page;
+use mailing_jobs::store::users::User;
 
 /// The shortest password a user may set.
 pub const MIN_PASSWORD_LEN: usize = 12;
 
-#[derive(Deserialize)]
+/// A user to create.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
+    /// The login name: 1 to 64 characters of letters, digits, `.`, `_`, `-` or `@`
+    /// (surrounding spaces are trimmed); unique.
     username: String,
+    /// At least 12 characters and at most 1,024 bytes.
     password: String,
+    /// `admin`, `editor` or `viewer`.
     role: String,
 }
 
-/// `POST /api/v1/users`.
-#[handler]
-pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// `POST /api/v1/users`: creates a user (admin); 409 when the name is taken.
+#[endpoint(tags("users"), request_body = NewUser)]
+pub async fn create(req: &mut Request, depot: &mut Depot) -> ApiResult<Created<User>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Admin)?;
@@ -63,19 +72,49 @@ pub async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
             &serde_json::json!({"role": role}),
         )
         .await?;
-    res.status_code(StatusCode::CREATED).render(Json(serde_json::json!({
-        "id": user.id, "username": user.username, "role": user.role, "created_at": user.created_at
-    })));
-    Ok(())
+    Ok(Created(user))
 }
 
-/// `GET /api/v1/users`.
-#[handler]
-pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<serde_json::Value>> {
+/// `GET /api/v1/users`: one page of users (admin).
+#[endpoint(tags("users"), parameters(PageQuery))]
+pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Page<User>>> {
     let state = from_depot(depot)?;
     principal(depot)?.require(Role::Admin)?;
     let (after, limit) = pagination(req)?;
-    Ok(Json(serde_json::json!(
-        state.store.users(after, limit).await?
-    )))
+    Ok(Json(state.store.users(after, limit).await?))
+}
+
+/// `GET /api/v1/users/{id}`: one user (admin).
+#[endpoint(tags("users"), parameters(("id" = i64, Path, description = "The user")))]
+pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<User>> {
+    let state = from_depot(depot)?;
+    principal(depot)?.require(Role::Admin)?;
+    Ok(Json(state.store.user(path_id(req, "id")?).await?))
+}
+
+/// `DELETE /api/v1/users/{id}`: deletes the user and ends their sessions: their
+/// refresh tokens stop working at once, and so do their access tokens (admin). 409 for
+/// your own account or the last admin.
+#[endpoint(tags("users"), parameters(("id" = i64, Path, description = "The user")))]
+pub async fn delete(req: &mut Request, depot: &mut Depot) -> ApiResult<NoContent> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Admin)?;
+    let id = path_id(req, "id")?;
+    if id == who.user_id {
+        return Err(ApiError::Conflict(
+            "you cannot delete your own account; another admin can".into(),
+        ));
+    }
+    let user = state.store.delete_user(id).await?;
+    state
+        .store
+        .audit(
+            &who.username,
+            "user.delete",
+            Some(&format!("user:{id}")),
+            &serde_json::json!({"username": user.username, "role": user.role}),
+        )
+        .await?;
+    Ok(NoContent)
 }

@@ -8,7 +8,9 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use hmac::{Hmac, Mac};
+use salvo::oapi::ToSchema;
 use salvo::prelude::*;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use crate::problem::{ApiError, ApiResult, parse_error};
@@ -92,9 +94,43 @@ fn header(req: &Request, name: &str) -> ApiResult<String> {
         .ok_or_else(|| ApiError::Unauthorized(format!("the {name} header is missing")))
 }
 
-/// `POST /webhooks/resend`.
-#[handler]
-pub async fn resend(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
+/// The answer to a Resend event.
+#[derive(Debug, Serialize, ToSchema)]
+struct ResendAnswer {
+    /// `ok`, or `duplicate` for an event id already applied (nothing was done again).
+    status: String,
+    /// The event id (`svix-id`), for a duplicate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    /// The event's type, when it was processed.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    /// Whether a delivery record changed, when it was processed (false for event types
+    /// that are not mapped and for messages this server did not send).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    applied: Option<bool>,
+}
+
+/// `POST /webhooks/resend`: a Resend event, signed the Svix way. `email.delivered`,
+/// `email.delivery_delayed`, `email.bounced` and `email.complained` update the delivery
+/// record (found by `data.email_id`, else by the first `data.to` address); hard bounces
+/// and complaints suppress the address. Other types are acknowledged and ignored.
+/// 401 for a missing header or a signature that does not match; 404 when
+/// `RESEND_WEBHOOK_SECRET` is not set.
+#[endpoint(
+    tags("webhooks"),
+    parameters(
+        ("svix-id" = String, Header, description = "The event id; an id already applied is answered `duplicate`"),
+        ("svix-timestamp" = String, Header, description = "When it was sent, epoch seconds; at most 5 minutes from now"),
+        ("svix-signature" = String, Header, description = "One or more space-separated `v1,<base64 HMAC-SHA256>` signatures of `id.timestamp.body`"),
+    ),
+    request_body(
+        content = serde_json::Value,
+        content_type = "application/json",
+        description = "The event as Resend sends it (at most 256 KiB): `type`, and `data` with `email_id`, `to` and, for bounces, `bounce.type` and `bounce.message`"
+    )
+)]
+pub async fn resend(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<ResendAnswer>> {
     let state = from_depot(depot)?;
     let key = state.webhooks.resend.clone().ok_or_else(|| {
         ApiError::NotFound("the Resend webhook is not configured (RESEND_WEBHOOK_SECRET)".into())
@@ -141,8 +177,12 @@ pub async fn resend(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     // when the provider retries it; applying twice is harmless (statuses only move
     // forward, suppressions are idempotent).
     if state.store.event_seen(&id).await? {
-        res.render(Json(serde_json::json!({ "status": "duplicate", "id": id })));
-        return Ok(());
+        return Ok(Json(ResendAnswer {
+            status: "duplicate".into(),
+            id: Some(id),
+            kind: None,
+            applied: None,
+        }));
     }
     let applied = match mapped {
         Some(ev) => {
@@ -165,28 +205,54 @@ pub async fn resend(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
         None => false,
     };
     state.store.first_time_event(&id, "resend").await?;
-    res.render(Json(
-        serde_json::json!({ "status": "ok", "type": kind, "applied": applied }),
-    ));
-    Ok(())
+    Ok(Json(ResendAnswer {
+        status: "ok".into(),
+        id: None,
+        kind: Some(kind.to_owned()),
+        applied: Some(applied),
+    }))
+}
+
+/// A bounce or complaint reported by another sender.
+#[derive(Deserialize, ToSchema)]
+struct BounceReport {
+    /// The recipient's address.
+    email: String,
+    /// `bounce` or `complaint`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// For a bounce: whether it is permanent (a hard bounce suppresses the address);
+    /// true when absent.
+    #[serde(default)]
+    permanent: Option<bool>,
+    /// The provider's message id, to find the delivery record; without it, the newest
+    /// sent message to the address.
+    #[serde(default)]
+    message_id: Option<String>,
+    /// The provider's explanation, kept on the delivery record.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The answer to a bounce report.
+#[derive(Debug, Serialize, ToSchema)]
+struct BounceAnswer {
+    /// Always `ok`.
+    status: String,
+    /// Whether a delivery record changed.
+    applied: bool,
 }
 
 /// `POST /webhooks/bounce` with `X-Mailing-Webhook-Secret` and
-/// `{"email","type":"bounce"|"complaint","permanent"?,"message_id"?,"reason"?}`.
-#[handler]
-pub async fn bounce(req: &mut Request, depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
-    #[derive(serde::Deserialize)]
-    struct Bounce {
-        email: String,
-        #[serde(rename = "type")]
-        kind: String,
-        #[serde(default)]
-        permanent: Option<bool>,
-        #[serde(default)]
-        message_id: Option<String>,
-        #[serde(default)]
-        reason: Option<String>,
-    }
+/// `{"email","type":"bounce"|"complaint","permanent"?,"message_id"?,"reason"?}`: marks
+/// the delivery and, for hard bounces and complaints, suppresses the address. 401 for a
+/// wrong secret; 404 when `BOUNCE_WEBHOOK_SECRET` is not set.
+#[endpoint(
+    tags("webhooks"),
+    parameters(("x-mailing-webhook-secret" = String, Header, description = "The shared secret, `BOUNCE_WEBHOOK_SECRET`")),
+    request_body = BounceReport
+)]
+pub async fn bounce(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<BounceAnswer>> {
     let state = from_depot(depot)?;
     let secret = state.webhooks.bounce.clone().ok_or_else(|| {
         ApiError::NotFound("the bounce webhook is not configured (BOUNCE_WEBHOOK_SECRET)".into())
@@ -201,7 +267,7 @@ pub async fn bounce(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     if !same {
         return Err(ApiError::Unauthorized("wrong webhook secret".into()));
     }
-    let body: Bounce = super::json_body(req, WEBHOOK_LIMIT).await?;
+    let body: BounceReport = super::json_body(req, WEBHOOK_LIMIT).await?;
     let email = mailing_jobs::store::subscribers::normalize_email(&body.email)
         .map_err(|m| ApiError::field("email", m))?;
     let event = match body.kind.as_str() {
@@ -222,10 +288,10 @@ pub async fn bounce(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
         .store
         .apply_provider_event(body.message_id.as_deref(), Some(&email), event, &detail)
         .await?;
-    res.render(Json(
-        serde_json::json!({ "status": "ok", "applied": applied }),
-    ));
-    Ok(())
+    Ok(Json(BounceAnswer {
+        status: "ok".into(),
+        applied,
+    }))
 }
 
 /// Records an applied provider event.

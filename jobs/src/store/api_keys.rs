@@ -9,6 +9,7 @@ use super::{Page, Store, StoreError};
 use crate::model::{DEFAULT_WORKSPACE, Role, now_ms};
 
 /// An API key as listed (never with its secret).
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct ApiKey {
     /// Id.

@@ -7,6 +7,7 @@ use super::{Page, Store, StoreError};
 use crate::model::{CampaignStatus, DEFAULT_WORKSPACE, now_ms};
 
 /// A plugin attached to a campaign, with its configuration.
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CampaignPlugin {
@@ -22,6 +23,7 @@ pub struct CampaignPlugin {
 }
 
 /// The campaign's plugin policy: what a plugin failure does to the batch's recipients.
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum PluginFailurePolicy {
@@ -107,6 +109,7 @@ impl CampaignRow {
 }
 
 /// Per-outcome counts of a campaign's recipients.
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
 pub struct CampaignStats {
     /// Recipients planned.
@@ -170,6 +173,105 @@ impl Store {
         }
         tx.commit().await?;
         self.campaign(id).await
+    }
+
+    /// Replaces the settings and list links of a campaign that is still a draft, or
+    /// scheduled with a send time, in one transaction (the caller validates `new`).
+    /// `Conflict` when the campaign has moved on (or a scheduled one would lose its send
+    /// time), `NotFound` when there is none.
+    pub async fn update_campaign(
+        &self,
+        id: i64,
+        new: &NewCampaign,
+    ) -> Result<CampaignRow, StoreError> {
+        let plugins =
+            serde_json::to_string(&new.plugins).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool().begin().await?;
+        // Conditional on the status, so a campaign that started meanwhile is not changed.
+        let changed = sqlx::query(
+            "UPDATE campaigns SET name = $1, template_id = $2, from_addr = $3, reply_to = $4, \
+             provider = $5, plugins = $6, send_at = $7, updated_at = $8 \
+             WHERE id = $9 AND workspace_id = $10 \
+             AND (status = 'draft' OR (status = 'scheduled' AND $7 IS NOT NULL))",
+        )
+        .bind(&new.name)
+        .bind(new.template_id)
+        .bind(&new.from)
+        .bind(&new.reply_to)
+        .bind(&new.provider)
+        .bind(plugins)
+        .bind(new.send_at)
+        .bind(now_ms())
+        .bind(id)
+        .bind(DEFAULT_WORKSPACE)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            tx.rollback().await?;
+            let row = self.campaign(id).await?;
+            return Err(StoreError::Conflict(if row.status == "scheduled" {
+                format!("campaign {id} is scheduled; it needs a send time (cancel it instead)")
+            } else {
+                format!(
+                    "campaign {id} is {}; only a draft or scheduled campaign can be changed",
+                    row.status
+                )
+            }));
+        }
+        sqlx::query("DELETE FROM campaign_lists WHERE campaign_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for list_id in &new.list_ids {
+            sqlx::query(
+                "INSERT INTO campaign_lists (campaign_id, list_id) VALUES ($1, $2) \
+                 ON CONFLICT (campaign_id, list_id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(list_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        self.campaign(id).await
+    }
+
+    /// Deletes a campaign that is not sending (`draft`, `scheduled`, `done`, `cancelled`
+    /// or `failed`) with its list links and its delivery ledger, in one transaction.
+    /// `Conflict` while it is running or paused, `NotFound` when there is none.
+    pub async fn delete_campaign(&self, id: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        // Takes the row (a row lock on PostgreSQL, the write lock on SQLite) only in a
+        // deletable state, so no transition can start the campaign while it goes.
+        let claimed = sqlx::query(
+            "UPDATE campaigns SET updated_at = $1 WHERE id = $2 AND workspace_id = $3 \
+             AND status IN ('draft', 'scheduled', 'done', 'cancelled', 'failed')",
+        )
+        .bind(now_ms())
+        .bind(id)
+        .bind(DEFAULT_WORKSPACE)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if claimed == 0 {
+            tx.rollback().await?;
+            let row = self.campaign(id).await?;
+            return Err(StoreError::Conflict(format!(
+                "campaign {id} is {}; cancel it before deleting it",
+                row.status
+            )));
+        }
+        // The foreign keys cascade too; deleting the children first does not rely on it.
+        for sql in [
+            "DELETE FROM deliveries WHERE campaign_id = $1",
+            "DELETE FROM campaign_lists WHERE campaign_id = $1",
+            "DELETE FROM campaigns WHERE id = $1",
+        ] {
+            sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// A campaign by id.

@@ -39,6 +39,7 @@ pub struct Recipient {
 }
 
 /// A ledger row as the API shows it.
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeliveryRow {
     /// Row id (the keyset cursor).

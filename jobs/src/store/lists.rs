@@ -6,6 +6,7 @@ use super::{Page, Store, StoreError};
 use crate::model::{DEFAULT_WORKSPACE, now_ms};
 
 /// A mailing list.
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct MailingList {
     /// Id.

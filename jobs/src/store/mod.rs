@@ -96,6 +96,7 @@ pub struct Store {
 }
 
 /// A page of a keyset-paginated collection.
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Page<T> {
     /// The rows of this page.

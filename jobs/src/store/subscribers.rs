@@ -19,6 +19,7 @@ pub const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
 
 /// A subscriber as a client submits it.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewSubscriber {
     /// The address.
@@ -32,6 +33,7 @@ pub struct NewSubscriber {
 }
 
 /// A subscriber row that was refused, and why.
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Rejection {
     /// Zero-based index of the row in the request (for CSV, the data row number).
@@ -43,6 +45,7 @@ pub struct Rejection {
 }
 
 /// The result of adding subscribers to a list.
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ImportReport {
     /// New subscribers created.
@@ -54,6 +57,7 @@ pub struct ImportReport {
 }
 
 /// One ledger row in a GDPR export.
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct ExportedDelivery {
     /// The campaign.

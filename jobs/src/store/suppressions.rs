@@ -7,6 +7,7 @@ use super::{Page, Store, StoreError};
 use crate::model::{DEFAULT_WORKSPACE, now_ms};
 
 /// A suppressed address.
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Suppression {
     /// The address.

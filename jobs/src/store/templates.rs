@@ -7,6 +7,7 @@ use super::{Page, Store, StoreError};
 use crate::model::{DEFAULT_WORKSPACE, now_ms};
 
 /// A stored template.
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Template {
     /// Id.
@@ -95,22 +96,39 @@ impl Store {
         self.template(id).await
     }
 
-    /// Deletes a template no campaign uses; `Conflict` otherwise.
+    /// Deletes a template no campaign or transactional message uses; `Conflict` otherwise.
     pub async fn delete_template(&self, id: i64) -> Result<(), StoreError> {
         self.template(id).await?;
-        let used: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM campaigns WHERE template_id = $1")
-            .bind(id)
-            .fetch_one(self.pool())
-            .await?;
-        if used > 0 {
+        let (campaigns, messages): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM campaigns WHERE template_id = $1), \
+                    (SELECT COUNT(*) FROM tx_messages WHERE template_id = $1)",
+        )
+        .bind(id)
+        .fetch_one(self.pool())
+        .await?;
+        if campaigns > 0 || messages > 0 {
             return Err(StoreError::Conflict(format!(
-                "template {id} is used by {used} campaign(s); it cannot be deleted"
+                "template {id} is used by {campaigns} campaign(s) and {messages} transactional \
+                 message(s); it cannot be deleted (delete the campaigns first, or replace the \
+                 template's content with PUT)"
             )));
         }
+        // A campaign or message created since the count still holds the template: the
+        // foreign key refuses the delete, and that is the same conflict.
         sqlx::query("DELETE FROM templates WHERE id = $1")
             .bind(id)
             .execute(self.pool())
-            .await?;
+            .await
+            .map_err(|e| match &e {
+                sqlx::Error::Database(db)
+                    if db.kind() == sqlx::error::ErrorKind::ForeignKeyViolation =>
+                {
+                    StoreError::Conflict(format!(
+                        "template {id} came into use while it was being deleted; it cannot be deleted"
+                    ))
+                }
+                _ => StoreError::from(e),
+            })?;
         Ok(())
     }
 
@@ -126,5 +144,55 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(Page::from_rows(rows, limit, |t| t.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::store::transactional::NewTx;
+    use crate::store::{Store, StoreConfig, StoreError};
+
+    #[tokio::test]
+    async fn a_template_a_transactional_message_used_is_a_conflict_not_a_failure() {
+        let store = Store::connect(&StoreConfig {
+            url: "sqlite::memory:".into(),
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("an in-memory store");
+        let used = store
+            .create_template("t", "s", "<p>x</p>", None)
+            .await
+            .unwrap();
+        store
+            .create_tx(&NewTx {
+                template_id: used.id,
+                email: "a@example.com".into(),
+                name: None,
+                attributes: "{}".into(),
+                data: "{}".into(),
+                from: "news@example.com".into(),
+                provider: "file".into(),
+            })
+            .await
+            .unwrap();
+        match store.delete_template(used.id).await {
+            Err(StoreError::Conflict(msg)) => assert!(msg.contains("1 transactional"), "{msg}"),
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+        assert_eq!(store.template(used.id).await.unwrap().id, used.id);
+
+        let unused = store
+            .create_template("u", "s", "<p>x</p>", None)
+            .await
+            .unwrap();
+        store.delete_template(unused.id).await.unwrap();
+        assert!(matches!(
+            store.template(unused.id).await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 }

@@ -7,6 +7,7 @@ use super::{Store, StoreError};
 use crate::model::{DEFAULT_WORKSPACE, now_ms};
 
 /// A transactional message as stored.
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct TxMessage {
     /// Id.

@@ -3,10 +3,11 @@
 
 use serde::Serialize;
 
-use super::{Page, Store, StoreError};
+use super::{Backend, Page, Store, StoreError};
 use crate::model::{DEFAULT_WORKSPACE, Role, now_ms};
 
 /// A user as the API shows it (never with its hash).
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct User {
     /// Id.
@@ -102,6 +103,75 @@ impl Store {
             .await?)
     }
 
+    /// Deletes a user and every refresh token of theirs (so no session of theirs can be
+    /// refreshed), and returns the row as it was. `NotFound` when there is no such user;
+    /// `Conflict` when it is the last admin, so the workspace always keeps one. Two
+    /// admins deleting each other at once cannot leave none: the admin rows are locked
+    /// (PostgreSQL) or the write lock taken (SQLite) before the count.
+    ///
+    /// Access tokens are not stored, so they cannot be revoked here: the API honours an
+    /// access token only while [`Store::user_matches`] holds for its claims.
+    pub async fn delete_user(&self, id: i64) -> Result<User, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        if self.backend() == Backend::Postgres {
+            sqlx::query("SELECT id FROM users WHERE role = 'admin' FOR UPDATE")
+                .fetch_all(&mut *tx)
+                .await?;
+        }
+        // A write first: on SQLite it takes the write lock, so what is read next cannot
+        // change before the commit.
+        sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let user = sqlx::query_as::<_, User>(
+            "SELECT id, username, role, created_at FROM users WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound("user"))?;
+        if user.role == Role::Admin.as_str() {
+            let admins = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM users WHERE role = $1")
+                .bind(Role::Admin.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            if admins <= 1 {
+                return Err(StoreError::Conflict(format!(
+                    "'{}' is the last admin: create another admin before deleting this one",
+                    user.username
+                )));
+            }
+        }
+        sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(user)
+    }
+
+    /// Whether user `id` still exists with this name and role. An access token's claims
+    /// are honoured only while this holds, so deleting a user ends their live access
+    /// tokens at once (and a role change would too). The name and role are compared as
+    /// well as the id because SQLite may give a deleted user's id to the next new user.
+    pub async fn user_matches(
+        &self,
+        id: i64,
+        username: &str,
+        role: Role,
+    ) -> Result<bool, StoreError> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM users WHERE id = $1 AND username = $2 AND role = $3",
+        )
+        .bind(id)
+        .bind(username)
+        .bind(role.as_str())
+        .fetch_one(self.pool())
+        .await?
+            > 0)
+    }
+
     /// A page of users by id.
     pub async fn users(&self, after: i64, limit: u32) -> Result<Page<User>, StoreError> {
         let rows = sqlx::query_as::<_, User>(
@@ -112,5 +182,59 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(Page::from_rows(rows, limit, |u| u.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::StoreConfig;
+
+    async fn store() -> Store {
+        Store::connect(&StoreConfig {
+            url: "sqlite::memory:".into(),
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+        })
+        .await
+        .expect("an in-memory store")
+    }
+
+    #[tokio::test]
+    async fn deleting_a_user_ends_their_sessions_but_the_last_admin_stays() {
+        let store = store().await;
+        let root = store.create_user("root", "x", Role::Admin).await.unwrap();
+        let ed = store.create_user("ed", "x", Role::Editor).await.unwrap();
+        store
+            .insert_refresh_token("r1", "f1", ed.id, i64::MAX)
+            .await
+            .unwrap();
+        assert!(store.user_matches(ed.id, "ed", Role::Editor).await.unwrap());
+        assert!(!store.user_matches(ed.id, "ed", Role::Admin).await.unwrap());
+
+        assert_eq!(store.delete_user(ed.id).await.unwrap().username, "ed");
+        assert!(!store.user_matches(ed.id, "ed", Role::Editor).await.unwrap());
+        assert_eq!(
+            store.use_refresh_token("r1").await.unwrap(),
+            crate::store::tokens::RefreshOutcome::Invalid
+        );
+        assert!(matches!(
+            store.delete_user(ed.id).await,
+            Err(StoreError::NotFound(_))
+        ));
+
+        assert!(matches!(
+            store.delete_user(root.id).await,
+            Err(StoreError::Conflict(m)) if m.contains("last admin")
+        ));
+        let second = store.create_user("second", "x", Role::Admin).await.unwrap();
+        store.delete_user(root.id).await.unwrap();
+        assert!(matches!(
+            store.delete_user(second.id).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert_eq!(store.user_count().await.unwrap(), 1);
     }
 }
