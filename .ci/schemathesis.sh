@@ -10,7 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET="${CARGO_TARGET_DIR:-target}"
 BIN="${1:-$TARGET/debug/mailing}"
-VENV="${SCHEMATHESIS_VENV:-$TARGET/schemathesis-venv}"
+VENV="$(realpath -m "${SCHEMATHESIS_VENV:-$TARGET/schemathesis-venv}")"
+BIN="$(realpath -m "$BIN")"
 VERSION="4.32.5"
 
 if [ ! -x "$VENV/bin/schemathesis" ] || ! "$VENV/bin/schemathesis" --version | grep -q "$VERSION"; then
@@ -31,10 +32,11 @@ trap cleanup EXIT
 # limits are switched off: the run is a flood from one address by design.
 start() {
   if [ -n "${PID:-}" ]; then kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; fi
-  env -i PATH="$PATH" DATA_DIR="$WORK/$1" HTTP_HOST=127.0.0.1 HTTP_PORT="$PORT" \
+  env -i -C "$WORK" PATH="$PATH" DATA_DIR="$WORK/$1" HTTP_HOST=127.0.0.1 HTTP_PORT="$PORT" \
     PUBLIC_URL="http://127.0.0.1:$PORT" ADMIN_PASSWORD="$PASSWORD" \
     AUTH_SECRET_KEY="$SECRET" \
     API_RATE_LIMIT_PER_IP=0 API_RATE_LIMIT_PER_USER=0 BACKUP_ENABLED=false \
+    BACKUP_DIR="$WORK/$1-backups" \
     LOG_FORMAT=json LOG_LEVEL=warn \
     "$BIN" serve >>"$WORK/server.log" 2>&1 &
   PID=$!
@@ -50,14 +52,15 @@ SECRET="$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')"
 
 # Excluded: logout (it would revoke the run's own token) and backup restore (it
 # restarts the process by design); both have their own end-to-end tests.
+# Run from $WORK, so schemathesis's caches land there and not in the checkout.
 run() {
-  "$VENV/bin/schemathesis" "$@" "http://127.0.0.1:$PORT/openapi.json" \
+  (cd "$WORK" && "$VENV/bin/schemathesis" "$@" "http://127.0.0.1:$PORT/openapi.json" \
     --header "Authorization: Bearer $TOKEN" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
     --phases examples,coverage,fuzzing \
     --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-25}" \
     --exclude-path /auth/logout --exclude-path /admin/backup/restore \
-    --workers 2 --no-color
+    --workers 2 --no-color)
 }
 api() {
   curl -fsS -X "$1" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
