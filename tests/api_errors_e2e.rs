@@ -354,3 +354,112 @@ async fn templates_are_replaced_and_in_use_resources_cannot_be_deleted() {
         .await;
     assert_eq!(status, 204);
 }
+
+/// PATCH /api/v1/lists/{id}: renames and clears what is given, validated as on
+/// creation; a refused change, a viewer or an unknown id leaves every list as it was.
+async fn list_update(server: &Server, backend: &Backend) {
+    let token = server.login().await;
+    let (status, list) = server
+        .request(
+            "POST",
+            "/api/v1/lists",
+            Some(&token),
+            Some(json!({"name": "News", "description": "Weekly"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{list}");
+    let path = format!("/api/v1/lists/{}", list["id"]);
+    let patch = |body: serde_json::Value, who: &str| {
+        let (path, who) = (path.clone(), who.to_owned());
+        async move { server.request("PATCH", &path, Some(&who), Some(body)).await }
+    };
+
+    let (status, renamed) = patch(json!({"name": "  Digest  "}), &token).await;
+    assert_eq!(status, 200, "{renamed}");
+    assert_eq!(renamed["name"], "Digest", "trimmed as on creation");
+    assert_eq!(renamed["description"], "Weekly", "an absent field stays");
+    assert_eq!(renamed["id"], list["id"]);
+    assert_eq!(renamed["created_at"], list["created_at"]);
+
+    let (status, cleared) = patch(json!({"description": null}), &token).await;
+    assert_eq!(status, 200, "{cleared}");
+    assert_eq!(cleared["description"], serde_json::Value::Null);
+    assert_eq!(cleared["name"], "Digest");
+    let (_, shown) = server.request("GET", &path, Some(&token), None).await;
+    assert_eq!(shown, cleared, "GET shows the stored change");
+
+    // Refused changes: a blank name (every refused field named at once), an unknown
+    // field, a null name; none of them writes anything.
+    let (status, body) = patch(json!({"name": "   ", "description": "x"}), &token).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["errors"][0]["field"], "name", "{body}");
+    let (status, body) = patch(json!({"name": "", "description": "x".repeat(2001)}), &token).await;
+    assert_eq!(status, 422, "{body}");
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["field"].as_str())
+        .collect();
+    assert_eq!(fields, ["name", "description"], "{body}");
+    let (status, body) = patch(json!({"name": "Other", "colour": "red"}), &token).await;
+    assert_eq!(
+        status, 400,
+        "unknown fields are refused as on creation: {body}"
+    );
+    let (status, body) = patch(json!({"name": null}), &token).await;
+    assert_eq!(status, 400, "a list needs a name: {body}");
+
+    let viewer = support::viewer_token(server, &token).await;
+    let (status, body) = patch(json!({"name": "Viewer's"}), &viewer).await;
+    assert_eq!(status, 403, "{body}");
+
+    let (_, after) = server.request("GET", &path, Some(&token), None).await;
+    assert_eq!(after, cleared, "no refused request changed the list");
+
+    let (status, body) = server
+        .request(
+            "PATCH",
+            "/api/v1/lists/987654",
+            Some(&token),
+            Some(json!({"name": "Nobody"})),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+
+    let audit = support::audit_entries(backend, &server.dir, "list.update").await;
+    let target = format!("list:{}", list["id"]);
+    assert_eq!(
+        audit,
+        vec![
+            (
+                "admin".to_owned(),
+                Some(target.clone()),
+                json!({"fields": ["name"]})
+            ),
+            (
+                "admin".to_owned(),
+                Some(target),
+                json!({"fields": ["description"]})
+            ),
+        ],
+        "each change is audited, refused ones are not"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_is_renamed_and_its_description_cleared_by_patch_on_sqlite() {
+    let backend = Backend::embedded();
+    let server = Server::start("serve", &backend, &[]).await;
+    list_update(&server, &backend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_is_renamed_and_its_description_cleared_by_patch_on_postgres() {
+    let Some(backend) = Backend::fleet("list update on PostgreSQL").await else {
+        return;
+    };
+    let server = Server::start("api", &backend, &[]).await;
+    list_update(&server, &backend).await;
+    backend.cleanup().await;
+}

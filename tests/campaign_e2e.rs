@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use mail_parser::MessageParser;
-use support::{Backend, Server, SmtpSink, create_campaign, seed_list};
+use support::{Backend, Server, SmtpSink, create_campaign, seed_list, viewer_token};
 
 const N: usize = 1000;
 
@@ -479,29 +479,6 @@ async fn subscribers_are_searched_updated_exported_unsubscribed_and_erased() {
         c["stats"]["total"], 11,
         "the erased subscriber's ledger rows went too"
     );
-}
-
-/// Logs in as a fresh viewer; returns the token.
-async fn viewer_token(server: &Server, admin: &str) -> String {
-    let (status, body) = server
-        .request(
-            "POST",
-            "/api/v1/users",
-            Some(admin),
-            Some(serde_json::json!({"username": "vic", "password": "a-long-viewer-password", "role": "viewer"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{body}");
-    let (status, login) = server
-        .request(
-            "POST",
-            "/auth/login",
-            None,
-            Some(serde_json::json!({"username": "vic", "password": "a-long-viewer-password"})),
-        )
-        .await;
-    assert_eq!(status, 200, "{login}");
-    login["access_token"].as_str().expect("token").to_owned()
 }
 
 /// The campaign ids of a subscriber's ledger rows, from the GDPR export.

@@ -215,6 +215,39 @@ struct Received {
     spans: Vec<(String, Vec<u8>)>,
 }
 
+/// Records what one OTLP export request (HTTP path or gRPC method, protobuf body) carries.
+fn record(received: &Mutex<Received>, path: &str, body: &[u8]) {
+    let mut r = received.lock().expect("state");
+    if path.ends_with("/v1/metrics") || path.ends_with("MetricsService/Export") {
+        if let Ok(m) =
+            opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest::decode(
+                body,
+            )
+        {
+            for rm in m.resource_metrics {
+                for sm in rm.scope_metrics {
+                    r.metric_names
+                        .extend(sm.metrics.into_iter().map(|m| m.name));
+                }
+            }
+        }
+    } else if (path.ends_with("/v1/traces") || path.ends_with("TraceService/Export"))
+        && let Ok(t) =
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
+                body,
+            )
+    {
+        for rs in t.resource_spans {
+            for ss in rs.scope_spans {
+                for span in ss.spans {
+                    r.span_names.insert(span.name.clone());
+                    r.spans.push((span.name, span.trace_id));
+                }
+            }
+        }
+    }
+}
+
 struct Collector(Arc<Mutex<Received>>);
 
 #[async_trait]
@@ -232,30 +265,7 @@ impl Handler for Collector {
             .await
             .map(|b| b.to_vec())
             .unwrap_or_default();
-        let mut r = self.0.lock().expect("state");
-        if path.ends_with("/v1/metrics") {
-            if let Ok(m) = opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest::decode(body.as_slice()) {
-                for rm in m.resource_metrics {
-                    for sm in rm.scope_metrics {
-                        r.metric_names.extend(sm.metrics.into_iter().map(|m| m.name));
-                    }
-                }
-            }
-        } else if path.ends_with("/v1/traces")
-            && let Ok(t) =
-                opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest::decode(
-                    body.as_slice(),
-                )
-        {
-            for rs in t.resource_spans {
-                for ss in rs.scope_spans {
-                    for span in ss.spans {
-                        r.span_names.insert(span.name.clone());
-                        r.spans.push((span.name, span.trace_id));
-                    }
-                }
-            }
-        }
+        record(&self.0, &path, &body);
         res.status_code(StatusCode::OK);
     }
 }
@@ -343,20 +353,38 @@ async fn a_black_holed_collector_does_not_stop_sending() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
         ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_owned()),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "500".to_owned()),
+        // A small span queue, so that spans pile up while exports hang.
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "16".to_owned()),
     ];
     let server = Server::start("serve", &Backend::embedded(), &env).await;
     run_campaign(&server, 200).await;
-    // Exports time out and are counted as dropped, while sending went on.
+    // Every request is a span: far more than 16 end while one export hangs.
+    for _ in 0..200 {
+        server
+            .http
+            .get(format!("{}/health", server.base))
+            .send()
+            .await
+            .expect("health");
+    }
+    // Failed exports and spans the full queue refused are both counted, while sending
+    // went on and /metrics is still served.
+    let dropped = |text: &str, signal: &str, reason: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("mailing_telemetry_dropped_total{"))
+            .filter(|l| {
+                l.contains(&format!("signal=\"{signal}\""))
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = metrics_text(&server).await;
-        let dropped = text
-            .lines()
-            .find(|l| l.starts_with("mailing_telemetry_dropped_total{signal=\"metrics\"}"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if dropped >= 1.0 {
+        let failed = dropped(&text, "metrics", "export_failed");
+        let refused = dropped(&text, "traces", "queue_full");
+        if failed >= 1.0 && refused >= 1.0 {
             assert!(
                 text.contains("mailing_deliveries_total"),
                 "metrics still served locally"
@@ -365,8 +393,173 @@ async fn a_black_holed_collector_does_not_stop_sending() {
         }
         assert!(
             Instant::now() < deadline,
-            "dropped telemetry was never counted:\n{text}"
+            "dropped telemetry was never counted (metrics export_failed {failed}, traces queue_full {refused}):\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The sum of a counter's series in Prometheus text.
+fn counter_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_port_serves_metrics_apart_and_in_workers_too() {
+    let Some(backend) = Backend::fleet("PROMETHEUS_PORT on a fleet").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let (api_port, worker_port) = (free_port(), free_port());
+    let api = Server::start_in(
+        dir.path(),
+        "api",
+        &backend,
+        &[("PROMETHEUS_PORT", api_port.to_string())],
+    )
+    .await;
+    let _worker = Server::start_in(
+        dir.path(),
+        "worker",
+        &backend,
+        &[("PROMETHEUS_PORT", worker_port.to_string())],
+    )
+    .await;
+    run_campaign(&api, 30).await;
+
+    // Off the API port...
+    let res = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 404, "/metrics moved to PROMETHEUS_PORT");
+    // ...on its own, in the API process and in the worker that did the sending.
+    let scrape = |port: u16| {
+        let http = api.http.clone();
+        async move {
+            let res = http
+                .get(format!("http://127.0.0.1:{port}/metrics"))
+                .send()
+                .await
+                .expect("scrape");
+            assert_eq!(res.status(), 200);
+            res.text().await.expect("text")
+        }
+    };
+    let api_text = scrape(api_port).await;
+    assert!(
+        counter_sum(&api_text, "mailing_http_requests_total") >= 1.0,
+        "{api_text}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let worker_text = scrape(worker_port).await;
+        if counter_sum(&worker_text, "mailing_deliveries_total") >= 30.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker's deliveries never showed on its PROMETHEUS_PORT:\n{worker_text}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Nothing else is routed there.
+    let res = api
+        .http
+        .get(format!("http://127.0.0.1:{api_port}/api/v1/lists"))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(res.status(), 404);
+    backend.cleanup().await;
+}
+
+/// An OTLP/gRPC collector on `listener`, on HTTP/2 without TLS as collectors listen on
+/// 4317: each unary `Export` call's message (gRPC framing: a compression flag, a 4-byte
+/// length, the protobuf) is recorded, and answered with an empty response and
+/// `grpc-status: 0`.
+async fn grpc_collector(listener: tokio::net::TcpListener, received: Arc<Mutex<Received>>) {
+    while let Ok((socket, _)) = listener.accept().await {
+        let received = received.clone();
+        tokio::spawn(async move {
+            let Ok(mut conn) = h2::server::handshake(socket).await else {
+                return;
+            };
+            while let Some(Ok((request, mut respond))) = conn.accept().await {
+                let received = received.clone();
+                tokio::spawn(async move {
+                    let path = request.uri().path().to_owned();
+                    let mut body = request.into_body();
+                    let mut bytes = Vec::new();
+                    while let Some(Ok(chunk)) = body.data().await {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                        bytes.extend_from_slice(&chunk);
+                    }
+                    if bytes.len() >= 5 && bytes[0] == 0 {
+                        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+                        if let Some(message) = bytes.get(5..5 + len as usize) {
+                            record(&received, &path, message);
+                        }
+                    }
+                    let response = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .expect("response");
+                    if let Ok(mut send) = respond.send_response(response, false) {
+                        let _ = send.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let _ = send.send_trailers(trailers);
+                    }
+                });
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_export_over_grpc_delivers_metrics_and_traces() {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(grpc_collector(listener, received.clone()));
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1000".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "500".to_owned()),
+    ];
+    let server = support::Server::start("serve", &Backend::embedded(), &env).await;
+    run_campaign(&server, 20).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        {
+            let r = received.lock().expect("state");
+            let plan = r.spans.iter().find(|(n, _)| n == "plan").map(|(_, t)| t);
+            let same_trace = plan
+                .is_some_and(|trace| r.spans.iter().any(|(n, t)| n == "send_batch" && t == trace));
+            if r.metric_names.contains("mailing_deliveries_total") && same_trace {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no OTLP/gRPC metrics or traces arrived: {:?}\n{}",
+            received.lock().expect("state").span_names,
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        server.logs().contains("\"traces\":\"gRPC\""),
+        "the log says which transport"
+    );
 }

@@ -202,6 +202,7 @@ fn api_routes(fault_injection: bool, metrics: bool) -> Router {
                         .push(
                             Router::with_path("{id}")
                                 .get(lists::show)
+                                .patch(lists::update)
                                 .delete(lists::delete)
                                 .push(
                                     Router::with_path("subscribers")
@@ -326,6 +327,16 @@ fn api_routes(fault_injection: bool, metrics: bool) -> Router {
         .push(authed)
 }
 
+/// The service of the `PROMETHEUS_PORT` listener: `GET /metrics` and nothing else
+/// (problem+json 404 for any other path).
+pub fn metrics_service(registry: prometheus::Registry) -> Service {
+    Service::new(
+        Router::new().push(Router::with_path("metrics").get(routes::ops::MetricsOnly(registry))),
+    )
+    .hoop(SecurityHeaders { hsts: false })
+    .catcher(Catcher::default().hoop(problem::problem_catcher))
+}
+
 /// The service: the router, the security headers, the plain-HTTP redirect and CORS when
 /// configured, and problem+json error pages.
 pub fn service(state: Arc<AppState>) -> Service {
@@ -422,6 +433,96 @@ mod tests {
                 name.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')),
                 "schema name `{name}` is not a valid component key"
+            );
+        }
+    }
+
+    /// The request bodies state the limits their handlers enforce, from the same
+    /// constants where the code has one.
+    #[test]
+    fn request_body_schemas_state_the_limits_the_handlers_enforce() {
+        use super::routes::{campaigns, lists, users};
+        use mailing_jobs::render::MAX_TEMPLATE_BYTES;
+        use mailing_jobs::store::subscribers::{MAX_EMAIL_LEN, MAX_NAME_LEN};
+
+        let doc = super::openapi::document(&super::api_routes(true, true));
+        let json: serde_json::Value =
+            serde_json::from_str(&doc.to_json().expect("the document renders")).unwrap();
+        let schemas = &json["components"]["schemas"];
+        let field = |schema: &str, name: &str| schemas[schema]["properties"][name].clone();
+        for schema in ["NewList", "ListChanges"] {
+            assert_eq!(field(schema, "name")["minLength"], 1, "{schema}");
+            assert_eq!(field(schema, "name")["maxLength"], 200, "{schema}");
+            assert_eq!(field(schema, "description")["maxLength"], 2000, "{schema}");
+        }
+        assert_eq!(
+            field("ListChanges", "name")["type"],
+            "string",
+            "not nullable"
+        );
+        let patch = &json["paths"]["/api/v1/lists/{id}"]["patch"];
+        assert_eq!(
+            patch["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/ListChanges"
+        );
+        assert_eq!(schemas["SubscriberRows"]["minItems"], 1);
+        assert_eq!(
+            schemas["SubscriberRows"]["maxItems"],
+            lists::IMPORT_MAX_ROWS
+        );
+        for schema in ["CampaignDraft", "CampaignChanges"] {
+            assert_eq!(field(schema, "list_ids")["minItems"], 1, "{schema}");
+            assert_eq!(
+                field(schema, "list_ids")["maxItems"],
+                campaigns::MAX_LISTS,
+                "{schema}"
+            );
+            assert_eq!(
+                field(schema, "plugins")["maxItems"],
+                campaigns::MAX_PLUGINS,
+                "{schema}"
+            );
+        }
+        for schema in ["CampaignDraft", "CampaignChanges", "TxDraft"] {
+            let provider = field(schema, "provider").to_string();
+            assert!(
+                provider.contains("#/components/schemas/ProviderKind"),
+                "{schema}: {provider}"
+            );
+        }
+        for part in ["subject", "html", "text"] {
+            assert_eq!(
+                field("TemplateDraft", part)["maxLength"],
+                MAX_TEMPLATE_BYTES,
+                "{part}"
+            );
+        }
+        assert_eq!(
+            field("NewUser", "password")["minLength"],
+            users::MIN_PASSWORD_LEN
+        );
+        for schema in ["NewUser", "NewApiKey"] {
+            assert_eq!(
+                field(schema, "role")["allOf"][0]["$ref"],
+                "#/components/schemas/Role",
+                "{schema}"
+            );
+        }
+        for schema in ["NewSubscriber", "NewSuppression", "BounceReport"] {
+            assert_eq!(field(schema, "email")["format"], "email", "{schema}");
+            assert_eq!(
+                field(schema, "email")["maxLength"],
+                MAX_EMAIL_LEN,
+                "{schema}"
+            );
+        }
+        for schema in ["NewSubscriber", "SubscriberUpdate"] {
+            assert_eq!(field(schema, "name")["maxLength"], MAX_NAME_LEN, "{schema}");
+            // No control character: `char::is_control` is exactly these two ranges.
+            assert_eq!(
+                field(schema, "name")["pattern"],
+                r"^[^\u0000-\u001F\u007F-\u009F]*$",
+                "{schema}"
             );
         }
     }

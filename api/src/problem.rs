@@ -72,11 +72,17 @@ pub enum ApiError {
 impl ApiError {
     /// A validation error on one field.
     pub fn field(field: &str, message: impl Into<String>) -> Self {
-        let message = message.into();
-        ApiError::Validation {
-            detail: format!("{field}: {message}"),
-            errors: vec![FieldError::new(field, message)],
-        }
+        ApiError::fields(vec![FieldError::new(field, message)])
+    }
+
+    /// A validation error naming every refused field at once.
+    pub fn fields(errors: Vec<FieldError>) -> Self {
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        ApiError::Validation { detail, errors }
     }
 
     fn status_and_title(&self) -> (StatusCode, &'static str) {
@@ -95,6 +101,12 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "Service unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "Internal server error"),
         }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(err: FieldError) -> Self {
+        ApiError::fields(vec![err])
     }
 }
 

@@ -274,6 +274,24 @@ pub fn plugin_runtime(config: &Config) -> anyhow::Result<PluginRuntime> {
     })
 }
 
+/// Serves `GET /metrics` on `addr` (`PROMETHEUS_PORT`) for the life of the process.
+async fn serve_metrics(addr: &str, registry: prometheus::Registry) -> anyhow::Result<()> {
+    use salvo::conn::{Acceptor, Listener, TcpListener};
+    let acceptor = TcpListener::new(addr.to_owned())
+        .try_bind()
+        .await
+        .with_context(|| format!("cannot listen on {addr} (PROMETHEUS_PORT)"))?;
+    if let Some(bound) = acceptor
+        .holdings()
+        .first()
+        .and_then(|h| h.local_addr.clone().into_std())
+    {
+        info!(addr = %bound, "Serving /metrics");
+    }
+    tokio::spawn(salvo::Server::new(acceptor).serve(mailing_api::metrics_service(registry)));
+    Ok(())
+}
+
 pub async fn run(
     config: Config,
     mode: Mode,
@@ -326,6 +344,13 @@ pub async fn run(
     };
     let instance = instance_id();
     let mut children = Vec::new();
+    if let Some(addr) = config
+        .metrics_addr
+        .as_ref()
+        .filter(|_| config.metrics_enabled)
+    {
+        serve_metrics(addr, metrics.clone()).await?;
+    }
 
     let restart = Arc::new(tokio::sync::Notify::new());
     let fault_slot: Arc<std::sync::OnceLock<mailing_api::FaultInjector>> =
@@ -362,7 +387,8 @@ pub async fn run(
             signer: signer.clone(),
             fault_injector: injector,
             transport: config.transport.clone(),
-            metrics: config.metrics_enabled.then(|| metrics.clone()),
+            metrics: (config.metrics_enabled && config.metrics_addr.is_none())
+                .then(|| metrics.clone()),
             backup: config.backup.clone(),
             restart: restart.clone(),
             plugins: plugins.host.clone(),

@@ -123,7 +123,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "SSL_KEY_FILE", default: "certs/key.pem", secret: false, doc: "TLS private key, PEM (with HTTPS_ENABLED)" },
     Setting { name: "CORS_ALLOWED_ORIGINS", default: "", secret: false, doc: "comma-separated origins (https://app.example.com) browsers may call the API from; empty: CORS closed" },
     Setting { name: "METRICS_ENABLED", default: "true", secret: false, doc: "serve /metrics" },
-    Setting { name: "PROMETHEUS_PORT", default: "", secret: false, doc: "reserved: a separate metrics port (observability issue)" },
+    Setting { name: "PROMETHEUS_PORT", default: "", secret: false, doc: "serve GET /metrics on this port (on HTTP_HOST) in every process, workers too, instead of on HTTP_PORT" },
     Setting { name: "BACKUP_ENABLED", default: "true", secret: false, doc: "take scheduled backups (in `serve` and `api` processes)" },
     Setting { name: "BACKUP_SCHEDULE_HOURS", default: "2,14", secret: false, doc: "UTC hours at which a scheduled backup is taken, comma-separated" },
     Setting { name: "BACKUP_RETENTION_DAYS", default: "30", secret: false, doc: "backups older than this are pruned (never the newest verified one)" },
@@ -226,6 +226,9 @@ pub struct Config {
     pub transport: mailing_api::transport::TransportPolicy,
     /// `METRICS_ENABLED`.
     pub metrics_enabled: bool,
+    /// `HTTP_HOST:PROMETHEUS_PORT`, when set: `/metrics` is served there, not on
+    /// `HTTP_PORT`.
+    pub metrics_addr: Option<String>,
     /// Backup destinations and retention.
     pub backup: mailing_jobs::backup::BackupConfig,
     /// `BACKUP_ENABLED`.
@@ -655,7 +658,20 @@ impl Config {
             cors_origins,
         };
         let metrics_enabled = r.bool("METRICS_ENABLED");
-        let _ = r.text("PROMETHEUS_PORT");
+        let prometheus_port = match r.text("PROMETHEUS_PORT") {
+            None => None,
+            Some(raw) => match raw.parse::<u16>() {
+                Ok(p) if p > 0 => Some(p),
+                _ => {
+                    r.errors.push(format!(
+                        "PROMETHEUS_PORT={raw:?} is not a port (1 to 65535); leave it empty to \
+                         serve /metrics on HTTP_PORT"
+                    ));
+                    None
+                }
+            },
+        };
+        let metrics_addr = prometheus_port.map(|p| format!("{host}:{p}"));
         let backup_enabled = r.bool("BACKUP_ENABLED");
         let hours_raw = r.string("BACKUP_SCHEDULE_HOURS");
         let mut backup_hours = Vec::new();
@@ -763,6 +779,7 @@ impl Config {
             tls,
             transport,
             metrics_enabled,
+            metrics_addr,
             backup,
             backup_enabled,
             backup_hours,

@@ -123,7 +123,7 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
         backups: counter("mailing_backups_total", "Backups taken, by outcome"),
         telemetry_dropped: counter(
             "mailing_telemetry_dropped_total",
-            "Spans (signal=traces) or metric exports (signal=metrics) the OTLP exporter could not deliver",
+            "Spans (signal=traces) or metric exports (signal=metrics) not delivered over OTLP, by reason (export_failed, queue_full)",
         ),
         plugin_calls: counter(
             "mailing_plugin_calls_total",
@@ -410,6 +410,10 @@ impl BackupTaken {
 pub struct TelemetryDropped {
     /// `traces` or `metrics`.
     pub signal: &'static str,
+    /// `export_failed` (the collector refused, timed out or was unreachable) or
+    /// `queue_full` (spans ended faster than they could be exported; dropped before
+    /// they could grow memory).
+    pub reason: &'static str,
     /// Spans, or metric exports.
     pub count: u64,
 }
@@ -419,12 +423,14 @@ impl TelemetryDropped {
     pub fn emit(self) {
         tracing::debug!(
             signal = self.signal,
+            reason = self.reason,
             count = self.count,
-            "Telemetry export failed; dropped"
+            "Telemetry dropped"
         );
-        INSTRUMENTS
-            .telemetry_dropped
-            .add(self.count, &[kv("signal", self.signal)]);
+        INSTRUMENTS.telemetry_dropped.add(
+            self.count,
+            &[kv("signal", self.signal), kv("reason", self.reason)],
+        );
     }
 }
 

@@ -394,6 +394,72 @@ impl Drop for Server {
     }
 }
 
+/// Logs in as a fresh viewer (`vic`, created by `admin`); returns the token.
+pub async fn viewer_token(server: &Server, admin: &str) -> String {
+    let (status, body) = server
+        .request(
+            "POST",
+            "/api/v1/users",
+            Some(admin),
+            Some(
+                json!({"username": "vic", "password": "a-long-viewer-password", "role": "viewer"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, login) = server
+        .request(
+            "POST",
+            "/auth/login",
+            None,
+            Some(json!({"username": "vic", "password": "a-long-viewer-password"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    login["access_token"].as_str().expect("token").to_owned()
+}
+
+/// `(actor, target, detail)` of each audit entry with `action`, oldest first, read from
+/// the store of the deployment in `dir`.
+pub async fn audit_entries(
+    backend: &Backend,
+    dir: &Path,
+    action: &str,
+) -> Vec<(String, Option<String>, Value)> {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let url = backend
+        .env
+        .iter()
+        .find(|(k, _)| k == "DATABASE_URL")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                dir.join("data").join("mailing.sqlite3").display()
+            )
+        });
+    let mut conn = sqlx::AnyConnection::connect(&url)
+        .await
+        .expect("the store opens");
+    let rows: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT actor, target, detail FROM audit_log WHERE action = $1 ORDER BY id")
+            .bind(action)
+            .fetch_all(&mut conn)
+            .await
+            .expect("the audit log reads");
+    let _ = conn.close().await;
+    rows.into_iter()
+        .map(|(actor, target, detail)| {
+            (
+                actor,
+                target,
+                serde_json::from_str(&detail).expect("audit detail is JSON"),
+            )
+        })
+        .collect()
+}
+
 /// Sends a draft campaign (asserting 202).
 pub async fn send_campaign(server: &Server, token: &str, campaign: i64) {
     let (status, body) = server

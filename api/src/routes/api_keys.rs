@@ -18,9 +18,11 @@ use mailing_jobs::store::api_keys::ApiKey;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewApiKey {
-    /// A label, 1 to 100 characters.
+    /// A label, 1 to 100 characters (surrounding spaces are trimmed).
+    #[salvo(schema(min_length = 1, max_length = 100))]
     name: String,
     /// What the key may do: `admin`, `editor` or `viewer`.
+    #[salvo(schema(value_type = Role))]
     role: String,
 }
 

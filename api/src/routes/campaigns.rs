@@ -6,9 +6,11 @@
 use chrono::{DateTime, Utc};
 use salvo::oapi::ToSchema;
 use salvo::prelude::*;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 
-use super::{JSON_LIMIT, PageQuery, json_body, pagination, path_id, required_text};
+use super::{
+    JSON_LIMIT, PageQuery, json_body, nullable, pagination, path_id, present, required_text,
+};
 use crate::auth::principal;
 use crate::openapi::{Accepted, Created, NoContent};
 use crate::problem::{ApiError, ApiResult, FieldError};
@@ -17,7 +19,7 @@ use mailing_jobs::pipeline::PlanCampaign;
 use mailing_jobs::store::Page;
 use mailing_jobs::store::campaigns::{CampaignPlugin, CampaignRow, CampaignStats, NewCampaign};
 use mailing_jobs::store::deliveries::DeliveryRow;
-use mailing_jobs::{CampaignStatus, DeliveryStatus, Role, StoreError};
+use mailing_jobs::{CampaignStatus, DeliveryStatus, ProviderKind, Role, StoreError};
 
 /// The most lists a campaign may target.
 pub const MAX_LISTS: usize = 100;
@@ -30,25 +32,32 @@ pub const MAX_PLUGIN_CONFIG_BYTES: usize = 64 * 1024;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CampaignDraft {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters (surrounding spaces are trimmed).
+    #[salvo(schema(min_length = 1, max_length = 200))]
     name: String,
     /// The template to render: an existing template's id.
+    #[salvo(schema(minimum = 1))]
     template_id: i64,
     /// The audience: 1 to 100 existing list ids.
+    #[salvo(schema(min_items = 1, max_items = 100))]
     list_ids: Vec<i64>,
     /// The From header: an address, optionally with a display name
     /// (`Shop <news@shop.example>`).
+    #[salvo(schema(min_length = 1))]
     from: String,
     /// The Reply-To header, in the same form as `from`.
     #[serde(default)]
+    #[salvo(schema(min_length = 1))]
     reply_to: Option<String>,
     /// A provider configured on this server (`file`, `smtp`, `resend`); `file` when
     /// absent.
     #[serde(default)]
+    #[salvo(schema(value_type = Option<ProviderKind>))]
     provider: Option<String>,
     /// At most 8 registered plugins, in the order they run; each `config` at most 64 KiB
     /// of JSON.
     #[serde(default)]
+    #[salvo(schema(max_items = 8))]
     plugins: Vec<CampaignPlugin>,
     /// When `send` should start sending (RFC 3339), not more than a minute in the past;
     /// absent sends at once.
@@ -61,49 +70,38 @@ struct CampaignDraft {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CampaignChanges {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters (surrounding spaces are trimmed).
     #[serde(default, deserialize_with = "present")]
-    #[salvo(schema(nullable = false))]
+    #[salvo(schema(nullable = false, min_length = 1, max_length = 200))]
     name: Option<String>,
     /// The template to render: an existing template's id.
     #[serde(default, deserialize_with = "present")]
-    #[salvo(schema(nullable = false))]
+    #[salvo(schema(nullable = false, minimum = 1))]
     template_id: Option<i64>,
     /// The new audience (replaces the whole set): 1 to 100 existing list ids.
     #[serde(default, deserialize_with = "present")]
-    #[salvo(schema(nullable = false))]
+    #[salvo(schema(nullable = false, min_items = 1, max_items = 100))]
     list_ids: Option<Vec<i64>>,
     /// The From header: an address, optionally with a display name.
     #[serde(default, deserialize_with = "present")]
-    #[salvo(schema(nullable = false))]
+    #[salvo(schema(nullable = false, min_length = 1))]
     from: Option<String>,
     /// The Reply-To header; `null` removes it.
     #[serde(default, deserialize_with = "nullable")]
+    #[salvo(schema(min_length = 1))]
     reply_to: Option<Option<String>>,
     /// A provider configured on this server (`file`, `smtp`, `resend`).
     #[serde(default, deserialize_with = "present")]
-    #[salvo(schema(nullable = false))]
+    #[salvo(schema(value_type = ProviderKind))]
     provider: Option<String>,
     /// The new plugin chain (replaces the whole chain): at most 8, in the order they run.
     #[serde(default, deserialize_with = "present")]
-    #[salvo(schema(nullable = false))]
+    #[salvo(schema(nullable = false, max_items = 8))]
     plugins: Option<Vec<CampaignPlugin>>,
     /// When to send (RFC 3339), not more than a minute in the past; `null` removes it
     /// from a draft (a scheduled campaign must keep one).
     #[serde(default, deserialize_with = "nullable")]
     send_at: Option<Option<DateTime<Utc>>>,
-}
-
-/// A field that may be absent but not `null` (`null` is a type error, as on creation).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(d).map(Some)
-}
-
-/// Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-    d: D,
-) -> Result<Option<Option<T>>, D::Error> {
-    Option::<T>::deserialize(d).map(Some)
 }
 
 impl CampaignChanges {
@@ -189,6 +187,7 @@ pub struct DeliveryFilter {
     /// Only recipients with this outcome.
     pub status: Option<DeliveryStatus>,
     /// Only this recipient (the exact address).
+    #[salvo(parameter(format = Email, max_length = 254))]
     pub email: Option<String>,
 }
 
@@ -327,19 +326,9 @@ async fn check(state: &AppState, fields: Fields<'_>) -> ApiResult<Option<String>
         errors.push(FieldError::new("send_at", "is in the past"));
     }
     if !errors.is_empty() {
-        return Err(refused(errors));
+        return Err(ApiError::fields(errors));
     }
     Ok(name)
-}
-
-/// A 422 naming every refused field.
-fn refused(errors: Vec<FieldError>) -> ApiError {
-    let detail = errors
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect::<Vec<_>>()
-        .join("; ");
-    ApiError::Validation { detail, errors }
 }
 
 async fn validate(state: &AppState, input: CampaignDraft) -> ApiResult<NewCampaign> {

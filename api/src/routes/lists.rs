@@ -5,10 +5,12 @@ use salvo::prelude::*;
 use serde::Deserialize;
 
 use super::subscribers::SubscriberView;
-use super::{JSON_LIMIT, PageQuery, json_body, pagination, path_id, required_text};
+use super::{
+    JSON_LIMIT, PageQuery, json_body, nullable, pagination, path_id, present, required_text,
+};
 use crate::auth::principal;
 use crate::openapi::{Created, NoContent};
-use crate::problem::{ApiError, ApiResult, parse_error};
+use crate::problem::{ApiError, ApiResult, FieldError, parse_error};
 use crate::state::from_depot;
 use mailing_jobs::Role;
 use mailing_jobs::store::Page;
@@ -20,15 +22,72 @@ pub const IMPORT_LIMIT: usize = 32 * 1024 * 1024;
 /// The most rows one import request may carry.
 pub const IMPORT_MAX_ROWS: usize = 200_000;
 
+/// The most characters of a list's name.
+const MAX_NAME: usize = 200;
+/// The most characters of a list's description.
+const MAX_DESCRIPTION: usize = 2000;
+
 /// A list to create.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewList {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters (surrounding spaces are trimmed).
+    #[salvo(schema(min_length = 1, max_length = 200))]
     name: String,
-    /// At most 2,000 characters.
+    /// At most 2,000 characters (surrounding spaces are trimmed; blank means none).
     #[serde(default)]
+    #[salvo(schema(max_length = 2000))]
     description: Option<String>,
+}
+
+/// The fields of a list to change; absent fields stay as they are. Each given field is
+/// validated as on creation.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ListChanges {
+    /// 1 to 200 characters (surrounding spaces are trimmed).
+    #[serde(default, deserialize_with = "present")]
+    #[salvo(schema(nullable = false, min_length = 1, max_length = 200))]
+    name: Option<String>,
+    /// At most 2,000 characters (surrounding spaces are trimmed); `null` or a blank
+    /// string clears it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[salvo(schema(max_length = 2000))]
+    description: Option<Option<String>>,
+}
+
+/// A list's name: 1 to [`MAX_NAME`] characters once trimmed.
+fn check_name(raw: &str) -> Result<String, FieldError> {
+    required_text("name", raw, MAX_NAME)
+}
+
+/// A list's description: at most [`MAX_DESCRIPTION`] characters once trimmed; blank
+/// (or absent) means none.
+fn check_description(raw: Option<&str>) -> Result<Option<String>, FieldError> {
+    match raw.map(str::trim) {
+        Some(d) if d.chars().count() > MAX_DESCRIPTION => Err(FieldError::new(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION} characters"),
+        )),
+        Some("") | None => Ok(None),
+        Some(d) => Ok(Some(d.to_owned())),
+    }
+}
+
+/// Both fields' outcomes, or a 422 naming every refused one.
+fn checked<N, D>(
+    name: Result<N, FieldError>,
+    description: Result<D, FieldError>,
+) -> ApiResult<(N, D)> {
+    match (name, description) {
+        (Ok(name), Ok(description)) => Ok((name, description)),
+        (name, description) => Err(ApiError::fields(
+            [name.err(), description.err()]
+                .into_iter()
+                .flatten()
+                .collect(),
+        )),
+    }
 }
 
 /// `POST /api/v1/lists`: creates a list (editor).
@@ -38,17 +97,10 @@ pub async fn create(req: &mut Request, depot: &mut Depot) -> ApiResult<Created<M
     let who = principal(depot)?;
     who.require(Role::Editor)?;
     let body: NewList = json_body(req, JSON_LIMIT).await?;
-    let name = required_text("name", &body.name, 200)?;
-    let description = match body.description.as_deref().map(str::trim) {
-        Some(d) if d.chars().count() > 2000 => {
-            return Err(ApiError::field(
-                "description",
-                "must be at most 2000 characters",
-            ));
-        }
-        Some("") | None => None,
-        Some(d) => Some(d.to_owned()),
-    };
+    let (name, description) = checked(
+        check_name(&body.name),
+        check_description(body.description.as_deref()),
+    )?;
     let list = state
         .store
         .create_list(&name, description.as_deref())
@@ -71,6 +123,53 @@ pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Page<
     let state = from_depot(depot)?;
     let (after, limit) = pagination(req)?;
     Ok(Json(state.store.lists(after, limit).await?))
+}
+
+/// `PATCH /api/v1/lists/{id}` with `{"name"?, "description"?}`: changes what is given
+/// (editor), validated as on creation; `"description": null` clears the description.
+#[endpoint(
+    tags("lists"),
+    parameters(("id" = i64, Path, description = "The list")),
+    request_body = ListChanges
+)]
+pub async fn update(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<MailingList>> {
+    let state = from_depot(depot)?;
+    let who = principal(depot)?;
+    who.require(Role::Editor)?;
+    let id = path_id(req, "id")?;
+    let body: ListChanges = json_body(req, JSON_LIMIT).await?;
+    let (name, description) = checked(
+        body.name.as_deref().map(check_name).transpose(),
+        body.description
+            .as_ref()
+            .map(|d| check_description(d.as_deref()))
+            .transpose(),
+    )?;
+    let list = state
+        .store
+        .update_list(
+            id,
+            name.as_deref(),
+            description.as_ref().map(Option::as_deref),
+        )
+        .await?;
+    let given: Vec<&str> = [
+        ("name", name.is_some()),
+        ("description", description.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(field, given)| given.then_some(field))
+    .collect();
+    state
+        .store
+        .audit(
+            &who.username,
+            "list.update",
+            Some(&format!("list:{id}")),
+            &serde_json::json!({ "fields": given }),
+        )
+        .await?;
+    Ok(Json(list))
 }
 
 /// `DELETE /api/v1/lists/{id}`: the list and its memberships (not the subscribers);
@@ -117,6 +216,11 @@ pub async fn subscribers(
         next: page.next,
     }))
 }
+
+/// A JSON import body: 1 to 200,000 subscribers.
+#[derive(Deserialize, ToSchema)]
+#[salvo(schema(min_items = 1, max_items = 200000))]
+struct SubscriberRows(Vec<NewSubscriber>);
 
 /// Parses a CSV body with a header row: `email` (required), `name`, and any other
 /// column becomes an attribute.
@@ -166,7 +270,7 @@ fn parse_csv(bytes: &[u8]) -> ApiResult<Vec<NewSubscriber>> {
 #[endpoint(
     tags("lists"),
     parameters(("id" = i64, Path, description = "The list")),
-    request_body = Vec<NewSubscriber>,
+    request_body = SubscriberRows,
 )]
 pub async fn add_subscribers(
     req: &mut Request,
@@ -186,7 +290,7 @@ pub async fn add_subscribers(
             .map_err(|e| parse_error(e, IMPORT_LIMIT))?;
         parse_csv(bytes)?
     } else {
-        json_body(req, IMPORT_LIMIT).await?
+        json_body::<SubscriberRows>(req, IMPORT_LIMIT).await?.0
     };
     if rows.is_empty() {
         return Err(ApiError::field("body", "send at least one subscriber"));

@@ -17,8 +17,9 @@ pub mod webhooks;
 
 use salvo::prelude::*;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
-use crate::problem::{ApiError, ApiResult, parse_error};
+use crate::problem::{ApiError, ApiResult, FieldError, parse_error};
 
 /// `?limit=&after=` as the OpenAPI document shows it; [`pagination`] reads and checks it.
 #[derive(Debug, serde::Deserialize, ToParameters)]
@@ -43,6 +44,22 @@ pub async fn json_body<T: DeserializeOwned>(req: &mut Request, limit: usize) -> 
     req.parse_json_with_max_size::<T>(limit)
         .await
         .map_err(|e| parse_error(e, limit))
+}
+
+/// For `#[serde(default, deserialize_with = "present")]`: a field that may be absent
+/// (`None`) but not `null` (`null` is a type error, as on creation).
+pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
+}
+
+/// For `#[serde(default, deserialize_with = "nullable")]`: tells an absent field (`None`)
+/// from an explicit `null` (`Some(None)`).
+pub fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// Whether the request carries a body (a non-zero length or a chunked one).
@@ -87,13 +104,13 @@ pub fn pagination(req: &Request) -> ApiResult<(i64, u32)> {
 }
 
 /// Checks a required text field: trimmed, non-empty, at most `max` characters.
-pub fn required_text(field: &str, value: &str, max: usize) -> ApiResult<String> {
+pub fn required_text(field: &str, value: &str, max: usize) -> Result<String, FieldError> {
     let v = value.trim();
     if v.is_empty() {
-        return Err(ApiError::field(field, "must not be empty"));
+        return Err(FieldError::new(field, "must not be empty"));
     }
     if v.chars().count() > max {
-        return Err(ApiError::field(
+        return Err(FieldError::new(
             field,
             format!("must be at most {max} characters"),
         ));

@@ -490,6 +490,11 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
         .metrics
         .clone()
         .ok_or_else(|| ApiError::NotFound("metrics are disabled".into()))?;
+    write_metrics(&registry, res)
+}
+
+/// Writes `registry` in the Prometheus text format.
+pub fn write_metrics(registry: &prometheus::Registry, res: &mut Response) -> ApiResult<()> {
     let mut out = String::new();
     prometheus::TextEncoder::new()
         .encode_utf8(&registry.gather(), &mut out)
@@ -500,4 +505,24 @@ pub async fn metrics(depot: &mut Depot, res: &mut Response) -> ApiResult<()> {
     );
     res.render(out);
     Ok(())
+}
+
+/// The `PROMETHEUS_PORT` listener's one route: `GET /metrics` of `registry`, in any
+/// process (workers too), with no state, no token and nothing else routed.
+#[derive(Debug, Clone)]
+pub struct MetricsOnly(pub prometheus::Registry);
+
+#[async_trait]
+impl Handler for MetricsOnly {
+    async fn handle(
+        &self,
+        req: &mut Request,
+        depot: &mut Depot,
+        res: &mut Response,
+        _ctrl: &mut FlowCtrl,
+    ) {
+        if let Err(e) = write_metrics(&self.0, res) {
+            e.write(req, depot, res).await;
+        }
+    }
 }

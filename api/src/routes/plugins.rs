@@ -39,10 +39,13 @@ impl ToSchema for WasmComponent {
 #[derive(Debug, Deserialize, ToParameters)]
 #[salvo(parameters(default_parameter_in = Query))]
 pub struct PluginUpload {
-    /// The plugin's name: 1 to 64 letters, digits, `-` or `_`.
+    /// The plugin's name: 1 to 64 letters, digits, `-` or `_` (surrounding spaces are
+    /// trimmed).
+    #[salvo(parameter(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$"))]
     pub name: Option<String>,
-    /// Its version: 1 to 32 letters, digits, `-`, `_`, `.` or `+`. A name and version
-    /// are registered once.
+    /// Its version: 1 to 32 letters, digits, `-`, `_`, `.` or `+` (surrounding spaces
+    /// are trimmed). A name and version are registered once.
+    #[salvo(parameter(min_length = 1, max_length = 32, pattern = "^[A-Za-z0-9_.+-]+$"))]
     pub version: Option<String>,
 }
 

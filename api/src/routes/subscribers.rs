@@ -5,7 +5,7 @@ use salvo::oapi::ToSchema;
 use salvo::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{JSON_LIMIT, PageQuery, json_body, pagination, path_id};
+use super::{JSON_LIMIT, PageQuery, json_body, nullable, pagination, path_id};
 use crate::auth::principal;
 use crate::openapi::NoContent;
 use crate::problem::{ApiError, ApiResult};
@@ -49,7 +49,8 @@ impl From<&Subscriber> for SubscriberView {
 #[derive(Debug, Deserialize, ToParameters)]
 #[salvo(parameters(default_parameter_in = Query))]
 pub struct EmailPrefix {
-    /// The start of the address (at most 254 characters); absent lists everyone.
+    /// The start of the address (at most 254 bytes); absent lists everyone.
+    #[salvo(parameter(max_length = 254))]
     pub email: Option<String>,
 }
 
@@ -85,23 +86,14 @@ pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Subscr
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SubscriberUpdate {
-    /// The new display name; `null` clears it.
-    #[serde(default, with = "serde_with_option")]
+    /// The new display name, at most 256 characters, without control characters;
+    /// `null` (or a blank string) clears it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[salvo(schema(max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"))]
     name: Option<Option<String>>,
     /// The new attributes (replace the whole object).
     #[serde(default)]
     attributes: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-mod serde_with_option {
-    //! Tells an absent field (`None`) from an explicit `null` (`Some(None)`).
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Option<String>>, D::Error> {
-        Option::<String>::deserialize(d).map(Some)
-    }
 }
 
 /// `PATCH /api/v1/subscribers/{id}` with `{"name"?, "attributes"?}`: replaces what is

@@ -56,9 +56,11 @@ pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Page<
 #[serde(deny_unknown_fields)]
 struct NewSuppression {
     /// The address (its domain is lower-cased).
+    #[salvo(schema(format = Email, max_length = 254))]
     email: String,
     /// Why, 1 to 64 characters; `manual` when absent.
     #[serde(default)]
+    #[salvo(schema(min_length = 1, max_length = 64))]
     reason: Option<String>,
 }
 

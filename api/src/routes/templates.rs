@@ -24,14 +24,18 @@ const TEMPLATE_BODY_LIMIT: usize = 3 * MAX_TEMPLATE_BYTES + 4096;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TemplateDraft {
-    /// 1 to 200 characters.
+    /// 1 to 200 characters (surrounding spaces are trimmed).
+    #[salvo(schema(min_length = 1, max_length = 200))]
     name: String,
-    /// Liquid source of the subject line: not empty, at most 512 KiB.
+    /// Liquid source of the subject line: not blank, at most 512 KiB.
+    #[salvo(schema(min_length = 1, max_length = 524288))]
     subject: String,
-    /// Liquid source of the HTML body: not empty, at most 512 KiB.
+    /// Liquid source of the HTML body: not blank, at most 512 KiB.
+    #[salvo(schema(min_length = 1, max_length = 524288))]
     html: String,
     /// Liquid source of the plain-text body, at most 512 KiB.
     #[serde(default)]
+    #[salvo(schema(max_length = 524288))]
     text: Option<String>,
 }
 

@@ -10,16 +10,17 @@ use crate::auth::principal;
 use crate::openapi::Accepted;
 use crate::problem::{ApiError, ApiResult, FieldError};
 use crate::state::from_depot;
-use mailing_jobs::Role;
 use mailing_jobs::pipeline::TxSend;
 use mailing_jobs::store::subscribers::NewSubscriber;
 use mailing_jobs::store::transactional::{NewTx, TxMessage};
+use mailing_jobs::{ProviderKind, Role};
 
 /// One transactional message to send: a template rendered for one recipient.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TxDraft {
     /// The template to render: an existing template's id.
+    #[salvo(schema(minimum = 1))]
     template_id: i64,
     /// The recipient (a valid address; attributes at most 16 KiB of JSON).
     to: NewSubscriber,
@@ -27,10 +28,12 @@ struct TxDraft {
     #[serde(default)]
     data: Option<serde_json::Map<String, serde_json::Value>>,
     /// The From header: an address, optionally with a display name.
+    #[salvo(schema(min_length = 1))]
     from: String,
     /// A provider configured on this server (`file`, `smtp`, `resend`); `file` when
     /// absent.
     #[serde(default)]
+    #[salvo(schema(value_type = Option<ProviderKind>))]
     provider: Option<String>,
 }
 
@@ -75,12 +78,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot) -> ApiResult<Accepted<
         errors.push(FieldError::new("data", "must be at most 64 KiB of JSON"));
     }
     let Some((email, name, attributes)) = recipient.filter(|_| errors.is_empty()) else {
-        let detail = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(ApiError::Validation { detail, errors });
+        return Err(ApiError::fields(errors));
     };
     let tx = state
         .store

@@ -22,10 +22,13 @@ pub const MIN_PASSWORD_LEN: usize = 12;
 struct NewUser {
     /// The login name: 1 to 64 characters of letters, digits, `.`, `_`, `-` or `@`
     /// (surrounding spaces are trimmed); unique.
+    #[salvo(schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9._@-]+$"))]
     username: String,
     /// At least 12 characters and at most 1,024 bytes.
+    #[salvo(schema(min_length = 12, max_length = 1024))]
     password: String,
     /// `admin`, `editor` or `viewer`.
+    #[salvo(schema(value_type = Role))]
     role: String,
 }
 

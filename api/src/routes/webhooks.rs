@@ -217,9 +217,11 @@ pub async fn resend(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Rese
 #[derive(Deserialize, ToSchema)]
 struct BounceReport {
     /// The recipient's address.
+    #[salvo(schema(format = Email, max_length = 254))]
     email: String,
     /// `bounce` or `complaint`.
     #[serde(rename = "type")]
+    #[salvo(schema(pattern = "^(bounce|complaint)$"))]
     kind: String,
     /// For a bounce: whether it is permanent (a hard bounce suppresses the address);
     /// true when absent.

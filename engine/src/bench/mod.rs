@@ -116,6 +116,10 @@ pub struct BenchArgs {
     /// `--mode api`: `wrk` connections.
     #[arg(long, default_value_t = 64)]
     pub connections: u32,
+    /// The engine processes' `LOG_LEVEL`. Spans obey it like log lines do, so `info`
+    /// with an `OTEL_EXPORTER_OTLP_ENDPOINT` set measures the engine exporting traces.
+    #[arg(long, default_value = "warn")]
+    pub log_level: String,
 }
 
 /// Runs `mailing bench`.
@@ -455,6 +459,8 @@ async fn pipeline_in(
     // 4. The engine.
     let port = free_port()?;
     let mut env = fleet::child_env(dir, port, database_url, namespace);
+    env.insert("LOG_LEVEL".into(), args.log_level.clone());
+    env.insert("RUST_LOG".into(), args.log_level.clone());
     match redis_url {
         Some(url) => env.insert("REDIS_URL".into(), url.into()),
         None => env.insert("REDIS_URL".into(), String::new()),

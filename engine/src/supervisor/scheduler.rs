@@ -184,17 +184,9 @@ pub struct SchedulerState {
 pub struct Scheduler;
 
 async fn start_due(ctx: &PipelineContext) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    for id in ctx.store.due_campaigns(mailing_jobs::now_ms(), 100).await? {
-        if ctx
-            .store
-            .transition_campaign(
-                id,
-                &[CampaignStatus::Scheduled],
-                CampaignStatus::Running,
-                None,
-            )
-            .await?
-        {
+    let now = mailing_jobs::now_ms();
+    for id in ctx.store.due_campaigns(now, 100).await? {
+        if ctx.store.start_scheduled(id, now).await? {
             // A trace of its own per campaign, not the scheduler actor's.
             let job = tracing::info_span!(parent: None, "schedule", campaign_id = id)
                 .in_scope(|| PlanCampaign::new(id));

@@ -422,6 +422,22 @@ impl Store {
         .await?)
     }
 
+    /// Starts a scheduled campaign whose send time has come: `scheduled → running` only
+    /// while `send_at <= now` still holds, so a `PATCH` that moved the send time later
+    /// after [`Store::due_campaigns`] read it wins. True when this call started it.
+    pub async fn start_scheduled(&self, id: i64, now: i64) -> Result<bool, StoreError> {
+        let started = sqlx::query(
+            "UPDATE campaigns SET status = 'running', updated_at = $2, \
+             started_at = COALESCE(started_at, $2) \
+             WHERE id = $1 AND status = 'scheduled' AND send_at <= $2",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(self.pool())
+        .await?;
+        Ok(started.rows_affected() > 0)
+    }
+
     /// Running campaigns that were planned (for restart recovery of stalled batches).
     pub async fn running_campaigns(&self) -> Result<Vec<i64>, StoreError> {
         Ok(
@@ -578,5 +594,60 @@ impl Store {
             "deliveries": deliveries,
             "sent": sent,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::NewCampaign;
+    use crate::model::now_ms;
+
+    #[tokio::test]
+    async fn a_scheduled_campaign_starts_only_once_its_send_time_has_come() {
+        let store = crate::store::memory_store().await;
+        let list = store.create_list("l", None).await.unwrap();
+        let template = store
+            .create_template("t", "s", "<p>x</p>", None)
+            .await
+            .unwrap();
+        let now = now_ms();
+        let campaign = store
+            .create_campaign(&NewCampaign {
+                name: "c".into(),
+                template_id: template.id,
+                list_ids: vec![list.id],
+                from: "news@example.com".into(),
+                reply_to: None,
+                provider: "file".into(),
+                plugins: Vec::new(),
+                send_at: Some(now + 60_000),
+            })
+            .await
+            .unwrap();
+        sqlx::query("UPDATE campaigns SET status = 'scheduled' WHERE id = $1")
+            .bind(campaign.id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        // Read as due a minute ago, but its send time has since moved to the future.
+        assert!(!store.start_scheduled(campaign.id, now).await.unwrap());
+        assert_eq!(
+            store.campaign(campaign.id).await.unwrap().status,
+            "scheduled"
+        );
+        assert!(
+            store
+                .start_scheduled(campaign.id, now + 60_000)
+                .await
+                .unwrap()
+        );
+        assert_eq!(store.campaign(campaign.id).await.unwrap().status, "running");
+        assert!(
+            !store
+                .start_scheduled(campaign.id, now + 60_000)
+                .await
+                .unwrap(),
+            "started once"
+        );
     }
 }

@@ -49,6 +49,32 @@ impl Store {
         self.list(id).await
     }
 
+    /// Changes what is given of a list's name and description (`Some(None)` clears the
+    /// description), in one statement; `NotFound` for an unknown id.
+    pub async fn update_list(
+        &self,
+        id: i64,
+        name: Option<&str>,
+        description: Option<Option<&str>>,
+    ) -> Result<MailingList, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE lists SET name = COALESCE($1, name), \
+             description = CASE WHEN $2 = 1 THEN $3 ELSE description END \
+             WHERE id = $4 AND workspace_id = $5",
+        )
+        .bind(name)
+        .bind(i64::from(description.is_some()))
+        .bind(description.flatten())
+        .bind(id)
+        .bind(DEFAULT_WORKSPACE)
+        .execute(self.pool())
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound("list"));
+        }
+        self.list(id).await
+    }
+
     /// A list by id.
     pub async fn list(&self, id: i64) -> Result<MailingList, StoreError> {
         sqlx::query_as::<_, MailingList>(concat!(
@@ -119,5 +145,40 @@ impl Store {
             }
         }
         Ok(missing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::StoreError;
+
+    #[tokio::test]
+    async fn an_update_changes_only_what_is_given_and_null_clears_the_description() {
+        let store = crate::store::memory_store().await;
+        let list = store.create_list("News", Some("Weekly")).await.unwrap();
+
+        let renamed = store
+            .update_list(list.id, Some("Digest"), None)
+            .await
+            .unwrap();
+        assert_eq!(renamed.name, "Digest");
+        assert_eq!(renamed.description.as_deref(), Some("Weekly"));
+
+        let described = store
+            .update_list(list.id, None, Some(Some("Monthly")))
+            .await
+            .unwrap();
+        assert_eq!(described.name, "Digest");
+        assert_eq!(described.description.as_deref(), Some("Monthly"));
+
+        let cleared = store.update_list(list.id, None, Some(None)).await.unwrap();
+        assert_eq!(cleared.name, "Digest");
+        assert_eq!(cleared.description, None);
+        assert_eq!(cleared.created_at, list.created_at);
+
+        assert!(matches!(
+            store.update_list(list.id + 1, Some("Nobody"), None).await,
+            Err(StoreError::NotFound("list"))
+        ));
     }
 }

@@ -95,6 +95,18 @@ pub struct Store {
     backend: Backend,
 }
 
+/// A fresh in-memory SQLite store with every migration, for unit tests.
+#[cfg(test)]
+pub(crate) async fn memory_store() -> Store {
+    Store::connect(&StoreConfig {
+        url: "sqlite::memory:".into(),
+        max_connections: 1,
+        acquire_timeout: std::time::Duration::from_secs(5),
+    })
+    .await
+    .expect("an in-memory store")
+}
+
 /// A page of a keyset-paginated collection.
 #[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, serde::Serialize)]
@@ -220,6 +232,20 @@ impl Store {
     /// The pool, for queries of this crate and health checks.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// A transaction that reads before it writes. On SQLite it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`, waiting up to `busy_timeout` for another writer): a
+    /// deferred one would read a snapshot that a concurrent commit can make stale, and its
+    /// first write would then fail at once with `SQLITE_BUSY_SNAPSHOT` ("database is
+    /// locked"), which no timeout retries.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// Which database engine this is.

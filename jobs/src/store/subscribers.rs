@@ -22,10 +22,16 @@ pub const MAX_ATTRIBUTES_BYTES: usize = 16 * 1024;
 #[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewSubscriber {
-    /// The address.
+    /// The address (surrounding spaces are trimmed; the domain is lower-cased).
+    #[cfg_attr(feature = "openapi", salvo(schema(format = Email, max_length = 254)))]
     pub email: String,
-    /// Display name.
+    /// Display name: at most 256 characters, without control characters (surrounding
+    /// spaces are trimmed; blank means none).
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        salvo(schema(max_length = 256, pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"))
+    )]
     pub name: Option<String>,
     /// Free-form attributes (a JSON object), available to templates and plugins.
     #[serde(default)]
@@ -162,7 +168,8 @@ impl Store {
             }
         }
         let now = now_ms();
-        let mut tx = self.pool().begin().await?;
+        // It counts the existing addresses before it writes them.
+        let mut tx = self.begin_write().await?;
         // In chunks: one query finds which addresses exist (for the report), one upsert
         // writes the chunk and returns the ids, one insert adds the memberships.
         for chunk in valid.chunks(UPSERT_CHUNK) {
@@ -399,6 +406,47 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Imports that count existing addresses before writing take SQLite's write lock
+    /// first, so concurrent ones queue instead of failing with "database is locked".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_imports_on_sqlite_wait_for_each_other_instead_of_failing() {
+        let dir = std::env::temp_dir().join(format!(
+            "mailing-imports-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        let store = Store::connect(&crate::store::StoreConfig {
+            url: format!("sqlite://{}", dir.join("store.sqlite3").display()),
+            max_connections: 8,
+            acquire_timeout: std::time::Duration::from_secs(10),
+        })
+        .await
+        .expect("a file store");
+        let list = store.create_list("Everyone", None).await.unwrap();
+        let imports: Vec<_> = (0..8)
+            .map(|n| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let rows: Vec<NewSubscriber> = (0..100)
+                        .map(|i| NewSubscriber {
+                            email: format!("u{}@example.com", (n * 50) + i),
+                            name: None,
+                            attributes: None,
+                        })
+                        .collect();
+                    store.add_subscribers(list.id, &rows).await
+                })
+            })
+            .collect();
+        for import in imports {
+            let report = import.await.unwrap().expect("no import fails");
+            assert_eq!(report.inserted + report.updated, 100);
+        }
+        assert_eq!(store.list(list.id).await.unwrap().subscriber_count, 450);
+        store.close().await;
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn email_domain_is_lowercased_and_local_part_kept() {

@@ -149,20 +149,12 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
+    use crate::store::StoreError;
     use crate::store::transactional::NewTx;
-    use crate::store::{Store, StoreConfig, StoreError};
 
     #[tokio::test]
     async fn a_template_a_transactional_message_used_is_a_conflict_not_a_failure() {
-        let store = Store::connect(&StoreConfig {
-            url: "sqlite::memory:".into(),
-            max_connections: 1,
-            acquire_timeout: Duration::from_secs(5),
-        })
-        .await
-        .expect("an in-memory store");
+        let store = crate::store::memory_store().await;
         let used = store
             .create_template("t", "s", "<p>x</p>", None)
             .await

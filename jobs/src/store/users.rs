@@ -187,19 +187,10 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::store::StoreConfig;
 
     async fn store() -> Store {
-        Store::connect(&StoreConfig {
-            url: "sqlite::memory:".into(),
-            max_connections: 1,
-            acquire_timeout: Duration::from_secs(5),
-        })
-        .await
-        .expect("an in-memory store")
+        crate::store::memory_store().await
     }
 
     #[tokio::test]
