@@ -224,22 +224,21 @@ impl AppState {
         )
         .map_err(|e| ApiError::Unauthorized(format!("the access token is not valid: {e}")))?;
         let claims = data.claims;
-        if self.store.is_access_token_revoked(&claims.jti).await? {
-            return Err(ApiError::Unauthorized(
-                "the access token was revoked (logged out)".into(),
-            ));
-        }
         let user_id = claims
             .sub
             .parse()
             .map_err(|_| ApiError::Unauthorized("the access token names no user".into()))?;
-        // A deleted user's tokens stop at once (name and role too: SQLite may give a
-        // deleted user's id to the next new one).
-        if !self
+        let standing = self
             .store
-            .user_matches(user_id, &claims.name, claims.role)
-            .await?
-        {
+            .access_token_standing(&claims.jti, user_id, &claims.name, claims.role)
+            .await?;
+        if standing.revoked {
+            return Err(ApiError::Unauthorized(
+                "the access token was revoked (logged out)".into(),
+            ));
+        }
+        // A deleted user's tokens stop at once.
+        if !standing.user_current {
             return Err(ApiError::Unauthorized(
                 "the access token's user was deleted or changed; log in again".into(),
             ));

@@ -101,53 +101,6 @@ struct Readiness {
     components: Components,
 }
 
-/// The template cache's counters.
-#[derive(Debug, Serialize, ToSchema)]
-struct TemplateCacheStats {
-    /// Whether caching is on.
-    enabled: bool,
-    /// Lookups answered from the cache.
-    hits: u64,
-    /// Lookups that compiled the template.
-    misses: u64,
-    /// Entries dropped for size or age.
-    evictions: u64,
-    /// Entries now held.
-    size: u64,
-    /// The most entries held.
-    capacity: u64,
-    /// Seconds an entry lives.
-    ttl_seconds: u64,
-    /// hits / (hits + misses), 0 when unused.
-    hit_ratio: f64,
-}
-
-impl From<CacheStats> for TemplateCacheStats {
-    fn from(counters: CacheStats) -> Self {
-        // Destructured whole, so a new counter cannot be left out of the API.
-        let CacheStats {
-            enabled,
-            hits,
-            misses,
-            evictions,
-            size,
-            capacity,
-            ttl_seconds,
-            hit_ratio,
-        } = counters;
-        TemplateCacheStats {
-            enabled,
-            hits,
-            misses,
-            evictions,
-            size,
-            capacity,
-            ttl_seconds,
-            hit_ratio,
-        }
-    }
-}
-
 /// The job queue, as `/admin/stats` shows it.
 #[derive(Debug, Serialize, ToSchema)]
 struct QueueStats {
@@ -166,7 +119,7 @@ struct AdminStats {
     /// The job queue.
     queue: QueueStats,
     /// The template cache.
-    template_cache: TemplateCacheStats,
+    template_cache: CacheStats,
     /// Every supervised component, by name.
     components: Components,
 }
@@ -178,71 +131,11 @@ struct CacheCleared {
     cleared: u64,
 }
 
-/// A backup, as its manifest (written next to it) describes it.
-#[derive(Debug, Serialize, ToSchema)]
-struct BackupManifest {
-    /// The backup's name (its directory).
-    name: String,
-    /// `sqlite` or `postgres`.
-    backend: String,
-    /// The Mailing version that wrote it.
-    mailing_version: String,
-    /// The number of migrations applied to the copied database.
-    schema_version: i64,
-    /// When it was taken (RFC 3339).
-    #[salvo(schema(value_type = String, format = DateTime))]
-    created_at: chrono::DateTime<chrono::Utc>,
-    /// The data file, relative to the backup directory.
-    file: String,
-    /// Bytes of the data file.
-    size_bytes: u64,
-    /// Bytes of the database before compression (SQLite).
-    uncompressed_bytes: u64,
-    /// SHA-256 of the data file, hex.
-    sha256: String,
-    /// Row counts of the main tables in the copy, by table.
-    row_counts: BTreeMap<String, i64>,
-    /// Whether verification passed after writing.
-    verified: bool,
-}
-
-impl From<Manifest> for BackupManifest {
-    fn from(manifest: Manifest) -> Self {
-        // Destructured whole, so a new manifest field cannot be left out of the API.
-        let Manifest {
-            name,
-            backend,
-            mailing_version,
-            schema_version,
-            created_at,
-            file,
-            size_bytes,
-            uncompressed_bytes,
-            sha256,
-            row_counts,
-            verified,
-        } = manifest;
-        BackupManifest {
-            name,
-            backend,
-            mailing_version,
-            schema_version,
-            created_at,
-            file,
-            size_bytes,
-            uncompressed_bytes,
-            sha256,
-            row_counts,
-            verified,
-        }
-    }
-}
-
 /// What `/admin/backup/list` answers.
 #[derive(Debug, Serialize, ToSchema)]
 struct BackupList {
     /// The backups, newest first.
-    items: Vec<BackupManifest>,
+    items: Vec<Manifest>,
 }
 
 /// A backup to restore.
@@ -340,17 +233,17 @@ pub async fn stats(depot: &mut Depot) -> ApiResult<Json<AdminStats>> {
             backend: state.queue.backend().into(),
             depth: QueueDepth::of(depth),
         },
-        template_cache: state.renderer.stats().into(),
+        template_cache: state.renderer.stats(),
         components: state.health.snapshot(),
     }))
 }
 
 /// `GET /admin/cache/stats`: the template cache's counters (admin).
 #[endpoint(tags("operations"))]
-pub async fn cache_stats(depot: &mut Depot) -> ApiResult<Json<TemplateCacheStats>> {
+pub async fn cache_stats(depot: &mut Depot) -> ApiResult<Json<CacheStats>> {
     let state = from_depot(depot)?;
     principal(depot)?.require(Role::Admin)?;
-    Ok(Json(state.renderer.stats().into()))
+    Ok(Json(state.renderer.stats()))
 }
 
 /// `POST /admin/cache/clear`: drops every compiled template (admin).
@@ -379,15 +272,13 @@ pub async fn backup_list(depot: &mut Depot) -> ApiResult<Json<BackupList>> {
     principal(depot)?.require(Role::Admin)?;
     let list = mailing_jobs::backup::list(&state.backup.dir)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(BackupList {
-        items: list.into_iter().map(BackupManifest::from).collect(),
-    }))
+    Ok(Json(BackupList { items: list }))
 }
 
 /// `POST /admin/backup/create`: takes and verifies a backup now; 201 with its manifest
 /// (admin). 503 when a tool the backup needs (`pg_dump`) is missing.
 #[endpoint(tags("backups"))]
-pub async fn backup_create(depot: &mut Depot) -> ApiResult<Created<BackupManifest>> {
+pub async fn backup_create(depot: &mut Depot) -> ApiResult<Created<Manifest>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Admin)?;
@@ -408,7 +299,7 @@ pub async fn backup_create(depot: &mut Depot) -> ApiResult<Created<BackupManifes
             &serde_json::json!({"size_bytes": manifest.size_bytes}),
         )
         .await?;
-    Ok(Created(manifest.into()))
+    Ok(Created(manifest))
 }
 
 /// `POST /admin/backup/restore` with `{"name"}`: verifies the backup, records the

@@ -99,6 +99,8 @@ pub struct BackupConfig {
 
 /// What a backup holds, written next to it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "openapi", salvo(schema(name = "BackupManifest")))]
 pub struct Manifest {
     /// The backup's name (its directory).
     pub name: String,
@@ -109,6 +111,10 @@ pub struct Manifest {
     /// The number of migrations applied to the copied database.
     pub schema_version: i64,
     /// When it was taken (RFC 3339).
+    #[cfg_attr(
+        feature = "openapi",
+        salvo(schema(value_type = String, format = DateTime))
+    )]
     pub created_at: chrono::DateTime<chrono::Utc>,
     /// The data file, relative to the backup directory.
     pub file: String,

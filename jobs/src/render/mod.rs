@@ -82,6 +82,8 @@ pub struct Rendered {
 
 /// The cache's counters, as `/admin/cache/stats` reports them.
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
+#[cfg_attr(feature = "openapi", salvo(schema(name = "TemplateCacheStats")))]
 pub struct CacheStats {
     /// Whether caching is on.
     pub enabled: bool,

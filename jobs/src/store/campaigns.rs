@@ -138,6 +138,25 @@ macro_rules! select_campaign {
     };
 }
 
+/// Links a campaign to its lists (inside the caller's transaction).
+async fn link_lists(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    campaign_id: i64,
+    list_ids: &[i64],
+) -> Result<(), StoreError> {
+    for list_id in list_ids {
+        sqlx::query(
+            "INSERT INTO campaign_lists (campaign_id, list_id) VALUES ($1, $2) \
+             ON CONFLICT (campaign_id, list_id) DO NOTHING",
+        )
+        .bind(campaign_id)
+        .bind(list_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Creates a draft campaign and its list links in one transaction.
     pub async fn create_campaign(&self, new: &NewCampaign) -> Result<CampaignRow, StoreError> {
@@ -161,16 +180,7 @@ impl Store {
         .bind(now)
         .fetch_one(&mut *tx)
         .await?;
-        for list_id in &new.list_ids {
-            sqlx::query(
-                "INSERT INTO campaign_lists (campaign_id, list_id) VALUES ($1, $2) \
-                 ON CONFLICT (campaign_id, list_id) DO NOTHING",
-            )
-            .bind(id)
-            .bind(list_id)
-            .execute(&mut *tx)
-            .await?;
-        }
+        link_lists(&mut tx, id, &new.list_ids).await?;
         tx.commit().await?;
         self.campaign(id).await
     }
@@ -223,16 +233,7 @@ impl Store {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        for list_id in &new.list_ids {
-            sqlx::query(
-                "INSERT INTO campaign_lists (campaign_id, list_id) VALUES ($1, $2) \
-                 ON CONFLICT (campaign_id, list_id) DO NOTHING",
-            )
-            .bind(id)
-            .bind(list_id)
-            .execute(&mut *tx)
-            .await?;
-        }
+        link_lists(&mut tx, id, &new.list_ids).await?;
         tx.commit().await?;
         self.campaign(id).await
     }

@@ -2,7 +2,7 @@
 //! (rotated; a reused one revokes its family) and revoked access-token ids.
 
 use super::{Store, StoreError};
-use crate::model::now_ms;
+use crate::model::{Role, now_ms};
 
 /// What happened when a refresh token was presented.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +18,15 @@ pub enum RefreshOutcome {
     Reused,
     /// Unknown or expired.
     Invalid,
+}
+
+/// What [`Store::access_token_standing`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenStanding {
+    /// The token was revoked (logged out).
+    pub revoked: bool,
+    /// Its user exists with the token's name and role.
+    pub user_current: bool,
 }
 
 impl Store {
@@ -108,15 +117,33 @@ impl Store {
         Ok(())
     }
 
-    /// Whether an access token was revoked.
-    pub async fn is_access_token_revoked(&self, jti: &str) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM revoked_access_tokens WHERE jti = $1",
+    /// Whether an access token still stands, in one round trip (every authenticated
+    /// request asks): its `jti` was not revoked (logout), and its user still exists with
+    /// the name and role it was issued for. Access tokens are not stored, so deleting a
+    /// user ends their live tokens through the second check; the name and role are
+    /// compared as well as the id because SQLite may give a deleted user's id to the next
+    /// new user.
+    pub async fn access_token_standing(
+        &self,
+        jti: &str,
+        user_id: i64,
+        username: &str,
+        role: Role,
+    ) -> Result<TokenStanding, StoreError> {
+        let (revoked, user): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM revoked_access_tokens WHERE jti = $1), \
+                    (SELECT COUNT(*) FROM users WHERE id = $2 AND username = $3 AND role = $4)",
         )
         .bind(jti)
+        .bind(user_id)
+        .bind(username)
+        .bind(role.as_str())
         .fetch_one(self.pool())
-        .await?
-            > 0)
+        .await?;
+        Ok(TokenStanding {
+            revoked: revoked > 0,
+            user_current: user > 0,
+        })
     }
 
     /// Deletes expired session rows; returns how many went.

@@ -110,7 +110,7 @@ impl Store {
     /// (PostgreSQL) or the write lock taken (SQLite) before the count.
     ///
     /// Access tokens are not stored, so they cannot be revoked here: the API honours an
-    /// access token only while [`Store::user_matches`] holds for its claims.
+    /// access token only while [`Store::access_token_standing`] finds its user current.
     pub async fn delete_user(&self, id: i64) -> Result<User, StoreError> {
         let mut tx = self.pool().begin().await?;
         if self.backend() == Backend::Postgres {
@@ -151,27 +151,6 @@ impl Store {
         Ok(user)
     }
 
-    /// Whether user `id` still exists with this name and role. An access token's claims
-    /// are honoured only while this holds, so deleting a user ends their live access
-    /// tokens at once (and a role change would too). The name and role are compared as
-    /// well as the id because SQLite may give a deleted user's id to the next new user.
-    pub async fn user_matches(
-        &self,
-        id: i64,
-        username: &str,
-        role: Role,
-    ) -> Result<bool, StoreError> {
-        Ok(sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM users WHERE id = $1 AND username = $2 AND role = $3",
-        )
-        .bind(id)
-        .bind(username)
-        .bind(role.as_str())
-        .fetch_one(self.pool())
-        .await?
-            > 0)
-    }
-
     /// A page of users by id.
     pub async fn users(&self, after: i64, limit: u32) -> Result<Page<User>, StoreError> {
         let rows = sqlx::query_as::<_, User>(
@@ -202,11 +181,35 @@ mod tests {
             .insert_refresh_token("r1", "f1", ed.id, i64::MAX)
             .await
             .unwrap();
-        assert!(store.user_matches(ed.id, "ed", Role::Editor).await.unwrap());
-        assert!(!store.user_matches(ed.id, "ed", Role::Admin).await.unwrap());
+        assert!(
+            store
+                .access_token_standing("t", ed.id, "ed", Role::Editor)
+                .await
+                .unwrap()
+                .user_current
+        );
+        assert!(
+            !store
+                .access_token_standing("t", ed.id, "ed", Role::Admin)
+                .await
+                .unwrap()
+                .user_current
+        );
+        store.revoke_access_token("t", i64::MAX).await.unwrap();
+        let standing = store
+            .access_token_standing("t", ed.id, "ed", Role::Editor)
+            .await
+            .unwrap();
+        assert!(standing.revoked && standing.user_current, "{standing:?}");
 
         assert_eq!(store.delete_user(ed.id).await.unwrap().username, "ed");
-        assert!(!store.user_matches(ed.id, "ed", Role::Editor).await.unwrap());
+        assert!(
+            !store
+                .access_token_standing("t", ed.id, "ed", Role::Editor)
+                .await
+                .unwrap()
+                .user_current
+        );
         assert_eq!(
             store.use_refresh_token("r1").await.unwrap(),
             crate::store::tokens::RefreshOutcome::Invalid
