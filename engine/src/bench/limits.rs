@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use mailing_jobs::message::{Envelope, outgoing};
+use mailing_jobs::message::{Envelope, MessageForm, outgoing};
 use mailing_jobs::provider::{Outgoing, Provider};
 use mailing_jobs::queue::Queue;
 use mailing_jobs::render::{CacheConfig, Renderer};
@@ -83,7 +83,7 @@ pub async fn queue_noop_jobs_per_sec(queue: &Queue, concurrency: usize) -> anyho
 
 /// 500 rendered messages of the bench newsletter, as the send stage hands a batch to a
 /// provider.
-pub fn sample_batch(newsletter: &Newsletter) -> anyhow::Result<Vec<Outgoing>> {
+pub fn sample_batch(newsletter: &Newsletter, form: MessageForm) -> anyhow::Result<Vec<Outgoing>> {
     let renderer = Renderer::new(CacheConfig {
         enabled: true,
         ttl: Duration::from_secs(3600),
@@ -108,6 +108,7 @@ pub fn sample_batch(newsletter: &Newsletter) -> anyhow::Result<Vec<Outgoing>> {
                 },
                 body,
                 None,
+                form,
             )?)
         })
         .collect()

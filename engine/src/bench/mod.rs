@@ -426,7 +426,6 @@ async fn pipeline_in(
     };
     let queue_noop = limits::queue_noop_jobs_per_sec(&queue, config.worker_concurrency).await?;
     drop(queue);
-    let batch = limits::sample_batch(&newsletter)?;
     let probe_provider = match (&sink, args.provider) {
         (Some(s), BenchProvider::Sink) => Transport::Resend(ResendProvider::new(ResendConfig {
             api_key: sink::SINK_API_KEY.into(),
@@ -444,8 +443,10 @@ async fn pipeline_in(
         })?),
         (None, _) => Transport::File(FileProvider::new(dir.join("sink-probe-outbox"))),
     };
+    let probe_provider = Provider::unlimited(probe_provider);
+    let batch = limits::sample_batch(&newsletter, probe_provider.message_form())?;
     let sink_accept = limits::sink_accept_per_sec(
-        Provider::unlimited(probe_provider),
+        probe_provider,
         batch,
         config.worker_concurrency * args.workers,
         config.send_concurrency,

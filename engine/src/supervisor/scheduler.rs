@@ -37,12 +37,57 @@ pub struct SchedulerArgs {
     pub backup_dir: std::path::PathBuf,
 }
 
+/// Keeps the ledger scans behind the business gauges (`running_progress` every 5 s,
+/// `ledger_rates` every 15 s) to a small share of the database's time: they read every
+/// row of the ledger, which at millions of rows takes long enough to slow the campaign
+/// being measured. After a scan that took `t`, the next one waits at least
+/// `SCAN_SHARE_INVERSE × t`; those gauges then keep their last value a little longer.
+#[derive(Debug, Default)]
+pub(crate) struct ScanBudget {
+    not_before: Option<std::time::Instant>,
+}
+
+/// One budget per gauge scan.
+#[derive(Debug, Default)]
+pub(crate) struct LedgerScans {
+    progress: ScanBudget,
+    rates: ScanBudget,
+}
+
+/// A scan that took `t` is followed by at least `t × SCAN_SHARE_INVERSE` without one:
+/// at most 1/20 (5%) of the time goes to each gauge's scans.
+const SCAN_SHARE_INVERSE: u32 = 20;
+
+impl ScanBudget {
+    /// Whether a scan may run now.
+    pub(crate) fn allows(&self, now: std::time::Instant) -> bool {
+        self.not_before.is_none_or(|t| now >= t)
+    }
+
+    /// Records a scan that started at `started` and ended at `now`.
+    pub(crate) fn spent(&mut self, started: std::time::Instant, now: std::time::Instant) {
+        self.not_before = Some(now + now.saturating_duration_since(started) * SCAN_SHARE_INVERSE);
+    }
+
+    /// Runs `scan` if the budget allows it; None when skipped.
+    async fn run<T>(&mut self, scan: impl std::future::Future<Output = T>) -> Option<T> {
+        let started = std::time::Instant::now();
+        if !self.allows(started) {
+            return None;
+        }
+        let out = scan.await;
+        self.spent(started, std::time::Instant::now());
+        Some(out)
+    }
+}
+
 /// Refreshes the sampled metrics. `ledger` also scans the ledger for the business rates.
 async fn sample(
     args: &SchedulerArgs,
     system: &mut sysinfo::System,
     disks: &mut sysinfo::Disks,
     ledger: bool,
+    budget: &mut LedgerScans,
 ) {
     use mailing_jobs::telemetry::set_gauges;
     let ctx = &args.ctx;
@@ -60,11 +105,13 @@ async fn sample(
         .ok()
         .map(|()| started.elapsed().as_secs_f64());
     let oldest = ctx.queue.oldest_due_age().await.unwrap_or_default();
-    let progress = ctx.store.running_progress().await.ok();
+    let progress = budget.progress.run(ctx.store.running_progress()).await;
     set_gauges(|g| {
         g.queue_roundtrip = rtt;
         g.queue_oldest_age = oldest.into_iter().collect();
-        g.running_progress = progress;
+        if let Some(progress) = progress {
+            g.running_progress = progress.ok();
+        }
     });
     let cache = ctx.renderer.stats();
     let pool = ctx.store.pool();
@@ -94,11 +141,23 @@ async fn sample(
         g.last_backup = last_backup;
     });
     mailing_jobs::telemetry::sample_process(system, disks, &args.data_dir);
-    if ledger {
-        match (
-            ctx.store.ledger_rates().await,
-            ctx.store.campaigns_by_status().await,
-        ) {
+    if !ledger {
+        return;
+    }
+    let Some(scanned) = budget
+        .rates
+        .run(async {
+            (
+                ctx.store.ledger_rates().await,
+                ctx.store.campaigns_by_status().await,
+            )
+        })
+        .await
+    else {
+        return;
+    };
+    {
+        match scanned {
             (Ok(rates), Ok(campaigns)) => set_gauges(|g| {
                 g.rates = rates;
                 g.campaigns = campaigns.into_iter().collect();
@@ -177,6 +236,7 @@ pub struct SchedulerState {
     disks: sysinfo::Disks,
     ticks: u64,
     timer: tokio::task::JoinHandle<()>,
+    scan_budget: LedgerScans,
 }
 
 /// The scheduler component.
@@ -305,8 +365,16 @@ impl Actor for Scheduler {
             disks: sysinfo::Disks::new_with_refreshed_list()?,
             ticks: 0,
             timer,
+            scan_budget: LedgerScans::default(),
         };
-        sample(&state.args, &mut state.system, &mut state.disks, true).await;
+        sample(
+            &state.args,
+            &mut state.system,
+            &mut state.disks,
+            true,
+            &mut state.scan_budget,
+        )
+        .await;
         Ok(state)
     }
 
@@ -325,7 +393,14 @@ impl Actor for Scheduler {
                 state.ticks += 1;
                 if state.ticks.is_multiple_of(5) {
                     let ledger = state.ticks.is_multiple_of(15);
-                    sample(&state.args, &mut state.system, &mut state.disks, ledger).await;
+                    sample(
+                        &state.args,
+                        &mut state.system,
+                        &mut state.disks,
+                        ledger,
+                        &mut state.scan_budget,
+                    )
+                    .await;
                 }
                 let ctx = &state.args.ctx;
                 if let Err(e) = start_due(ctx).await {
@@ -358,5 +433,32 @@ impl Actor for Scheduler {
     ) -> Result<(), ActorProcessingErr> {
         state.timer.abort();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SCAN_SHARE_INVERSE, ScanBudget};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_scan_waits_twenty_times_as_long_as_the_last_one_took() {
+        let mut budget = ScanBudget::default();
+        let t0 = Instant::now();
+        assert!(budget.allows(t0));
+        let took = Duration::from_millis(300);
+        budget.spent(t0, t0 + took);
+        let pause = took * SCAN_SHARE_INVERSE;
+        assert!(!budget.allows(t0 + took));
+        assert!(!budget.allows(t0 + took + pause - Duration::from_millis(1)));
+        assert!(budget.allows(t0 + took + pause));
+    }
+
+    #[test]
+    fn quick_scans_are_not_held_back() {
+        let mut budget = ScanBudget::default();
+        let t0 = Instant::now();
+        budget.spent(t0, t0 + Duration::from_micros(200));
+        assert!(budget.allows(t0 + Duration::from_secs(5)));
     }
 }

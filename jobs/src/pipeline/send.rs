@@ -20,6 +20,7 @@ use super::personalize::{self, Plan};
 use super::{PipelineContext, SendBatch, StageError, window};
 use crate::message::{self, Envelope};
 use crate::model::CampaignStatus;
+use crate::model::DeliveryStatus;
 use crate::provider::{Outgoing, Provider, ProviderError};
 use crate::render::{CompiledTemplate, RenderContext, TemplateSource};
 use crate::store::campaigns::CampaignRow;
@@ -46,12 +47,21 @@ struct Prepared {
     message: Result<Outgoing, Outcome>,
 }
 
+/// How every message of a batch is built beyond its rendered body.
+struct MessageShape<'a> {
+    /// `UNSUBSCRIBE_MAILTO`.
+    mailto: Option<&'a str>,
+    /// The DKIM signer, when configured.
+    dkim: Option<&'a message::DkimSigner>,
+    /// What the provider takes.
+    form: message::MessageForm,
+}
+
 fn prepare(
     campaign: &CampaignRow,
     template: &CompiledTemplate,
     signer: &crate::unsubscribe::UnsubscribeSigner,
-    mailto: Option<&str>,
-    dkim: Option<&message::DkimSigner>,
+    shape: &MessageShape<'_>,
     recipients: Vec<Recipient>,
     plans: Vec<Plan>,
 ) -> Vec<Prepared> {
@@ -117,9 +127,10 @@ fn prepare(
                         to_name: r.name.as_deref(),
                         delivery_key: &r.delivery_key,
                         unsubscribe_url: Some(&unsubscribe_url),
-                        unsubscribe_mailto: mailto,
+                        unsubscribe_mailto: shape.mailto,
                     };
-                    message::outgoing(&envelope, body, dkim).map_err(|e| e.to_string())
+                    message::outgoing(&envelope, body, shape.dkim, shape.form)
+                        .map_err(|e| e.to_string())
                 })
                 .map_err(|error| Outcome::Failed { error });
             Prepared {
@@ -171,14 +182,29 @@ async fn pause_if_failing(ctx: &PipelineContext, campaign_id: i64) -> Result<(),
     if ratio <= 0.0 {
         return Ok(());
     }
-    let stats = ctx.store.campaign_stats(campaign_id).await?;
-    let finished = stats.sent + stats.failed;
-    if finished >= ctx.config.failure_pause_min && (stats.failed as f64) > ratio * finished as f64 {
+    // Runs after every batch, so it must not count the whole ledger: failures are
+    // counted (usually few), and sent rows only as far as could still matter. The
+    // campaign pauses when failed > ratio × (sent + failed), that is when
+    // sent < failed × (1 − ratio) / ratio; once `sent` reaches that bound (or the bound
+    // that makes `finished` reach `failure_pause_min`, whichever is larger) the answer
+    // is no, and counting further changes nothing.
+    let failed = ctx
+        .store
+        .count_deliveries_up_to(campaign_id, DeliveryStatus::Failed, i64::MAX)
+        .await?;
+    if failed == 0 {
+        return Ok(());
+    }
+    let enough = sent_rows_that_decide(failed, ratio, ctx.config.failure_pause_min);
+    let sent = ctx
+        .store
+        .count_deliveries_up_to(campaign_id, DeliveryStatus::Sent, enough)
+        .await?;
+    let finished = sent + failed;
+    if finished >= ctx.config.failure_pause_min && (failed as f64) > ratio * finished as f64 {
         let reason = format!(
-            "paused automatically: {} of {} finished recipients failed (threshold {:.0}%); \
+            "paused automatically: {failed} of {finished} finished recipients failed (threshold {:.0}%); \
              fix the cause and resume",
-            stats.failed,
-            finished,
             ratio * 100.0
         );
         if ctx
@@ -193,13 +219,24 @@ async fn pause_if_failing(ctx: &PipelineContext, campaign_id: i64) -> Result<(),
         {
             warn!(
                 campaign_id,
-                failed = stats.failed,
-                finished,
-                "Campaign paused: failure rate over threshold"
+                failed, finished, "Campaign paused: failure rate over threshold"
             );
         }
     }
     Ok(())
+}
+
+/// How many sent rows [`pause_if_failing`] needs to count to decide, given `failed`:
+/// with at least this many the campaign does not pause (the failure share is at most
+/// `ratio`), with fewer the exact count decides.
+fn sent_rows_that_decide(failed: i64, ratio: f64, min_finished: i64) -> i64 {
+    let by_ratio = (failed as f64 * (1.0 - ratio) / ratio).ceil();
+    let by_ratio = if by_ratio.is_finite() && by_ratio < i64::MAX as f64 {
+        by_ratio as i64
+    } else {
+        i64::MAX - 1
+    };
+    by_ratio.max(min_finished - failed).max(0).saturating_add(1)
 }
 
 /// Runs the send stage for one batch.
@@ -279,6 +316,7 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         .map_err(|e| StageError::Permanent(format!("plugin task failed: {e}")))?
     };
     let for_render = campaign.clone();
+    let form = provider.message_form();
     let render_started = std::time::Instant::now();
     let render_span = tracing::info_span!("render", messages = recipients.len());
     let prepared = tokio::task::spawn_blocking(move || {
@@ -287,8 +325,11 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
             &for_render,
             &compiled,
             &signer,
-            mailto.as_deref(),
-            dkim.as_ref(),
+            &MessageShape {
+                mailto: mailto.as_deref(),
+                dkim: dkim.as_ref(),
+                form,
+            },
             recipients,
             plans,
         )
@@ -371,4 +412,42 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
     window::fill(ctx, campaign.id).await?;
     ctx.store.finish_campaign_if_complete(campaign.id).await?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sent_rows_that_decide;
+
+    /// The rule `pause_if_failing` applies to exact counts.
+    fn pauses(failed: i64, sent: i64, ratio: f64, min: i64) -> bool {
+        let finished = sent + failed;
+        finished >= min && (failed as f64) > ratio * finished as f64
+    }
+
+    #[test]
+    fn counting_sent_rows_up_to_the_bound_decides_as_the_exact_count_does() {
+        for ratio in [0.01, 0.1, 0.25, 0.5, 0.9, 1.0] {
+            for min in [1, 10, 100] {
+                for failed in 1..60 {
+                    let enough = sent_rows_that_decide(failed, ratio, min);
+                    for sent in 0..400 {
+                        let counted = sent.min(enough);
+                        assert_eq!(
+                            pauses(failed, counted, ratio, min),
+                            pauses(failed, sent, ratio, min),
+                            "ratio {ratio}, min {min}, failed {failed}, sent {sent}, bound {enough}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_bound_saturates_instead_of_overflowing() {
+        assert_eq!(sent_rows_that_decide(i64::MAX / 2, 1e-300, 10), i64::MAX);
+        assert_eq!(sent_rows_that_decide(3, 1e-300, 10), i64::MAX);
+        assert_eq!(sent_rows_that_decide(10, 0.5, 100), 91);
+        assert_eq!(sent_rows_that_decide(5, 1.0, 1), 1);
+    }
 }

@@ -59,7 +59,8 @@ pub async fn send_tx(ctx: &PipelineContext, job: &TxSend) -> Result<(), StageErr
                 unsubscribe_url: None,
                 unsubscribe_mailto: None,
             };
-            message::outgoing(&envelope, body, ctx.dkim.as_ref()).map_err(|e| e.to_string())
+            message::outgoing(&envelope, body, ctx.dkim.as_ref(), provider.message_form())
+                .map_err(|e| e.to_string())
         });
     let message = match built {
         Ok(m) => m,

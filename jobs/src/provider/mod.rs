@@ -124,6 +124,15 @@ impl Provider {
         }
     }
 
+    /// Which forms of a message this provider sends: an HTTP API takes the parts and
+    /// builds the MIME itself, so building it here would be wasted work.
+    pub fn message_form(&self) -> crate::message::MessageForm {
+        match self.transport {
+            Transport::File(_) | Transport::Smtp(_) => crate::message::MessageForm::Mime,
+            Transport::Resend(_) => crate::message::MessageForm::Parts,
+        }
+    }
+
     /// Whether sending the same delivery key twice is harmless, so that a message whose
     /// outcome is unknown (its worker died mid-send) may be sent again: the file provider
     /// replaces the same file, Resend honours the Idempotency-Key. SMTP has no such key.

@@ -160,7 +160,10 @@ impl Queue {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // The queue's tables stay small (jobs, not recipients): a small page cache
+            // per connection is plenty.
+            .pragma("cache_size", "-256");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(options)

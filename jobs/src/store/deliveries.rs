@@ -89,6 +89,22 @@ pub enum Outcome {
     },
 }
 
+/// Counts the enqueued batches of campaign `$1` with a row pending or sending. After
+/// every batch: it must read only the window's rows (see the query-plan test).
+const OUTSTANDING_BATCHES: &str = "SELECT COUNT(DISTINCT batch_no) FROM deliveries \
+     WHERE campaign_id = $1 AND status IN ('pending', 'sending') \
+     AND batch_no <= (SELECT enqueued_through FROM campaigns WHERE id = $1)";
+
+/// Touches and returns the enqueued batches of campaign `$2` with pending rows untouched
+/// since `$3`. Every ten seconds: it must read only the window's rows.
+const STALLED_BATCHES: &str = "UPDATE deliveries SET updated_at = $1 \
+     WHERE campaign_id = $2 AND status = 'pending' AND updated_at < $3 \
+     AND batch_no <= (SELECT enqueued_through FROM campaigns WHERE id = $2) RETURNING batch_no";
+
+/// Outcomes recorded by one statement: 5 parameters each, well under SQLite's and
+/// PostgreSQL's limits.
+const OUTCOMES_PER_STATEMENT: usize = 100;
+
 /// The delivery key of a campaign × subscriber: stable, opaque, 32 hex digits.
 pub fn delivery_key(campaign_id: i64, subscriber_id: i64) -> String {
     let digest = Sha256::digest(format!("mailing:delivery:{campaign_id}:{subscriber_id}"));
@@ -150,40 +166,37 @@ impl Store {
         batch_no: i64,
         members: &[AudienceMember],
     ) -> Result<(), StoreError> {
-        let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        for chunk in members.chunks(100) {
-            let mut sql = String::from(
-                "INSERT INTO deliveries (campaign_id, subscriber_id, email, delivery_key, batch_no, \
-                 status, attempts, created_at, updated_at) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                let b = i * 3;
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!(
-                    "($1, ${}, ${}, ${}, $2, 'pending', 0, $3, $3)",
-                    b + 4,
-                    b + 5,
-                    b + 6
-                ));
-            }
-            sql.push_str(" ON CONFLICT (campaign_id, subscriber_id) DO NOTHING");
-            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(campaign_id)
-                .bind(batch_no)
-                .bind(now);
-            for m in chunk {
-                query = query
-                    .bind(m.id)
-                    .bind(&m.email)
-                    .bind(delivery_key(campaign_id, m.id));
-            }
-            query.execute(&mut *tx).await?;
-        }
+        insert_batch(&mut tx, campaign_id, batch_no, members, now_ms()).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Writes a page of the plan: `members` split into batches of `batch_size`, numbered
+    /// from `first_batch`, in one transaction that also touches the campaign (the
+    /// scheduler takes a campaign untouched for long for a lost plan). Rows that exist
+    /// are left alone. Returns how many batches the page made.
+    pub async fn plan_batches(
+        &self,
+        campaign_id: i64,
+        first_batch: i64,
+        batch_size: usize,
+        members: &[AudienceMember],
+    ) -> Result<i64, StoreError> {
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let mut batches = 0;
+        for (i, batch) in members.chunks(batch_size.max(1)).enumerate() {
+            insert_batch(&mut tx, campaign_id, first_batch + i as i64, batch, now).await?;
+            batches += 1;
+        }
+        sqlx::query("UPDATE campaigns SET updated_at = $1 WHERE id = $2")
+            .bind(now)
+            .bind(campaign_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(batches)
     }
 
     /// Claims the pending recipients of a batch for this sender, atomically, and returns
@@ -200,7 +213,8 @@ impl Store {
              last_error = 'unsubscribed or suppressed after the campaign was planned' \
              WHERE campaign_id = $2 AND batch_no = $3 AND status = 'pending' AND (\
                EXISTS (SELECT 1 FROM subscribers s WHERE s.id = deliveries.subscriber_id AND s.status <> 'enabled') \
-               OR EXISTS (SELECT 1 FROM suppressions x WHERE x.email = deliveries.email))",
+               OR EXISTS (SELECT 1 FROM suppressions x WHERE x.email = deliveries.email \
+                          AND x.workspace_id = (SELECT workspace_id FROM campaigns WHERE id = $2)))",
         )
         .bind(now)
         .bind(campaign_id)
@@ -262,42 +276,63 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
-        for (delivery_id, outcome) in outcomes {
-            let (status, message_id, error, sent_at) = match outcome {
-                Outcome::Sent {
-                    provider_message_id,
-                } => (
-                    DeliveryStatus::Sent,
-                    provider_message_id.as_deref(),
-                    None,
-                    Some(now),
-                ),
-                Outcome::Failed { error } => {
-                    (DeliveryStatus::Failed, None, Some(error.as_str()), None)
-                }
-                Outcome::Skipped { reason } => {
-                    (DeliveryStatus::Skipped, None, Some(reason.as_str()), None)
-                }
-                Outcome::Retry { error } => {
-                    (DeliveryStatus::Pending, None, Some(error.as_str()), None)
-                }
-            };
-            sqlx::query(
+        // One statement per chunk of rows (a VALUES list joined by id) instead of one
+        // per row: on PostgreSQL each statement is a network round trip.
+        for chunk in outcomes.chunks(OUTCOMES_PER_STATEMENT) {
+            let mut sql = String::from(
                 "UPDATE deliveries SET \
-                 status = CASE WHEN $1 = 'pending' AND attempts >= $2 THEN 'failed' ELSE $1 END, \
-                 provider_message_id = COALESCE($3, provider_message_id), last_error = $4, \
-                 sent_at = COALESCE($5, sent_at), claimed_at = NULL, updated_at = $6 \
-                 WHERE id = $7 AND status = 'sending'",
-            )
-            .bind(status.as_str())
-            .bind(i64::from(max_attempts))
-            .bind(message_id)
-            .bind(error)
-            .bind(sent_at)
-            .bind(now)
-            .bind(delivery_id)
-            .execute(&mut *tx)
-            .await?;
+                 status = CASE WHEN v.column2 = 'pending' AND deliveries.attempts >= $1 THEN 'failed' ELSE v.column2 END, \
+                 provider_message_id = COALESCE(v.column3, deliveries.provider_message_id), \
+                 last_error = v.column4, sent_at = COALESCE(v.column5, deliveries.sent_at), \
+                 claimed_at = NULL, updated_at = $2 FROM (VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let b = 3 + i * 5;
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "(${b}, ${}, ${}, ${}, ${})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4
+                ));
+            }
+            sql.push_str(
+                ") AS v WHERE deliveries.id = v.column1 AND deliveries.status = 'sending'",
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(i64::from(max_attempts))
+                .bind(now);
+            for (delivery_id, outcome) in chunk {
+                let (status, message_id, error, sent_at) = match outcome {
+                    Outcome::Sent {
+                        provider_message_id,
+                    } => (
+                        DeliveryStatus::Sent,
+                        provider_message_id.as_deref(),
+                        None,
+                        Some(now),
+                    ),
+                    Outcome::Failed { error } => {
+                        (DeliveryStatus::Failed, None, Some(error.as_str()), None)
+                    }
+                    Outcome::Skipped { reason } => {
+                        (DeliveryStatus::Skipped, None, Some(reason.as_str()), None)
+                    }
+                    Outcome::Retry { error } => {
+                        (DeliveryStatus::Pending, None, Some(error.as_str()), None)
+                    }
+                };
+                query = query
+                    .bind(*delivery_id)
+                    .bind(status.as_str())
+                    .bind(message_id)
+                    .bind(error)
+                    .bind(sent_at);
+            }
+            query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -362,22 +397,21 @@ impl Store {
     /// Batches of the campaign that are enqueued and not finished (some row pending or
     /// sending): the campaign's share of the queue.
     pub async fn outstanding_batches(&self, campaign_id: i64) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(DISTINCT d.batch_no) FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id \
-             WHERE d.campaign_id = $1 AND d.status IN ('pending', 'sending') AND d.batch_no <= c.enqueued_through",
-        )
-        .bind(campaign_id)
-        .fetch_one(self.pool())
-        .await?)
+        Ok(sqlx::query_scalar(OUTSTANDING_BATCHES)
+            .bind(campaign_id)
+            .fetch_one(self.pool())
+            .await?)
     }
 
-    /// Moves the campaign's window one batch on, if the next batch has been planned;
-    /// returns the batch to enqueue. Atomic: of concurrent callers each gets a distinct
+    /// Moves the campaign's window one batch on, if the next batch has been planned (its
+    /// rows are pending: nothing claims a batch beyond the window); returns the batch to
+    /// enqueue. Atomic: of concurrent callers each gets a distinct
     /// batch.
     pub async fn advance_window(&self, campaign_id: i64) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar(
             "UPDATE campaigns SET enqueued_through = enqueued_through + 1 WHERE id = $1 AND EXISTS \
-             (SELECT 1 FROM deliveries d WHERE d.campaign_id = $1 AND d.batch_no = campaigns.enqueued_through + 1) \
+             (SELECT 1 FROM deliveries d WHERE d.campaign_id = $1 AND d.status = 'pending' \
+              AND d.batch_no = campaigns.enqueued_through + 1) \
              RETURNING enqueued_through",
         )
         .bind(campaign_id)
@@ -394,16 +428,12 @@ impl Store {
         idle_ms: i64,
     ) -> Result<Vec<i64>, StoreError> {
         let now = now_ms();
-        let batches: Vec<i64> = sqlx::query_scalar(
-            "UPDATE deliveries SET updated_at = $1 WHERE campaign_id = $2 AND status = 'pending' \
-             AND updated_at < $3 AND batch_no <= (SELECT enqueued_through FROM campaigns WHERE id = $2) \
-             RETURNING batch_no",
-        )
-        .bind(now)
-        .bind(campaign_id)
-        .bind(now - idle_ms)
-        .fetch_all(self.pool())
-        .await?;
+        let batches: Vec<i64> = sqlx::query_scalar(STALLED_BATCHES)
+            .bind(now)
+            .bind(campaign_id)
+            .bind(now - idle_ms)
+            .fetch_all(self.pool())
+            .await?;
         Ok(batches
             .into_iter()
             .collect::<std::collections::BTreeSet<_>>()
@@ -463,6 +493,25 @@ impl Store {
         Ok(n)
     }
 
+    /// Counts a campaign's rows in one status, stopping at `limit` when one is given:
+    /// a range of the `(campaign_id, status, batch_no)` index, so a bounded count costs
+    /// at most `limit` index entries however large the ledger is.
+    pub async fn count_deliveries_up_to(
+        &self,
+        campaign_id: i64,
+        status: DeliveryStatus,
+        limit: i64,
+    ) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE campaign_id = $1 AND status = $2 LIMIT $3) AS bounded",
+        )
+        .bind(campaign_id)
+        .bind(status.as_str())
+        .bind(limit)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
     /// Counts a campaign's rows in one status.
     pub async fn count_deliveries(
         &self,
@@ -479,9 +528,315 @@ impl Store {
     }
 }
 
+/// Rows of one batch per INSERT statement: 3 parameters each.
+const ROWS_PER_INSERT: usize = 250;
+
+/// Inserts one batch's ledger rows inside `tx`; rows that exist are left alone.
+async fn insert_batch(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    campaign_id: i64,
+    batch_no: i64,
+    members: &[AudienceMember],
+    now: i64,
+) -> Result<(), StoreError> {
+    for chunk in members.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO deliveries (campaign_id, subscriber_id, email, delivery_key, batch_no, \
+             status, attempts, created_at, updated_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 3;
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "($1, ${}, ${}, ${}, $2, 'pending', 0, $3, $3)",
+                b + 4,
+                b + 5,
+                b + 6
+            ));
+        }
+        sql.push_str(" ON CONFLICT (campaign_id, subscriber_id) DO NOTHING");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(campaign_id)
+            .bind(batch_no)
+            .bind(now);
+        for m in chunk {
+            query = query
+                .bind(m.id)
+                .bind(&m.email)
+                .bind(delivery_key(campaign_id, m.id));
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::campaigns::NewCampaign;
+    use crate::store::subscribers::NewSubscriber;
+
+    /// A running campaign over `n` subscribers, planned into batches of `per_batch`
+    /// with `enqueued` batches in the window.
+    async fn planned(n: usize, per_batch: usize, enqueued: i64) -> (Store, i64) {
+        let store = crate::store::memory_store().await;
+        let list = store.create_list("l", None).await.unwrap();
+        let rows: Vec<NewSubscriber> = (0..n)
+            .map(|i| NewSubscriber {
+                email: format!("r{i}@example.com"),
+                name: None,
+                attributes: None,
+            })
+            .collect();
+        store.add_subscribers(list.id, &rows).await.unwrap();
+        let template = store
+            .create_template("t", "s", "<p>x</p>", None)
+            .await
+            .unwrap();
+        let campaign = store
+            .create_campaign(&NewCampaign {
+                name: "c".into(),
+                template_id: template.id,
+                list_ids: vec![list.id],
+                from: "news@example.com".into(),
+                reply_to: None,
+                provider: "file".into(),
+                plugins: Vec::new(),
+                send_at: None,
+            })
+            .await
+            .unwrap();
+        let audience = store.audience_page(campaign.id, 0, n as u32).await.unwrap();
+        let batches = store
+            .plan_batches(campaign.id, 0, per_batch, &audience)
+            .await
+            .unwrap();
+        assert_eq!(batches as usize, n.div_ceil(per_batch));
+        // Planning the same page again writes nothing new.
+        store
+            .plan_batches(campaign.id, 0, per_batch, &audience)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.plan_progress(campaign.id).await.unwrap(),
+            (audience[n - 1].id, batches - 1)
+        );
+        sqlx::query("UPDATE campaigns SET status = 'running', enqueued_through = $1 WHERE id = $2")
+            .bind(enqueued - 1)
+            .bind(campaign.id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        (store, campaign.id)
+    }
+
+    #[tokio::test]
+    async fn outcomes_are_recorded_row_by_row_in_chunked_statements() {
+        // 250 rows: three statements, the last one partial.
+        let (store, campaign) = planned(250, 250, 1).await;
+        let claimed = store.claim_batch(campaign, 0).await.unwrap();
+        assert_eq!(claimed.len(), 250);
+        let outcomes: Vec<(i64, Outcome)> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let outcome = match i % 4 {
+                    0 => Outcome::Sent {
+                        provider_message_id: Some(format!("msg-{}", r.delivery_id)),
+                    },
+                    1 => Outcome::Failed {
+                        error: format!("refused {}", r.delivery_id),
+                    },
+                    2 => Outcome::Skipped {
+                        reason: "plugin".into(),
+                    },
+                    _ => Outcome::Retry {
+                        error: "try later".into(),
+                    },
+                };
+                (r.delivery_id, outcome)
+            })
+            .collect();
+        store.record_outcomes(&outcomes, 3).await.unwrap();
+        let page = store
+            .deliveries(campaign, None, None, 0, 500)
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(page.len(), 250);
+        for (row, (id, outcome)) in page.iter().zip(&outcomes) {
+            assert_eq!(row.id, *id);
+            match outcome {
+                Outcome::Sent {
+                    provider_message_id,
+                } => {
+                    assert_eq!(row.status, "sent");
+                    assert_eq!(&row.provider_message_id, provider_message_id);
+                    assert!(row.sent_at.is_some());
+                }
+                Outcome::Failed { error } => {
+                    assert_eq!(row.status, "failed");
+                    assert_eq!(row.last_error.as_ref(), Some(error));
+                }
+                Outcome::Skipped { .. } => assert_eq!(row.status, "skipped"),
+                Outcome::Retry { .. } => {
+                    assert_eq!(row.status, "pending", "1 attempt of 3: back to pending");
+                    assert_eq!(row.last_error.as_deref(), Some("try later"));
+                }
+            }
+        }
+        // A late duplicate changes nothing: only rows still `sending` are written.
+        let late: Vec<(i64, Outcome)> = outcomes
+            .iter()
+            .map(|(id, _)| {
+                (
+                    *id,
+                    Outcome::Failed {
+                        error: "late".into(),
+                    },
+                )
+            })
+            .collect();
+        store.record_outcomes(&late, 3).await.unwrap();
+        assert_eq!(
+            store
+                .count_deliveries(campaign, DeliveryStatus::Sent)
+                .await
+                .unwrap(),
+            63
+        );
+        assert_eq!(
+            store
+                .count_deliveries(campaign, DeliveryStatus::Failed)
+                .await
+                .unwrap(),
+            63
+        );
+        // Retried rows at their last attempt fail instead, keeping the error.
+        let again = store.claim_batch(campaign, 0).await.unwrap();
+        assert_eq!(again.len(), 62);
+        let retry: Vec<(i64, Outcome)> = again
+            .iter()
+            .map(|r| {
+                (
+                    r.delivery_id,
+                    Outcome::Retry {
+                        error: "still down".into(),
+                    },
+                )
+            })
+            .collect();
+        store.record_outcomes(&retry, 2).await.unwrap();
+        assert_eq!(
+            store
+                .count_deliveries(campaign, DeliveryStatus::Failed)
+                .await
+                .unwrap(),
+            125
+        );
+        assert_eq!(
+            store
+                .count_deliveries(campaign, DeliveryStatus::Pending)
+                .await
+                .unwrap(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn the_window_counts_only_enqueued_unfinished_batches() {
+        let (store, campaign) = planned(100, 10, 3).await;
+        assert_eq!(store.outstanding_batches(campaign).await.unwrap(), 3);
+        let claimed = store.claim_batch(campaign, 0).await.unwrap();
+        assert_eq!(
+            store.outstanding_batches(campaign).await.unwrap(),
+            3,
+            "sending counts"
+        );
+        let sent: Vec<(i64, Outcome)> = claimed
+            .iter()
+            .map(|r| {
+                (
+                    r.delivery_id,
+                    Outcome::Sent {
+                        provider_message_id: None,
+                    },
+                )
+            })
+            .collect();
+        store.record_outcomes(&sent, 3).await.unwrap();
+        assert_eq!(store.outstanding_batches(campaign).await.unwrap(), 2);
+        assert_eq!(store.advance_window(campaign).await.unwrap(), Some(3));
+        assert_eq!(store.outstanding_batches(campaign).await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_address_suppressed_after_planning_is_skipped_at_claim() {
+        let (store, campaign) = planned(5, 5, 1).await;
+        assert!(store.suppress("r3@example.com", "complaint").await.unwrap());
+        let claimed = store.claim_batch(campaign, 0).await.unwrap();
+        assert_eq!(claimed.len(), 4);
+        assert!(claimed.iter().all(|r| r.email != "r3@example.com"));
+        let skipped = store
+            .deliveries(campaign, Some(DeliveryStatus::Skipped), None, 0, 10)
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].email, "r3@example.com");
+    }
+
+    /// The plan SQLite (the version sqlx bundles, not the system's) chooses for `sql`.
+    async fn query_plan(store: &Store, sql: &str) -> String {
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        rows.into_iter().map(|r| r.3).collect::<Vec<_>>().join("\n")
+    }
+
+    #[tokio::test]
+    async fn per_batch_ledger_queries_read_only_the_window() {
+        // A planned campaign, so the planner sees real tables (no ANALYZE statistics,
+        // as in a fresh deployment).
+        let (store, _) = planned(50, 10, 2).await;
+        let window_range = "deliveries_status (campaign_id=? AND status=? AND batch_no<?)";
+        for sql in [OUTSTANDING_BATCHES, STALLED_BATCHES] {
+            let plan = query_plan(&store, sql).await;
+            assert!(plan.contains(window_range), "{sql}\n{plan}");
+            assert!(!plan.contains("SCAN deliveries"), "{sql}\n{plan}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bounded_count_stops_at_its_limit() {
+        let (store, campaign) = planned(40, 40, 1).await;
+        let pending = DeliveryStatus::Pending;
+        assert_eq!(
+            store
+                .count_deliveries_up_to(campaign, pending, 7)
+                .await
+                .unwrap(),
+            7
+        );
+        assert_eq!(
+            store
+                .count_deliveries_up_to(campaign, pending, i64::MAX)
+                .await
+                .unwrap(),
+            40
+        );
+        assert_eq!(
+            store
+                .count_deliveries_up_to(campaign, DeliveryStatus::Sent, 7)
+                .await
+                .unwrap(),
+            0
+        );
+    }
 
     #[test]
     fn delivery_key_is_stable_and_distinct_per_recipient() {
