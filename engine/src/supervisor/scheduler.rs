@@ -156,15 +156,13 @@ async fn sample(
     else {
         return;
     };
-    {
-        match scanned {
-            (Ok(rates), Ok(campaigns)) => set_gauges(|g| {
-                g.rates = rates;
-                g.campaigns = campaigns.into_iter().collect();
-            }),
-            (Err(e), _) | (_, Err(e)) => {
-                warn!(error = %e, "Sampling the ledger for metrics failed")
-            }
+    match scanned {
+        (Ok(rates), Ok(campaigns)) => set_gauges(|g| {
+            g.rates = rates;
+            g.campaigns = campaigns.into_iter().collect();
+        }),
+        (Err(e), _) | (_, Err(e)) => {
+            warn!(error = %e, "Sampling the ledger for metrics failed")
         }
     }
 }

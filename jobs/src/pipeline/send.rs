@@ -190,7 +190,7 @@ async fn pause_if_failing(ctx: &PipelineContext, campaign_id: i64) -> Result<(),
     // is no, and counting further changes nothing.
     let failed = ctx
         .store
-        .count_deliveries_up_to(campaign_id, DeliveryStatus::Failed, i64::MAX)
+        .count_deliveries(campaign_id, DeliveryStatus::Failed)
         .await?;
     if failed == 0 {
         return Ok(());

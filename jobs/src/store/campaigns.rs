@@ -370,12 +370,7 @@ impl Store {
     /// Marks a campaign as just looked at (so stall recovery does not act on it again at
     /// once).
     pub async fn touch_campaign(&self, id: i64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE campaigns SET updated_at = $1 WHERE id = $2")
-            .bind(now_ms())
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        touch(self.pool(), id, now_ms()).await
     }
 
     /// Records that the plan stage wrote every delivery row of the campaign.
@@ -598,33 +593,56 @@ impl Store {
     }
 }
 
+/// Sets a campaign's `updated_at` to `now`, on the pool or inside a transaction.
+pub(super) async fn touch(
+    executor: impl sqlx::Executor<'_, Database = sqlx::Any>,
+    id: i64,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE campaigns SET updated_at = $1 WHERE id = $2")
+        .bind(now)
+        .bind(id)
+        .execute(executor)
+        .await?;
+    Ok(())
+}
+
+/// A draft campaign to `list_id` with a fresh template, for unit tests.
+#[cfg(test)]
+pub(crate) async fn test_campaign(
+    store: &Store,
+    list_id: i64,
+    send_at: Option<i64>,
+) -> CampaignRow {
+    let template = store
+        .create_template("t", "s", "<p>x</p>", None)
+        .await
+        .expect("a template");
+    store
+        .create_campaign(&NewCampaign {
+            name: "c".into(),
+            template_id: template.id,
+            list_ids: vec![list_id],
+            from: "news@example.com".into(),
+            reply_to: None,
+            provider: "file".into(),
+            plugins: Vec::new(),
+            send_at,
+        })
+        .await
+        .expect("a campaign")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::NewCampaign;
     use crate::model::now_ms;
 
     #[tokio::test]
     async fn a_scheduled_campaign_starts_only_once_its_send_time_has_come() {
         let store = crate::store::memory_store().await;
         let list = store.create_list("l", None).await.unwrap();
-        let template = store
-            .create_template("t", "s", "<p>x</p>", None)
-            .await
-            .unwrap();
         let now = now_ms();
-        let campaign = store
-            .create_campaign(&NewCampaign {
-                name: "c".into(),
-                template_id: template.id,
-                list_ids: vec![list.id],
-                from: "news@example.com".into(),
-                reply_to: None,
-                provider: "file".into(),
-                plugins: Vec::new(),
-                send_at: Some(now + 60_000),
-            })
-            .await
-            .unwrap();
+        let campaign = super::test_campaign(&store, list.id, Some(now + 60_000)).await;
         sqlx::query("UPDATE campaigns SET status = 'scheduled' WHERE id = $1")
             .bind(campaign.id)
             .execute(store.pool())

@@ -190,11 +190,7 @@ impl Store {
             insert_batch(&mut tx, campaign_id, first_batch + i as i64, batch, now).await?;
             batches += 1;
         }
-        sqlx::query("UPDATE campaigns SET updated_at = $1 WHERE id = $2")
-            .bind(now)
-            .bind(campaign_id)
-            .execute(&mut *tx)
-            .await?;
+        super::campaigns::touch(&mut *tx, campaign_id, now).await?;
         tx.commit().await?;
         Ok(batches)
     }
@@ -493,9 +489,9 @@ impl Store {
         Ok(n)
     }
 
-    /// Counts a campaign's rows in one status, stopping at `limit` when one is given:
-    /// a range of the `(campaign_id, status, batch_no)` index, so a bounded count costs
-    /// at most `limit` index entries however large the ledger is.
+    /// Counts a campaign's rows in one status, stopping at `limit`: a range of the
+    /// `(campaign_id, status, batch_no)` index, so it reads at most `limit` index
+    /// entries however large the ledger is.
     pub async fn count_deliveries_up_to(
         &self,
         campaign_id: i64,
@@ -518,13 +514,8 @@ impl Store {
         campaign_id: i64,
         status: DeliveryStatus,
     ) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM deliveries WHERE campaign_id = $1 AND status = $2",
-        )
-        .bind(campaign_id)
-        .bind(status.as_str())
-        .fetch_one(self.pool())
-        .await?)
+        self.count_deliveries_up_to(campaign_id, status, i64::MAX)
+            .await
     }
 }
 
@@ -575,7 +566,6 @@ async fn insert_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::campaigns::NewCampaign;
     use crate::store::subscribers::NewSubscriber;
 
     /// A running campaign over `n` subscribers, planned into batches of `per_batch`
@@ -591,23 +581,7 @@ mod tests {
             })
             .collect();
         store.add_subscribers(list.id, &rows).await.unwrap();
-        let template = store
-            .create_template("t", "s", "<p>x</p>", None)
-            .await
-            .unwrap();
-        let campaign = store
-            .create_campaign(&NewCampaign {
-                name: "c".into(),
-                template_id: template.id,
-                list_ids: vec![list.id],
-                from: "news@example.com".into(),
-                reply_to: None,
-                provider: "file".into(),
-                plugins: Vec::new(),
-                send_at: None,
-            })
-            .await
-            .unwrap();
+        let campaign = crate::store::campaigns::test_campaign(&store, list.id, None).await;
         let audience = store.audience_page(campaign.id, 0, n as u32).await.unwrap();
         let batches = store
             .plan_batches(campaign.id, 0, per_batch, &audience)
