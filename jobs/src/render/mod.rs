@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use liquid::model::{Object, Value};
+use liquid::model::{KString, Object, Value};
 use serde::Serialize;
 
 /// The most bytes of one template part (subject, HTML or text).
@@ -301,52 +301,75 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
-fn escape_json(v: &serde_json::Value) -> serde_json::Value {
+/// A JSON value as Liquid sees it, its strings HTML-escaped when `escaped`. Built
+/// directly rather than through serde (`liquid::model::to_value`), which cost more than
+/// a third of a message's rendering and turned the whole context empty when one number
+/// did not fit an i64; such a number is a float here, as JSON readers take it.
+fn to_liquid(v: &serde_json::Value, escaped: bool) -> Value {
     match v {
-        serde_json::Value::String(s) => serde_json::Value::String(escape_html(s)),
+        serde_json::Value::Null => Value::Nil,
+        serde_json::Value::Bool(b) => Value::scalar(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::scalar(i),
+            None => n.as_f64().map_or(Value::Nil, Value::scalar),
+        },
+        serde_json::Value::String(s) if escaped => Value::scalar(escape_html(s)),
+        serde_json::Value::String(s) => Value::scalar(s.clone()),
         serde_json::Value::Array(a) => {
-            serde_json::Value::Array(a.iter().map(escape_json).collect())
+            Value::Array(a.iter().map(|v| to_liquid(v, escaped)).collect())
         }
-        serde_json::Value::Object(o) => {
-            serde_json::Value::Object(o.iter().map(|(k, v)| (k.clone(), escape_json(v))).collect())
-        }
-        other => other.clone(),
+        serde_json::Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| (KString::from_ref(k), to_liquid(v, escaped)))
+                .collect(),
+        ),
+    }
+}
+
+fn text(s: &str, escaped: bool) -> Value {
+    if escaped {
+        Value::scalar(escape_html(s))
+    } else {
+        Value::scalar(s.to_owned())
     }
 }
 
 impl RenderContext {
-    fn subscriber(&self) -> serde_json::Value {
-        serde_json::json!({
-            "email": self.email,
-            "name": self.name.clone().unwrap_or_default(),
-            "attributes": self.attributes,
-        })
+    fn subscriber(&self, escaped: bool) -> Value {
+        let mut subscriber = Object::new();
+        subscriber.insert("email".into(), text(&self.email, escaped));
+        subscriber.insert(
+            "name".into(),
+            text(self.name.as_deref().unwrap_or_default(), escaped),
+        );
+        subscriber.insert(
+            "attributes".into(),
+            Value::Object(
+                self.attributes
+                    .iter()
+                    .map(|(k, v)| (KString::from_ref(k), to_liquid(v, escaped)))
+                    .collect(),
+            ),
+        );
+        Value::Object(subscriber)
     }
 
+    /// The template's globals: `extra` at the top level, `subscriber` (escaped when
+    /// `escaped`), `subscriber_raw`, `campaign` and `unsubscribe_url`.
     fn object(&self, escaped: bool) -> Object {
-        let raw = self.subscriber();
-        let mut root = serde_json::Map::new();
-        for (k, v) in &self.extra {
-            root.insert(k.clone(), if escaped { escape_json(v) } else { v.clone() });
-        }
-        root.insert(
-            "subscriber".into(),
-            if escaped {
-                escape_json(&raw)
-            } else {
-                raw.clone()
-            },
-        );
-        root.insert("subscriber_raw".into(), raw);
-        root.insert("campaign".into(), self.campaign.clone());
+        let mut root: Object = self
+            .extra
+            .iter()
+            .map(|(k, v)| (KString::from_ref(k), to_liquid(v, escaped)))
+            .collect();
+        root.insert("subscriber".into(), self.subscriber(escaped));
+        root.insert("subscriber_raw".into(), self.subscriber(false));
+        root.insert("campaign".into(), to_liquid(&self.campaign, false));
         root.insert(
             "unsubscribe_url".into(),
-            self.unsubscribe_url.clone().into(),
+            Value::scalar(self.unsubscribe_url.clone()),
         );
-        match liquid::model::to_value(&serde_json::Value::Object(root)) {
-            Ok(Value::Object(o)) => o,
-            _ => Object::new(),
-        }
+        root
     }
 }
 
@@ -428,6 +451,62 @@ mod tests {
         assert_eq!(out.subject, "Hi <b>Ann</b>");
         assert_eq!(out.html, "<p>&lt;b&gt;Ann&lt;/b&gt;</p><p><b>Ann</b></p>");
         assert_eq!(out.text.as_deref(), Some("Hi <b>Ann</b>"));
+    }
+
+    #[test]
+    fn every_json_kind_reaches_the_template_and_escaping_reaches_nested_strings() {
+        let t = renderer(true)
+            .compile(TemplateSource {
+                subject: "{{ subscriber.attributes.tags[1] }}",
+                html: "{{ subscriber.attributes.big }}|{{ subscriber.attributes.n }}|\
+                       {{ subscriber.attributes.ok }}|{{ subscriber.attributes.none | default: 'nil' }}|\
+                       {{ subscriber.attributes.tags[1] }}|{{ subscriber.attributes.nested.x }}|\
+                       {{ subscriber.email }}|{{ offer }}|{{ campaign.name }}",
+                text: Some("{{ subscriber.attributes.nested.x }}|{{ offer }}"),
+            })
+            .unwrap();
+        let mut c = ctx("Ann");
+        c.email = "a&b@example.com".into();
+        c.attributes = serde_json::json!({
+            // Over i64::MAX: once emptied the whole context; now a float.
+            "big": 18446744073709551615_u64,
+            "n": -3,
+            "ok": true,
+            "none": null,
+            "tags": ["x", "<y>"],
+            "nested": {"x": "\"q\""},
+        })
+        .as_object()
+        .cloned()
+        .unwrap();
+        c.extra.insert("offer".into(), "<20%>".into());
+        c.campaign = serde_json::json!({"id": 1, "name": "A & B"});
+        let out = t.render(&c).unwrap();
+        assert_eq!(out.subject, "<y>");
+        assert_eq!(
+            out.html,
+            "18446744073709552000|-3|true|nil|&lt;y&gt;|&quot;q&quot;|a&amp;b@example.com|&lt;20%&gt;|A & B"
+        );
+        assert_eq!(out.text.as_deref(), Some("\"q\"|<20%>"));
+    }
+
+    #[test]
+    fn the_engine_s_variables_win_over_a_plugin_s_of_the_same_name() {
+        let t = renderer(true)
+            .compile(TemplateSource {
+                subject: "{{ unsubscribe_url }}",
+                html: "{{ subscriber.name }}",
+                text: None,
+            })
+            .unwrap();
+        let mut c = ctx("Ann");
+        c.extra
+            .insert("unsubscribe_url".into(), "https://evil.example".into());
+        c.extra
+            .insert("subscriber".into(), serde_json::json!({"name": "Eve"}));
+        let out = t.render(&c).unwrap();
+        assert_eq!(out.subject, "https://m.example/unsubscribe/t");
+        assert_eq!(out.html, "Ann");
     }
 
     #[test]
