@@ -362,8 +362,14 @@ impl RenderContext {
             .iter()
             .map(|(k, v)| (KString::from_ref(k), to_liquid(v, escaped)))
             .collect();
-        root.insert("subscriber".into(), self.subscriber(escaped));
-        root.insert("subscriber_raw".into(), self.subscriber(false));
+        let raw = self.subscriber(false);
+        let subscriber = if escaped {
+            self.subscriber(true)
+        } else {
+            raw.clone()
+        };
+        root.insert("subscriber".into(), subscriber);
+        root.insert("subscriber_raw".into(), raw);
         root.insert("campaign".into(), to_liquid(&self.campaign, false));
         root.insert(
             "unsubscribe_url".into(),

@@ -291,18 +291,19 @@ impl Store {
         // One statement per chunk of rows (a VALUES list joined by id) instead of one
         // per row: on PostgreSQL each statement is a network round trip.
         for chunk in outcomes.chunks(OUTCOMES_PER_STATEMENT) {
-            let mut sql = String::from(
-                "UPDATE deliveries SET \
-                 status = CASE WHEN v.column2 = 'pending' AND deliveries.attempts >= $1 THEN 'failed' ELSE v.column2 END, \
-                 provider_message_id = COALESCE(v.column3, deliveries.provider_message_id), \
-                 last_error = v.column4, sent_at = COALESCE(v.column5, deliveries.sent_at), \
-                 claimed_at = NULL, updated_at = $2 FROM (VALUES ",
-            );
-            if self.backend == Backend::Sqlite {
-                sql = sql.replace("$1", "?").replace("$2", "?");
-            }
             // Placeholders in the order they appear and bind; bare `?` on SQLite
             // (see `insert_batch`: named ones cost O(n²) to bind there).
+            let (max_attempts_at, now_at) = match self.backend {
+                Backend::Sqlite => ("?", "?"),
+                Backend::Postgres => ("$1", "$2"),
+            };
+            let mut sql = format!(
+                "UPDATE deliveries SET \
+                 status = CASE WHEN v.column2 = 'pending' AND deliveries.attempts >= {max_attempts_at} THEN 'failed' ELSE v.column2 END, \
+                 provider_message_id = COALESCE(v.column3, deliveries.provider_message_id), \
+                 last_error = v.column4, sent_at = COALESCE(v.column5, deliveries.sent_at), \
+                 claimed_at = NULL, updated_at = {now_at} FROM (VALUES ",
+            );
             for i in 0..chunk.len() {
                 if i > 0 {
                     sql.push_str(", ");
