@@ -181,7 +181,13 @@ impl Queue {
     /// Connects to Redis, with response and connection timeouts long enough that one
     /// slow answer under load does not stop a worker.
     pub async fn redis(url: &str, config: QueueConfig) -> Result<Self, QueueError> {
-        let client = redis::Client::open(url)?;
+        use redis::IntoConnectionInfo as _;
+        // Nagle off: the connection is multiplexed, so a command written while another is
+        // in flight would otherwise wait for the server's ACK of the first.
+        let info = url
+            .into_connection_info()?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info)?;
         let manager = redis::aio::ConnectionManagerConfig::new()
             .set_response_timeout(Some(Duration::from_secs(10)))
             .set_connection_timeout(Some(Duration::from_secs(5)))

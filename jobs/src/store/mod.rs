@@ -11,6 +11,7 @@ pub mod audit;
 pub mod campaigns;
 pub mod deliveries;
 pub mod lists;
+pub(crate) mod nodelay;
 pub mod plugins;
 pub mod subscribers;
 pub mod suppressions;
@@ -208,8 +209,12 @@ impl Store {
             });
         }
         if backend == Backend::Postgres {
-            pool = pool.after_connect(|conn, _meta| {
+            let server = sqlx::postgres::PgConnectOptions::from_str(&url)?;
+            let (host, port) = (server.get_host().to_owned(), server.get_port());
+            pool = pool.after_connect(move |conn, _meta| {
+                let host = host.clone();
                 Box::pin(async move {
+                    nodelay::set_on_sockets_to(&host, port).await;
                     // Plan every execution with its parameters. PostgreSQL otherwise
                     // switches a prepared statement to a generic plan after five runs and
                     // keeps it, and a plan made while a table was nearly empty (a fresh
@@ -323,6 +328,29 @@ mod tests {
                 .await
                 .expect("SHOW");
             assert_eq!(mode, "force_custom_plan");
+            // sqlx 0.9.0 leaves Nagle on; the pool turns it off on every connection
+            // (`nodelay.rs`). The server reports the client's port, which is this
+            // connection's local port on loopback.
+            #[cfg(target_os = "linux")]
+            {
+                let (addr, port): (Option<String>, Option<i32>) = sqlx::query_as(
+                    "SELECT host(client_addr), client_port FROM pg_stat_activity \
+                     WHERE pid = pg_backend_pid()",
+                )
+                .fetch_one(&mut *conn)
+                .await
+                .expect("pg_stat_activity");
+                match (addr, port.and_then(|p| u16::try_from(p).ok())) {
+                    (Some(addr), Some(port)) if port > 0 => assert_eq!(
+                        nodelay::nodelay_of_local_port(port),
+                        Some(true),
+                        "the pooled connection from {addr}:{port} has Nagle on"
+                    ),
+                    _ => eprintln!(
+                        "the test database is reached over a Unix socket: no Nagle to check"
+                    ),
+                }
+            }
             held.push(conn);
         }
     }
