@@ -1,6 +1,7 @@
 //! The `smtp` provider: lettre's SMTP client over connections this module opens and pools,
-//! with no TLS, STARTTLS or implicit TLS, and optional credentials. SMTP 5xx answers fail
-//! the recipient; 4xx, network errors and timeouts are retried.
+//! with no TLS, STARTTLS or implicit TLS, and optional credentials. A 5xx answer to a
+//! message fails its recipient; 4xx answers, network errors, timeouts and a relay that
+//! refuses the session itself (greeting, STARTTLS, login) are retried.
 //!
 //! The connections are opened here rather than by lettre's pooled transport so that they
 //! can set `TCP_NODELAY`. lettre writes a message's body and its `.` terminator as two
@@ -264,7 +265,14 @@ impl Pool {
         let handle = socket2::SockRef::from(&socket)
             .try_clone()
             .map_err(unreachable)?;
-        let smtp = self.handshake(socket).await.map_err(|e| classify(&e))?;
+        // A refusal here (a 5xx greeting, STARTTLS missing, a bad login) is about the
+        // relay or its settings, not the recipient: retried, never a recipient's failure.
+        let smtp = self.handshake(socket).await.map_err(|e| {
+            transient(format!(
+                "the SMTP relay {}:{} refused the session: {e}",
+                self.host, self.port
+            ))
+        })?;
         Ok(Connection {
             smtp,
             socket: handle,
@@ -402,6 +410,10 @@ mod tests {
 
     impl Relay {
         async fn start(close_after_message: bool) -> Relay {
+            Relay::start_with(close_after_message, b"220 relay.test ESMTP\r\n").await
+        }
+
+        async fn start_with(close_after_message: bool, greeting: &'static [u8]) -> Relay {
             let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let port = listener.local_addr().expect("addr").port();
             let relay = Relay {
@@ -422,7 +434,7 @@ mod tests {
                         ports.push(peer.port());
                     }
                     let messages = messages.clone();
-                    tokio::spawn(serve(socket, messages, close_after_message));
+                    tokio::spawn(serve(socket, messages, close_after_message, greeting));
                 }
             });
             relay
@@ -441,10 +453,15 @@ mod tests {
         }
     }
 
-    async fn serve(socket: TcpStream, messages: Arc<AtomicUsize>, close_after_message: bool) {
+    async fn serve(
+        socket: TcpStream,
+        messages: Arc<AtomicUsize>,
+        close_after_message: bool,
+        greeting: &'static [u8],
+    ) {
         let (read, mut write) = socket.into_split();
         let mut lines = BufReader::new(read).lines();
-        if write.write_all(b"220 relay.test ESMTP\r\n").await.is_err() {
+        if write.write_all(greeting).await.is_err() || !greeting.starts_with(b"220") {
             return;
         }
         let mut in_data = false;
@@ -530,6 +547,50 @@ mod tests {
         }
         assert_eq!(relay.messages.load(Ordering::SeqCst), 3);
         assert_eq!(relay.connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_relay_refusing_the_session_is_a_temporary_failure_not_the_recipients() {
+        let relay = Relay::start_with(false, b"554 5.3.2 not accepting mail\r\n").await;
+        let provider = SmtpProvider::new(&relay.config(1)).expect("provider");
+        match provider.send(&message(0)).await {
+            Err(ProviderError::Transient { message, .. }) => {
+                assert!(message.contains("refused the session"), "{message}");
+                assert!(message.contains("not accepting mail"), "{message}");
+            }
+            other => panic!("expected a temporary failure, got {other:?}"),
+        }
+        assert_eq!(relay.messages.load(Ordering::SeqCst), 0);
+    }
+
+    /// The TLS handshake is lettre's; what this module adds for implicit TLS is the
+    /// adapter between lettre's stream and the tokio traits, carried here over plain TCP.
+    #[tokio::test]
+    async fn the_implicit_tls_adapter_carries_a_whole_session() {
+        let relay = Relay::start(false).await;
+        let socket = TcpStream::connect(("127.0.0.1", relay.port))
+            .await
+            .expect("connect");
+        #[allow(deprecated)]
+        let stream = AsyncNetworkStream::use_existing_tokio1(Box::new(socket));
+        let mut smtp = AsyncSmtpConnection::connect_with_transport(
+            Box::new(ImplicitTls(stream)),
+            &ClientId::default(),
+        )
+        .await
+        .expect("greeting and EHLO through the adapter");
+        let envelope = Envelope::new(
+            Some("news@shop.example".parse().expect("from")),
+            vec!["r0@example.com".parse().expect("to")],
+        )
+        .expect("envelope");
+        let reply = smtp
+            .send(&envelope, &message(0).raw)
+            .await
+            .expect("sent through the adapter");
+        assert_eq!(reply.message().next(), Some("2.0.0 queued"));
+        smtp.quit().await.expect("QUIT");
+        assert_eq!(relay.messages.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
