@@ -71,7 +71,6 @@ pub async fn plan(ctx: &PipelineContext, job: &PlanCampaign) -> Result<PlanRepor
     let mut batch_no = last_batch + 1;
     let batch_size = ctx.config.batch_size.max(1);
     let page_size = batch_size * (PLAN_PAGE_RECIPIENTS / batch_size).max(1);
-    let batch_size = batch_size as usize;
     if campaign.planned == 0 {
         loop {
             if !still_running(ctx, campaign.id).await? {
@@ -83,16 +82,15 @@ pub async fn plan(ctx: &PipelineContext, job: &PlanCampaign) -> Result<PlanRepor
             }
             let page = ctx
                 .store
-                .audience_page(campaign.id, after, page_size)
+                .plan_page(campaign.id, after, batch_no, batch_size, page_size)
                 .await?;
-            let Some(last) = page.last() else { break };
-            after = last.id;
-            batch_no += ctx
-                .store
-                .plan_batches(campaign.id, batch_no, batch_size, &page)
-                .await?;
+            let Some(last) = page.last_subscriber else {
+                break;
+            };
+            after = last;
+            batch_no += page.batches;
             report.batches += i64::from(window::fill(ctx, campaign.id).await?);
-            report.recipients += page.len() as u64;
+            report.recipients += page.recipients;
         }
         ctx.store.mark_campaign_planned(campaign.id).await?;
     }

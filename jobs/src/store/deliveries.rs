@@ -103,12 +103,46 @@ const STALLED_BATCHES: &str = "UPDATE deliveries SET updated_at = $1 \
 
 /// Outcomes recorded by one statement: 5 parameters each, well under SQLite's and
 /// PostgreSQL's limits.
+/// The PostgreSQL plan of one page ([`Store::plan_page`]): the audience query of
+/// [`Store::audience_page`], limited first and numbered after, so that a page reads only
+/// its own rows; batch numbers from `$5` every `$6` rows; the delivery key computed as
+/// [`delivery_key`] computes it. Answers the page's size and its last subscriber.
+const PLAN_PAGE_POSTGRES: &str = "WITH page AS (\
+       SELECT id, email, row_number() OVER (ORDER BY id) - 1 AS n FROM (\
+         SELECT s.id, s.email FROM subscribers s \
+         WHERE s.workspace_id = $1 AND s.id > $2 AND s.status = 'enabled' \
+         AND EXISTS (SELECT 1 FROM list_memberships m JOIN campaign_lists c ON c.list_id = m.list_id \
+                     WHERE c.campaign_id = $3 AND m.subscriber_id = s.id) \
+         AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.workspace_id = s.workspace_id AND x.email = s.email) \
+         ORDER BY s.id LIMIT $4) audience), \
+     written AS (\
+       INSERT INTO deliveries (campaign_id, subscriber_id, email, delivery_key, batch_no, \
+                               status, attempts, created_at, updated_at) \
+       SELECT $3, id, email, \
+              encode(substr(sha256(convert_to('mailing:delivery:' || $3::bigint || ':' || id, 'UTF8')), 1, 16), 'hex'), \
+              $5::bigint + n / $6::bigint, 'pending', 0, $7, $7 \
+       FROM page ORDER BY id \
+       ON CONFLICT (campaign_id, subscriber_id) DO NOTHING) \
+     SELECT COUNT(*), MAX(id) FROM page";
+
 const OUTCOMES_PER_STATEMENT: usize = 100;
 
 /// The delivery key of a campaign × subscriber: stable, opaque, 32 hex digits.
 pub fn delivery_key(campaign_id: i64, subscriber_id: i64) -> String {
     let digest = Sha256::digest(format!("mailing:delivery:{campaign_id}:{subscriber_id}"));
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What one page of the plan wrote ([`Store::plan_page`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannedPage {
+    /// Recipients in the page (including any planned already, left alone).
+    pub recipients: u64,
+    /// The page's last subscriber: the next page starts after it. None when the audience
+    /// has no one left.
+    pub last_subscriber: Option<i64>,
+    /// Batches the page made.
+    pub batches: i64,
 }
 
 impl Store {
@@ -178,6 +212,62 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Plans the next page of a campaign's audience after subscriber `after`: at most
+    /// `limit` recipients, in batches of `batch_size` numbered from `first_batch`, in one
+    /// transaction that also touches the campaign. Rows that exist are left alone.
+    ///
+    /// SQLite reads the page ([`Store::audience_page`]) and writes it back
+    /// ([`Store::plan_batches`]). PostgreSQL does both in one statement, on the server:
+    /// sending the page to the worker and back cost 20 round trips of 750 parameters per
+    /// 5,000 recipients, and those trips, not PostgreSQL's inserts, were most of the
+    /// fleet's plan.
+    pub async fn plan_page(
+        &self,
+        campaign_id: i64,
+        after: i64,
+        first_batch: i64,
+        batch_size: u32,
+        limit: u32,
+    ) -> Result<PlannedPage, StoreError> {
+        let batch_size = batch_size.max(1);
+        if self.backend == Backend::Sqlite {
+            let page = self.audience_page(campaign_id, after, limit).await?;
+            let batches = match page.last() {
+                Some(_) => {
+                    self.plan_batches(campaign_id, first_batch, batch_size as usize, &page)
+                        .await?
+                }
+                None => 0,
+            };
+            return Ok(PlannedPage {
+                recipients: page.len() as u64,
+                last_subscriber: page.last().map(|m| m.id),
+                batches,
+            });
+        }
+        let now = now_ms();
+        let mut tx = self.pool().begin().await?;
+        let (recipients, last): (i64, Option<i64>) = sqlx::query_as(PLAN_PAGE_POSTGRES)
+            .bind(DEFAULT_WORKSPACE)
+            .bind(after)
+            .bind(campaign_id)
+            .bind(i64::from(limit))
+            .bind(first_batch)
+            .bind(i64::from(batch_size))
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+        if recipients > 0 {
+            super::campaigns::touch(&mut *tx, campaign_id, now).await?;
+        }
+        tx.commit().await?;
+        Ok(PlannedPage {
+            recipients: recipients.max(0) as u64,
+            last_subscriber: last,
+            batches: (recipients + i64::from(batch_size) - 1) / i64::from(batch_size),
+        })
     }
 
     /// Writes a page of the plan: `members` split into batches of `batch_size`, numbered
@@ -868,5 +958,129 @@ mod tests {
         assert_eq!(delivery_key(1, 2), delivery_key(1, 2));
         assert_ne!(delivery_key(1, 2), delivery_key(2, 1));
         assert_eq!(delivery_key(1, 2).len(), 32);
+    }
+
+    /// A migrated PostgreSQL store in a database of its own, and what drops it; None
+    /// (having said so) when PostgreSQL is unreachable outside CI.
+    async fn postgres_scratch() -> Option<(Store, String, String)> {
+        use sqlx::Connection as _;
+        let url = std::env::var("MAILING_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let mut admin = match sqlx::PgConnection::connect(&url).await {
+            Ok(admin) => admin,
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+                panic!("PostgreSQL is required under CI=true but unreachable: {e}")
+            }
+            Err(e) => {
+                eprintln!(
+                    "SKIPPED the PostgreSQL half: unreachable ({e}); set MAILING_TEST_DATABASE_URL"
+                );
+                return None;
+            }
+        };
+        let name = format!("mailing_unit_{:016x}", rand::random::<u64>());
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("CREATE DATABASE");
+        let base = url.split('?').next().unwrap_or(&url);
+        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+        let store = Store::connect(&crate::store::StoreConfig {
+            url: format!("{base}/{name}"),
+            max_connections: 2,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        })
+        .await
+        .expect("a migrated scratch database");
+        Some((store, url, name))
+    }
+
+    async fn drop_scratch(store: Store, admin_url: &str, name: &str) {
+        use sqlx::Connection as _;
+        store.pool().close().await;
+        if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+
+    /// 14 subscribers, one disabled and one suppressed: 12 recipients, planned in pages
+    /// of 5 with batches of 2, then one page planned again.
+    async fn plan_in_pages(store: &Store) {
+        let list = store.create_list("l", None).await.unwrap();
+        let rows: Vec<NewSubscriber> = (0..14)
+            .map(|i| NewSubscriber {
+                email: format!("r{i}@example.com"),
+                name: None,
+                attributes: None,
+            })
+            .collect();
+        store.add_subscribers(list.id, &rows).await.unwrap();
+        sqlx::query("UPDATE subscribers SET status = 'blocklisted' WHERE email = 'r3@example.com'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store.suppress("r7@example.com", "bounce").await.unwrap();
+        let campaign = crate::store::campaigns::test_campaign(store, list.id, None).await;
+        let (mut after, mut batch, mut pages) = (0, 0, Vec::new());
+        loop {
+            let page = store
+                .plan_page(campaign.id, after, batch, 2, 5)
+                .await
+                .unwrap();
+            let Some(last) = page.last_subscriber else {
+                assert_eq!(
+                    page,
+                    PlannedPage {
+                        recipients: 0,
+                        last_subscriber: None,
+                        batches: 0
+                    }
+                );
+                break;
+            };
+            pages.push((page.recipients, page.batches));
+            after = last;
+            batch += page.batches;
+        }
+        assert_eq!(pages, vec![(5, 3), (5, 3), (2, 1)]);
+        // Planning the first page again changes nothing.
+        let again = store.plan_page(campaign.id, 0, 0, 2, 5).await.unwrap();
+        assert_eq!(again.recipients, 5);
+        let ledger: Vec<(i64, String, String, i64)> = sqlx::query_as(
+            "SELECT d.subscriber_id, d.email, d.delivery_key, d.batch_no FROM deliveries d \
+             WHERE d.campaign_id = $1 ORDER BY d.subscriber_id",
+        )
+        .bind(campaign.id)
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        let emails: Vec<&str> = ledger.iter().map(|r| r.1.as_str()).collect();
+        let expected: Vec<String> = (0..14)
+            .filter(|i| *i != 3 && *i != 7)
+            .map(|i| format!("r{i}@example.com"))
+            .collect();
+        assert_eq!(emails, expected);
+        let batches: Vec<i64> = ledger.iter().map(|r| r.3).collect();
+        assert_eq!(batches, vec![0, 0, 1, 1, 2, 3, 3, 4, 4, 5, 6, 6]);
+        for (subscriber, _, key, _) in &ledger {
+            assert_eq!(
+                key,
+                &delivery_key(campaign.id, *subscriber),
+                "subscriber {subscriber}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_plan_writes_the_same_ledger_on_both_databases() {
+        plan_in_pages(&crate::store::memory_store().await).await;
+        if let Some((store, admin, name)) = postgres_scratch().await {
+            plan_in_pages(&store).await;
+            drop_scratch(store, &admin, &name).await;
+        }
     }
 }
