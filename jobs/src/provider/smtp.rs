@@ -23,7 +23,7 @@ use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, DEFAULT_MECHANISMS};
 #[allow(deprecated)] // see `ImplicitTls`
 use lettre::transport::smtp::client::AsyncNetworkStream;
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -74,9 +74,8 @@ pub struct SmtpProvider {
 struct Pool {
     host: String,
     port: u16,
-    /// `Some` for STARTTLS and implicit TLS.
-    tls: Option<TlsParameters>,
-    implicit_tls: bool,
+    /// `Wrapper` for implicit TLS, `Required` for STARTTLS, else `None`.
+    tls: Tls,
     credentials: Option<Credentials>,
     hello: ClientId,
     timeout: Duration,
@@ -142,11 +141,16 @@ impl SmtpProvider {
     /// Checks the settings; connections open lazily on first send.
     pub fn new(config: &SmtpConfig) -> Result<Self, SmtpConfigError> {
         let tls = match config.tls {
-            SmtpTls::None => None,
-            SmtpTls::Starttls | SmtpTls::Tls => Some(
-                TlsParameters::new(config.host.clone())
-                    .map_err(|e| SmtpConfigError(e.to_string()))?,
-            ),
+            SmtpTls::None => Tls::None,
+            SmtpTls::Starttls | SmtpTls::Tls => {
+                let params = TlsParameters::new(config.host.clone())
+                    .map_err(|e| SmtpConfigError(e.to_string()))?;
+                if config.tls == SmtpTls::Tls {
+                    Tls::Wrapper(params)
+                } else {
+                    Tls::Required(params)
+                }
+            }
         };
         let credentials = match (&config.username, &config.password) {
             (Some(user), Some(pass)) => Some(Credentials::new(user.clone(), pass.clone())),
@@ -157,7 +161,6 @@ impl SmtpProvider {
                 host: config.host.clone(),
                 port: config.port,
                 tls,
-                implicit_tls: config.tls == SmtpTls::Tls,
                 credentials,
                 hello: ClientId::default(),
                 timeout: config.timeout,
@@ -281,8 +284,8 @@ impl Pool {
 
     /// Greeting, EHLO, TLS and login on a new socket.
     async fn handshake(&self, socket: TcpStream) -> Result<AsyncSmtpConnection, SmtpError> {
-        let mut connection = match (&self.tls, self.implicit_tls) {
-            (Some(tls), true) => {
+        let mut connection = match &self.tls {
+            Tls::Wrapper(tls) => {
                 #[allow(deprecated)] // see `ImplicitTls`
                 let mut stream = AsyncNetworkStream::use_existing_tokio1(Box::new(socket));
                 stream.upgrade_tls(tls.clone()).await?;
@@ -292,11 +295,11 @@ impl Pool {
                 )
                 .await?
             }
-            (tls, _) => {
+            other => {
                 let mut connection =
                     AsyncSmtpConnection::connect_with_transport(Box::new(socket), &self.hello)
                         .await?;
-                if let Some(tls) = tls {
+                if let Tls::Required(tls) = other {
                     // Fails when the relay does not offer STARTTLS: never plain text.
                     connection.starttls(tls.clone(), &self.hello).await?;
                 }

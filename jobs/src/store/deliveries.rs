@@ -101,20 +101,30 @@ const STALLED_BATCHES: &str = "UPDATE deliveries SET updated_at = $1 \
      WHERE campaign_id = $2 AND status = 'pending' AND updated_at < $3 \
      AND batch_no <= (SELECT enqueued_through FROM campaigns WHERE id = $2) RETURNING batch_no";
 
-/// Outcomes recorded by one statement: 5 parameters each, well under SQLite's and
-/// PostgreSQL's limits.
-/// The PostgreSQL plan of one page ([`Store::plan_page`]): the audience query of
-/// [`Store::audience_page`], limited first and numbered after, so that a page reads only
-/// its own rows; batch numbers from `$5` every `$6` rows; the delivery key computed as
-/// [`delivery_key`] computes it. Answers the page's size and its last subscriber.
-const PLAN_PAGE_POSTGRES: &str = "WITH page AS (\
-       SELECT id, email, row_number() OVER (ORDER BY id) - 1 AS n FROM (\
-         SELECT s.id, s.email FROM subscribers s \
+/// The audience of campaign `$3` in workspace `$1` after subscriber `$2`, `$4` at most,
+/// in subscriber order: members of the campaign's lists, enabled, not suppressed, each
+/// once. One text for [`Store::audience_page`] and [`PLAN_PAGE_POSTGRES`], so that the
+/// two databases plan the same recipients.
+macro_rules! audience_page_sql {
+    () => {
+        "SELECT s.id, s.email FROM subscribers s \
          WHERE s.workspace_id = $1 AND s.id > $2 AND s.status = 'enabled' \
          AND EXISTS (SELECT 1 FROM list_memberships m JOIN campaign_lists c ON c.list_id = m.list_id \
                      WHERE c.campaign_id = $3 AND m.subscriber_id = s.id) \
          AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.workspace_id = s.workspace_id AND x.email = s.email) \
-         ORDER BY s.id LIMIT $4) audience), \
+         ORDER BY s.id LIMIT $4"
+    };
+}
+
+/// The PostgreSQL plan of one page ([`Store::plan_page`]): the audience page, limited
+/// first and numbered after, so that a page reads only its own rows; batch numbers from
+/// `$5` every `$6` rows; the delivery key computed as [`delivery_key`] computes it.
+/// Answers the page's size and its last subscriber.
+const PLAN_PAGE_POSTGRES: &str = concat!(
+    "WITH page AS (\
+       SELECT id, email, row_number() OVER (ORDER BY id) - 1 AS n FROM (",
+    audience_page_sql!(),
+    ") audience), \
      written AS (\
        INSERT INTO deliveries (campaign_id, subscriber_id, email, delivery_key, batch_no, \
                                status, attempts, created_at, updated_at) \
@@ -123,8 +133,11 @@ const PLAN_PAGE_POSTGRES: &str = "WITH page AS (\
               $5::bigint + n / $6::bigint, 'pending', 0, $7, $7 \
        FROM page ORDER BY id \
        ON CONFLICT (campaign_id, subscriber_id) DO NOTHING) \
-     SELECT COUNT(*), MAX(id) FROM page";
+     SELECT COUNT(*), MAX(id) FROM page"
+);
 
+/// Outcomes recorded by one statement: 5 parameters each, well under SQLite's and
+/// PostgreSQL's limits.
 const OUTCOMES_PER_STATEMENT: usize = 100;
 
 /// The delivery key of a campaign × subscriber: stable, opaque, 32 hex digits.
@@ -155,20 +168,13 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<Vec<AudienceMember>, StoreError> {
-        Ok(sqlx::query_as::<_, AudienceMember>(
-            "SELECT s.id, s.email FROM subscribers s \
-             WHERE s.workspace_id = $1 AND s.id > $2 AND s.status = 'enabled' \
-             AND EXISTS (SELECT 1 FROM list_memberships m JOIN campaign_lists c ON c.list_id = m.list_id \
-                         WHERE c.campaign_id = $3 AND m.subscriber_id = s.id) \
-             AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.workspace_id = s.workspace_id AND x.email = s.email) \
-             ORDER BY s.id LIMIT $4",
-        )
-        .bind(DEFAULT_WORKSPACE)
-        .bind(after)
-        .bind(campaign_id)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?)
+        Ok(sqlx::query_as::<_, AudienceMember>(audience_page_sql!())
+            .bind(DEFAULT_WORKSPACE)
+            .bind(after)
+            .bind(campaign_id)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// Where an interrupted plan resumes: the last planned subscriber id and batch number.
@@ -234,12 +240,11 @@ impl Store {
         let batch_size = batch_size.max(1);
         if self.backend == Backend::Sqlite {
             let page = self.audience_page(campaign_id, after, limit).await?;
-            let batches = match page.last() {
-                Some(_) => {
-                    self.plan_batches(campaign_id, first_batch, batch_size as usize, &page)
-                        .await?
-                }
-                None => 0,
+            let batches = if page.is_empty() {
+                0
+            } else {
+                self.plan_batches(campaign_id, first_batch, batch_size as usize, &page)
+                    .await?
             };
             return Ok(PlannedPage {
                 recipients: page.len() as u64,
@@ -709,19 +714,26 @@ mod tests {
     use super::*;
     use crate::store::subscribers::NewSubscriber;
 
-    /// A running campaign over `n` subscribers, planned into batches of `per_batch`
-    /// with `enqueued` batches in the window.
-    async fn planned(n: usize, per_batch: usize, enqueued: i64) -> (Store, i64) {
-        let store = crate::store::memory_store().await;
-        let list = store.create_list("l", None).await.unwrap();
-        let rows: Vec<NewSubscriber> = (0..n)
+    /// `r0@example.com` … `r{n-1}@example.com`, no name, no attributes.
+    fn numbered_subscribers(n: usize) -> Vec<NewSubscriber> {
+        (0..n)
             .map(|i| NewSubscriber {
                 email: format!("r{i}@example.com"),
                 name: None,
                 attributes: None,
             })
-            .collect();
-        store.add_subscribers(list.id, &rows).await.unwrap();
+            .collect()
+    }
+
+    /// A running campaign over `n` subscribers, planned into batches of `per_batch`
+    /// with `enqueued` batches in the window.
+    async fn planned(n: usize, per_batch: usize, enqueued: i64) -> (Store, i64) {
+        let store = crate::store::memory_store().await;
+        let list = store.create_list("l", None).await.unwrap();
+        store
+            .add_subscribers(list.id, &numbered_subscribers(n))
+            .await
+            .unwrap();
         let campaign = crate::store::campaigns::test_campaign(&store, list.id, None).await;
         let audience = store.audience_page(campaign.id, 0, n as u32).await.unwrap();
         let batches = store
@@ -964,17 +976,11 @@ mod tests {
     /// (having said so) when PostgreSQL is unreachable outside CI.
     async fn postgres_scratch() -> Option<(Store, String, String)> {
         use sqlx::Connection as _;
-        let url = std::env::var("MAILING_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+        let url = crate::store::test_postgres_url();
         let mut admin = match sqlx::PgConnection::connect(&url).await {
             Ok(admin) => admin,
-            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-                panic!("PostgreSQL is required under CI=true but unreachable: {e}")
-            }
             Err(e) => {
-                eprintln!(
-                    "SKIPPED the PostgreSQL half: unreachable ({e}); set MAILING_TEST_DATABASE_URL"
-                );
+                crate::store::test_postgres_unreachable("the plan's PostgreSQL half", &e);
                 return None;
             }
         };
@@ -1011,14 +1017,10 @@ mod tests {
     /// of 5 with batches of 2, then one page planned again.
     async fn plan_in_pages(store: &Store) {
         let list = store.create_list("l", None).await.unwrap();
-        let rows: Vec<NewSubscriber> = (0..14)
-            .map(|i| NewSubscriber {
-                email: format!("r{i}@example.com"),
-                name: None,
-                attributes: None,
-            })
-            .collect();
-        store.add_subscribers(list.id, &rows).await.unwrap();
+        store
+            .add_subscribers(list.id, &numbered_subscribers(14))
+            .await
+            .unwrap();
         sqlx::query("UPDATE subscribers SET status = 'blocklisted' WHERE email = 'r3@example.com'")
             .execute(store.pool())
             .await

@@ -114,6 +114,22 @@ pub(crate) async fn memory_store() -> Store {
     .expect("an in-memory store")
 }
 
+/// The PostgreSQL unit tests use (`MAILING_TEST_DATABASE_URL`, default the local server).
+#[cfg(test)]
+pub(crate) fn test_postgres_url() -> String {
+    std::env::var("MAILING_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// PostgreSQL is unreachable for `test`: fails under `CI=true`, else says it was skipped.
+#[cfg(test)]
+pub(crate) fn test_postgres_unreachable(test: &str, error: &dyn std::fmt::Display) {
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("PostgreSQL is required under CI=true but unreachable: {error}");
+    }
+    eprintln!("SKIPPED {test}: PostgreSQL unreachable ({error}); set MAILING_TEST_DATABASE_URL");
+}
+
 /// A page of a keyset-paginated collection.
 #[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
 #[derive(Debug, Clone, serde::Serialize)]
@@ -299,24 +315,15 @@ mod tests {
 
     #[tokio::test]
     async fn postgres_connections_plan_every_execution() {
-        let url = std::env::var("MAILING_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
         let config = StoreConfig {
-            url,
+            url: test_postgres_url(),
             max_connections: 2,
             acquire_timeout: std::time::Duration::from_secs(3),
         };
         let store = match Store::open(&config).await {
             Ok(store) => store,
-            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
-                panic!("PostgreSQL is required under CI=true but unreachable: {e}")
-            }
             Err(e) => {
-                eprintln!(
-                    "SKIPPED postgres_connections_plan_every_execution: PostgreSQL unreachable \
-                     ({e}); set MAILING_TEST_DATABASE_URL"
-                );
-                return;
+                return test_postgres_unreachable("postgres_connections_plan_every_execution", &e);
             }
         };
         // Every pooled connection, not only the first one.

@@ -26,75 +26,56 @@ pub(super) async fn set_on_sockets_to(host: &str, port: u16) -> usize {
         Ok(addrs) => addrs.collect(),
         Err(_) => return 0,
     };
-    sockets_to(&peers)
-        .into_iter()
-        .filter(|fd| set_nodelay(*fd))
-        .count()
+    set_on_sockets_connected_to(&peers)
 }
 
-/// The file descriptors of this process's TCP sockets connected to one of `peers`.
 #[cfg(target_os = "linux")]
-fn sockets_to(peers: &[SocketAddr]) -> Vec<std::os::fd::RawFd> {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+fn set_on_sockets_connected_to(peers: &[SocketAddr]) -> usize {
+    descriptors()
         .filter(|fd| {
             with_socket(*fd, |socket| {
-                socket
+                let connected = socket
                     .peer_addr()
                     .ok()
                     .and_then(|addr| addr.as_socket())
-                    .is_some_and(|peer| peers.contains(&peer))
+                    .is_some_and(|peer| peers.contains(&peer));
+                connected && socket.set_tcp_nodelay(true).is_ok()
             })
         })
-        .collect()
+        .count()
 }
 
 #[cfg(not(target_os = "linux"))]
-fn sockets_to(_peers: &[SocketAddr]) -> Vec<i32> {
-    Vec::new()
+fn set_on_sockets_connected_to(_peers: &[SocketAddr]) -> usize {
+    0
+}
+
+/// This process's open file descriptors.
+#[cfg(target_os = "linux")]
+fn descriptors() -> impl Iterator<Item = std::os::fd::RawFd> {
+    std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
 }
 
 /// Whether this process's TCP socket bound to local port `port` has `TCP_NODELAY`; None
 /// when there is no such socket.
 #[cfg(all(test, target_os = "linux"))]
 pub(crate) fn nodelay_of_local_port(port: u16) -> Option<bool> {
-    let entries = std::fs::read_dir("/proc/self/fd").ok()?;
-    let mut found = None;
-    for fd in entries.flatten().filter_map(|entry| {
-        entry
-            .file_name()
-            .to_str()?
-            .parse::<std::os::fd::RawFd>()
-            .ok()
-    }) {
-        let bound_here = with_socket(fd, |socket| {
-            socket
-                .local_addr()
-                .ok()
-                .and_then(|addr| addr.as_socket())
-                .is_some_and(|local| local.port() == port)
-        });
-        if bound_here {
-            found = Some(with_socket(fd, |socket| {
-                socket.tcp_nodelay().unwrap_or(false)
-            }));
-        }
-    }
-    found
-}
-
-#[cfg(target_os = "linux")]
-fn set_nodelay(fd: std::os::fd::RawFd) -> bool {
-    with_socket(fd, |socket| socket.set_tcp_nodelay(true).is_ok())
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_nodelay(_fd: i32) -> bool {
-    false
+    descriptors()
+        .filter(|fd| {
+            with_socket(*fd, |socket| {
+                socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|addr| addr.as_socket())
+                    .is_some_and(|local| local.port() == port)
+            })
+        })
+        .last()
+        .map(|fd| with_socket(fd, |socket| socket.tcp_nodelay().unwrap_or(false)))
 }
 
 /// Runs `f` on `fd` borrowed as a socket.
