@@ -164,7 +164,7 @@ impl Queue {
             // The queue's tables stay small (jobs, not recipients): a small page cache
             // per connection is plenty.
             .pragma("cache_size", "-256");
-        let pool = SqlitePoolOptions::new()
+        let pool = crate::store::ping_when_idle(SqlitePoolOptions::new())
             .max_connections(8)
             .connect_with(options)
             .await?;

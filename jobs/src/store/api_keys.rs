@@ -85,7 +85,7 @@ impl Store {
     pub async fn api_keys(&self, after: i64, limit: u32) -> Result<Page<ApiKey>, StoreError> {
         let rows = sqlx::query_as::<_, ApiKey>(
             "SELECT id, name, prefix, role, created_by, created_at, last_used_at, revoked_at FROM api_keys \
-             WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+             WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT CAST($3 AS BIGINT)",
         )
         .bind(DEFAULT_WORKSPACE)
         .bind(after)

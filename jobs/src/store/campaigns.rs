@@ -292,7 +292,7 @@ impl Store {
     pub async fn campaigns(&self, after: i64, limit: u32) -> Result<Page<CampaignRow>, StoreError> {
         let rows = sqlx::query_as::<_, CampaignRow>(concat!(
             select_campaign!(),
-            " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+            " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT CAST($3 AS BIGINT)"
         ))
         .bind(DEFAULT_WORKSPACE)
         .bind(after)
@@ -410,7 +410,7 @@ impl Store {
     /// Scheduled campaigns whose send time has come.
     pub async fn due_campaigns(&self, now: i64, limit: u32) -> Result<Vec<i64>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT id FROM campaigns WHERE status = 'scheduled' AND send_at <= $1 ORDER BY send_at LIMIT $2",
+            "SELECT id FROM campaigns WHERE status = 'scheduled' AND send_at <= $1 ORDER BY send_at LIMIT CAST($2 AS BIGINT)",
         )
         .bind(now)
         .bind(i64::from(limit))

@@ -112,7 +112,7 @@ macro_rules! audience_page_sql {
          AND EXISTS (SELECT 1 FROM list_memberships m JOIN campaign_lists c ON c.list_id = m.list_id \
                      WHERE c.campaign_id = $3 AND m.subscriber_id = s.id) \
          AND NOT EXISTS (SELECT 1 FROM suppressions x WHERE x.workspace_id = s.workspace_id AND x.email = s.email) \
-         ORDER BY s.id LIMIT $4"
+         ORDER BY s.id LIMIT CAST($4 AS BIGINT)"
     };
 }
 
@@ -571,7 +571,7 @@ impl Store {
         let rows = sqlx::query_as::<_, DeliveryRow>(
             "SELECT id, subscriber_id, email, status, attempts, provider_message_id, last_error, batch_no, \
              updated_at, sent_at FROM deliveries WHERE campaign_id = $1 AND id > $2 \
-             AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR email = $4) ORDER BY id LIMIT $5",
+             AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR email = $4) ORDER BY id LIMIT CAST($5 AS BIGINT)",
         )
         .bind(campaign_id)
         .bind(after)
@@ -621,7 +621,7 @@ impl Store {
         limit: i64,
     ) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE campaign_id = $1 AND status = $2 LIMIT $3) AS bounded",
+            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE campaign_id = $1 AND status = $2 LIMIT CAST($3 AS BIGINT)) AS bounded",
         )
         .bind(campaign_id)
         .bind(status.as_str())

@@ -92,7 +92,7 @@ impl Store {
     pub async fn lists(&self, after: i64, limit: u32) -> Result<Page<MailingList>, StoreError> {
         let rows = sqlx::query_as::<_, MailingList>(concat!(
             select_list!(),
-            " WHERE l.workspace_id = $1 AND l.id > $2 ORDER BY l.id LIMIT $3"
+            " WHERE l.workspace_id = $1 AND l.id > $2 ORDER BY l.id LIMIT CAST($3 AS BIGINT)"
         ))
         .bind(DEFAULT_WORKSPACE)
         .bind(after)

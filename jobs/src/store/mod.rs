@@ -5,6 +5,13 @@
 //! epoch milliseconds and JSON documents are text.
 //!
 //! Collections page by keyset (`id > after ORDER BY id LIMIT n`), never by offset.
+//!
+//! A bound `LIMIT` is written `LIMIT CAST($n AS BIGINT)`, never as a bare parameter: SQLite 3.51
+//! reads a bare parameter's value into the compiled statement and so marks the statement
+//! expired whenever that parameter is bound again, which recompiled every page query at
+//! every execution (a tenth of the CPU of `GET /api/v1/campaigns`, `mailing bench --mode
+//! api`). The cast makes the limit an expression evaluated at run time; PostgreSQL reads
+//! both the same. A test below keeps the bare form out.
 
 pub mod api_keys;
 pub mod audit;
@@ -94,6 +101,35 @@ pub struct StoreConfig {
 /// between a 100,000- and a 1,000,000-recipient campaign, once the ledger outgrew the
 /// caches; pages that miss are read from the operating system's file cache.
 pub const SQLITE_CACHE_KIB: u32 = 512;
+
+/// A pooled connection used within this long is handed out without a liveness check.
+/// sqlx's default checks every connection it hands out with a round trip of its own
+/// (`test_before_acquire`): a second network round trip before every PostgreSQL
+/// statement, and for SQLite a second hop to the connection's worker thread, which made
+/// up a third of an authenticated `GET /api/v1/campaigns` (`mailing bench --mode api`).
+/// A connection that has been idle longer, the kind a server restart or a firewall's idle
+/// timeout cuts, is still pinged first and replaced when the ping fails. (HikariCP skips
+/// its check the same way, within 500 ms of last use.) A connection can break between the
+/// check and the statement either way; callers handle a failed statement.
+pub const LIVENESS_CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+
+/// Pool options that check a connection's liveness only after
+/// [`LIVENESS_CHECK_AFTER_IDLE`]; the store's pool and the SQLite queue's use it.
+pub fn ping_when_idle<DB: sqlx::Database>(
+    options: sqlx::pool::PoolOptions<DB>,
+) -> sqlx::pool::PoolOptions<DB> {
+    options
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for < LIVENESS_CHECK_AFTER_IDLE {
+                    return Ok(true);
+                }
+                // An error makes the pool close this connection and open another.
+                sqlx::Connection::ping(conn).await.map(|()| true)
+            })
+        })
+}
 
 /// The database behind Mailing. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -208,7 +244,7 @@ impl Store {
             other => return Err(StoreError::UnsupportedUrl(other.to_owned())),
         };
         let options = AnyConnectOptions::from_str(&url)?;
-        let mut pool = AnyPoolOptions::new()
+        let mut pool = ping_when_idle(AnyPoolOptions::new())
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout);
         if backend == Backend::Sqlite {
@@ -360,6 +396,75 @@ mod tests {
             }
             held.push(conn);
         }
+    }
+
+    /// Fails when a query of this crate binds its `LIMIT` as a bare parameter (see the module
+    /// documentation).
+    #[test]
+    fn no_query_binds_a_bare_limit() {
+        fn walk(dir: &std::path::Path, found: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).expect("the crate's sources") {
+                let path = entry.expect("a directory entry").path();
+                if path.is_dir() {
+                    walk(&path, found);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).expect("a source file");
+                    for (n, line) in text.lines().enumerate() {
+                        if line.contains(concat!("LIMIT ", "$")) {
+                            found.push(format!("{}:{}", path.display(), n + 1));
+                        }
+                    }
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut found,
+        );
+        assert!(
+            found.is_empty(),
+            "write LIMIT CAST($n AS BIGINT) instead: {found:?}"
+        );
+    }
+
+    /// A connection PostgreSQL ended while it sat in the pool longer than
+    /// [`LIVENESS_CHECK_AFTER_IDLE`] is checked, found dead and replaced: the next query
+    /// succeeds on a new backend.
+    #[tokio::test]
+    async fn a_connection_ended_while_idle_is_replaced() {
+        let config = StoreConfig {
+            url: test_postgres_url(),
+            max_connections: 1,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        };
+        let store = match Store::open(&config).await {
+            Ok(store) => store,
+            Err(e) => {
+                return test_postgres_unreachable("a_connection_ended_while_idle_is_replaced", &e);
+            }
+        };
+        let first: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(store.pool())
+            .await
+            .expect("the first backend");
+        // End that backend from another session, as a server restart or an idle
+        // timeout would.
+        let mut killer = <sqlx::PgConnection as sqlx::Connection>::connect(&test_postgres_url())
+            .await
+            .expect("a second session");
+        let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(first)
+            .fetch_one(&mut killer)
+            .await
+            .expect("pg_terminate_backend");
+        assert!(ended, "backend {first} was not terminated");
+        tokio::time::sleep(LIVENESS_CHECK_AFTER_IDLE + std::time::Duration::from_millis(300)).await;
+        let second: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(store.pool())
+            .await
+            .expect("the pool replaced the dead connection");
+        assert_ne!(first, second);
     }
 
     #[test]

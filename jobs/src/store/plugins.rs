@@ -101,7 +101,7 @@ impl Store {
     pub async fn plugins(&self, after: i64, limit: u32) -> Result<Page<PluginRow>, StoreError> {
         let rows = sqlx::query_as::<_, PluginRow>(concat!(
             select_plugin!(),
-            " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+            " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT CAST($3 AS BIGINT)"
         ))
         .bind(DEFAULT_WORKSPACE)
         .bind(after)

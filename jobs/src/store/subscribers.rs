@@ -301,7 +301,7 @@ impl Store {
         );
         let rows = sqlx::query_as::<_, Subscriber>(
             "SELECT id, email, name, attributes, status, created_at FROM subscribers \
-             WHERE workspace_id = $1 AND email LIKE $2 ESCAPE '\\' AND id > $3 ORDER BY id LIMIT $4",
+             WHERE workspace_id = $1 AND email LIKE $2 ESCAPE '\\' AND id > $3 ORDER BY id LIMIT CAST($4 AS BIGINT)",
         )
         .bind(DEFAULT_WORKSPACE)
         .bind(pattern)
@@ -392,7 +392,7 @@ impl Store {
         let rows = sqlx::query_as::<_, Subscriber>(
             "SELECT s.id, s.email, s.name, s.attributes, s.status, s.created_at \
              FROM subscribers s JOIN list_memberships m ON m.subscriber_id = s.id \
-             WHERE m.list_id = $1 AND s.id > $2 ORDER BY s.id LIMIT $3",
+             WHERE m.list_id = $1 AND s.id > $2 ORDER BY s.id LIMIT CAST($3 AS BIGINT)",
         )
         .bind(list_id)
         .bind(after)

@@ -72,7 +72,7 @@ impl Store {
     ) -> Result<Page<Suppression>, StoreError> {
         let mut rows = sqlx::query_as::<_, Suppression>(
             "SELECT email, reason, created_at FROM suppressions WHERE workspace_id = $1 AND email > $2 \
-             ORDER BY email LIMIT $3",
+             ORDER BY email LIMIT CAST($3 AS BIGINT)",
         )
         .bind(DEFAULT_WORKSPACE)
         .bind(after.unwrap_or(""))

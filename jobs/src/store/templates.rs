@@ -136,7 +136,7 @@ impl Store {
     pub async fn templates(&self, after: i64, limit: u32) -> Result<Page<Template>, StoreError> {
         let rows = sqlx::query_as::<_, Template>(concat!(
             select_template!(),
-            " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT $3"
+            " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT CAST($3 AS BIGINT)"
         ))
         .bind(DEFAULT_WORKSPACE)
         .bind(after)

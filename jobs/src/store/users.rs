@@ -154,7 +154,7 @@ impl Store {
     /// A page of users by id.
     pub async fn users(&self, after: i64, limit: u32) -> Result<Page<User>, StoreError> {
         let rows = sqlx::query_as::<_, User>(
-            "SELECT id, username, role, created_at FROM users WHERE id > $1 ORDER BY id LIMIT $2",
+            "SELECT id, username, role, created_at FROM users WHERE id > $1 ORDER BY id LIMIT CAST($2 AS BIGINT)",
         )
         .bind(after)
         .bind(i64::from(limit) + 1)
