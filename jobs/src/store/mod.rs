@@ -6,12 +6,12 @@
 //!
 //! Collections page by keyset (`id > after ORDER BY id LIMIT n`), never by offset.
 //!
-//! A bound `LIMIT` is written `LIMIT CAST($n AS BIGINT)`, never as a bare parameter: SQLite 3.51
-//! reads a bare parameter's value into the compiled statement and so marks the statement
-//! expired whenever that parameter is bound again, which recompiled every page query at
-//! every execution (a tenth of the CPU of `GET /api/v1/campaigns`, `mailing bench --mode
-//! api`). The cast makes the limit an expression evaluated at run time; PostgreSQL reads
-//! both the same. A test below keeps the bare form out.
+//! A bound `LIMIT` is written `LIMIT CAST($n AS BIGINT)`, never as a bare parameter:
+//! SQLite 3.51 reads a bare parameter's value into the compiled statement and so marks
+//! the statement expired whenever that parameter is bound again, which recompiled every
+//! page query at every execution (a tenth of the CPU of `GET /api/v1/campaigns`,
+//! `mailing bench --mode api`). The cast makes the limit an expression evaluated at run
+//! time; PostgreSQL reads both the same. A test below keeps the bare form out.
 
 pub mod api_keys;
 pub mod audit;
@@ -105,8 +105,9 @@ pub const SQLITE_CACHE_KIB: u32 = 512;
 /// A pooled connection used within this long is handed out without a liveness check.
 /// sqlx's default checks every connection it hands out with a round trip of its own
 /// (`test_before_acquire`): a second network round trip before every PostgreSQL
-/// statement, and for SQLite a second hop to the connection's worker thread, which made
-/// up a third of an authenticated `GET /api/v1/campaigns` (`mailing bench --mode api`).
+/// statement, and for SQLite a second hop to the connection's worker thread (with sqlx's
+/// own ping when it takes a connection back, which cannot be turned off in 0.9.0: 4–6% of
+/// the CPU of an authenticated `GET /api/v1/campaigns` under `mailing bench --mode api`).
 /// A connection that has been idle longer, the kind a server restart or a firewall's idle
 /// timeout cuts, is still pinged first and replaced when the ping fails. (HikariCP skips
 /// its check the same way, within 500 ms of last use.) A connection can break between the
