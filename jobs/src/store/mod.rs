@@ -112,11 +112,11 @@ pub const SQLITE_CACHE_KIB: u32 = 512;
 /// timeout cuts, is still pinged first and replaced when the ping fails. (HikariCP skips
 /// its check the same way, within 500 ms of last use.) A connection can break between the
 /// check and the statement either way; callers handle a failed statement.
-pub const LIVENESS_CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
+pub(crate) const LIVENESS_CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// Pool options that check a connection's liveness only after
 /// [`LIVENESS_CHECK_AFTER_IDLE`]; the store's pool and the SQLite queue's use it.
-pub fn ping_when_idle<DB: sqlx::Database>(
+pub(crate) fn ping_when_idle<DB: sqlx::Database>(
     options: sqlx::pool::PoolOptions<DB>,
 ) -> sqlx::pool::PoolOptions<DB> {
     options
@@ -156,6 +156,24 @@ pub(crate) async fn memory_store() -> Store {
 pub(crate) fn test_postgres_url() -> String {
     std::env::var("MAILING_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A store on the test PostgreSQL server (not migrated), or None when it is unreachable
+/// (see [`test_postgres_unreachable`]).
+#[cfg(test)]
+pub(crate) async fn open_test_postgres(test: &str, max_connections: u32) -> Option<Store> {
+    let config = StoreConfig {
+        url: test_postgres_url(),
+        max_connections,
+        acquire_timeout: Duration::from_secs(5),
+    };
+    match Store::open(&config).await {
+        Ok(store) => Some(store),
+        Err(e) => {
+            test_postgres_unreachable(test, &e);
+            None
+        }
+    }
 }
 
 /// PostgreSQL is unreachable for `test`: fails under `CI=true`, else says it was skipped.
@@ -352,16 +370,9 @@ mod tests {
 
     #[tokio::test]
     async fn postgres_connections_plan_every_execution() {
-        let config = StoreConfig {
-            url: test_postgres_url(),
-            max_connections: 2,
-            acquire_timeout: std::time::Duration::from_secs(3),
-        };
-        let store = match Store::open(&config).await {
-            Ok(store) => store,
-            Err(e) => {
-                return test_postgres_unreachable("postgres_connections_plan_every_execution", &e);
-            }
+        let Some(store) = open_test_postgres("postgres_connections_plan_every_execution", 2).await
+        else {
+            return;
         };
         // Every pooled connection, not only the first one.
         let mut held = Vec::new();
@@ -411,6 +422,7 @@ mod tests {
                 } else if path.extension().is_some_and(|e| e == "rs") {
                     let text = std::fs::read_to_string(&path).expect("a source file");
                     for (n, line) in text.lines().enumerate() {
+                        // Split so that this line does not match itself.
                         if line.contains(concat!("LIMIT ", "$")) {
                             found.push(format!("{}:{}", path.display(), n + 1));
                         }
@@ -434,16 +446,9 @@ mod tests {
     /// succeeds on a new backend.
     #[tokio::test]
     async fn a_connection_ended_while_idle_is_replaced() {
-        let config = StoreConfig {
-            url: test_postgres_url(),
-            max_connections: 1,
-            acquire_timeout: std::time::Duration::from_secs(5),
-        };
-        let store = match Store::open(&config).await {
-            Ok(store) => store,
-            Err(e) => {
-                return test_postgres_unreachable("a_connection_ended_while_idle_is_replaced", &e);
-            }
+        let Some(store) = open_test_postgres("a_connection_ended_while_idle_is_replaced", 1).await
+        else {
+            return;
         };
         let first: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
             .fetch_one(store.pool())
