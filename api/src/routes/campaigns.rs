@@ -17,7 +17,9 @@ use crate::problem::{ApiError, ApiResult, FieldError};
 use crate::state::{AppState, from_depot};
 use mailing_jobs::pipeline::PlanCampaign;
 use mailing_jobs::store::Page;
-use mailing_jobs::store::campaigns::{CampaignPlugin, CampaignRow, CampaignStats, NewCampaign};
+use mailing_jobs::store::campaigns::{
+    CampaignPlugin, CampaignRow, CampaignStats, CampaignSummary, NewCampaign,
+};
 use mailing_jobs::store::deliveries::DeliveryRow;
 use mailing_jobs::{CampaignStatus, DeliveryStatus, ProviderKind, Role, StoreError};
 
@@ -191,33 +193,32 @@ pub struct DeliveryFilter {
     pub email: Option<String>,
 }
 
-async fn campaign_json(state: &AppState, row: &CampaignRow) -> ApiResult<CampaignView> {
-    let stats = state.store.campaign_stats(row.id).await?;
-    let list_ids = state.store.campaign_list_ids(row.id).await?;
-    campaign_view(row, stats, list_ids)
+async fn campaign_json(state: &AppState, id: i64) -> ApiResult<CampaignView> {
+    campaign_view(state.store.campaign_summary(id).await?)
 }
 
-fn campaign_view(
-    row: &CampaignRow,
-    stats: CampaignStats,
-    list_ids: Vec<i64>,
-) -> ApiResult<CampaignView> {
+fn campaign_view(summary: CampaignSummary) -> ApiResult<CampaignView> {
+    let CampaignSummary {
+        row,
+        stats,
+        list_ids,
+    } = summary;
     let at = DateTime::<Utc>::from_timestamp_millis;
     Ok(CampaignView {
         id: row.id,
-        name: row.name.clone(),
         status: row.status()?,
+        plugins: row.plugins()?,
         template_id: row.template_id,
         list_ids,
-        from: row.from_addr.clone(),
-        reply_to: row.reply_to.clone(),
-        provider: row.provider.clone(),
-        plugins: row.plugins()?,
         send_at: row.send_at.and_then(at),
-        last_error: row.last_error.clone(),
         created_at: at(row.created_at).unwrap_or_default(),
         started_at: row.started_at.and_then(at),
         finished_at: row.finished_at.and_then(at),
+        name: row.name,
+        from: row.from_addr,
+        reply_to: row.reply_to,
+        provider: row.provider,
+        last_error: row.last_error,
         stats,
     })
 }
@@ -377,7 +378,7 @@ pub async fn create(req: &mut Request, depot: &mut Depot) -> ApiResult<Created<C
             &serde_json::json!({}),
         )
         .await?;
-    Ok(Created(campaign_json(&state, &row).await?))
+    Ok(Created(campaign_json(&state, row.id).await?))
 }
 
 /// `GET /api/v1/campaigns`: one page of campaigns, each with its statistics.
@@ -385,21 +386,14 @@ pub async fn create(req: &mut Request, depot: &mut Depot) -> ApiResult<Created<C
 pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Page<CampaignView>>> {
     let state = from_depot(depot)?;
     let (after, limit) = pagination(req)?;
-    let page = state.store.campaigns(after, limit).await?;
-    // Two queries for the whole page, not two per campaign.
-    let ids: Vec<i64> = page.items.iter().map(|row| row.id).collect();
-    let mut stats = state.store.campaigns_stats(&ids).await?;
-    let mut lists = state.store.campaigns_list_ids(&ids).await?;
-    let mut items = Vec::with_capacity(page.items.len());
-    for row in &page.items {
-        items.push(campaign_view(
-            row,
-            stats.remove(&row.id).unwrap_or_default(),
-            lists.remove(&row.id).unwrap_or_default(),
-        )?);
-    }
+    // One statement for the page, its ledger counts and its lists.
+    let page = state.store.campaign_summaries(after, limit).await?;
     Ok(Json(Page {
-        items,
+        items: page
+            .items
+            .into_iter()
+            .map(campaign_view)
+            .collect::<ApiResult<_>>()?,
         next: page.next,
     }))
 }
@@ -408,8 +402,7 @@ pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Page<
 #[endpoint(tags("campaigns"), parameters(("id" = i64, Path, description = "The campaign")))]
 pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<CampaignView>> {
     let state = from_depot(depot)?;
-    let row = state.store.campaign(path_id(req, "id")?).await?;
-    Ok(Json(campaign_json(&state, &row).await?))
+    Ok(Json(campaign_json(&state, path_id(req, "id")?).await?))
 }
 
 /// `PATCH /api/v1/campaigns/{id}`: changes the given settings of a `draft` or
@@ -484,7 +477,7 @@ pub async fn update(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Camp
             &serde_json::json!({ "fields": given }),
         )
         .await?;
-    Ok(Json(campaign_json(&state, &row).await?))
+    Ok(Json(campaign_json(&state, row.id).await?))
 }
 
 /// `DELETE /api/v1/campaigns/{id}`: deletes a campaign that is not sending (`draft`,

@@ -110,7 +110,7 @@ impl CampaignRow {
 
 /// Per-outcome counts of a campaign's recipients.
 #[cfg_attr(feature = "openapi", derive(salvo::oapi::ToSchema))]
-#[derive(Debug, Clone, Default, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct CampaignStats {
     /// Recipients planned.
     pub total: i64,
@@ -136,6 +136,82 @@ macro_rules! select_campaign {
      plugins, status, send_at, planned, last_error, created_at, updated_at, started_at, \
      finished_at, enqueued_through FROM campaigns"
     };
+}
+
+/// One statement reading the campaigns that `$filter` (a `WHERE`, with its `ORDER BY`
+/// and `LIMIT`, over `campaigns`) selects, each with its [`CampaignStats`] counted from
+/// the ledger and its list ids (`string_agg`: SQLite 3.44+ and PostgreSQL), in id
+/// order. A campaign without ledger rows counts zeros.
+macro_rules! summarize_campaigns {
+    ($filter:literal) => {
+        concat!(
+            "WITH page AS (",
+            select_campaign!(),
+            $filter,
+            "), counts AS (SELECT d.campaign_id, COUNT(*) AS total, \
+             COUNT(*) FILTER (WHERE d.status IN ('pending', 'sending')) AS pending, \
+             COUNT(*) FILTER (WHERE d.status = 'sent') AS sent, \
+             COUNT(*) FILTER (WHERE d.status = 'failed') AS failed, \
+             COUNT(*) FILTER (WHERE d.status = 'skipped') AS skipped, \
+             COUNT(*) FILTER (WHERE d.status = 'bounced') AS bounced, \
+             COUNT(*) FILTER (WHERE d.status = 'complained') AS complained, \
+             COUNT(*) FILTER (WHERE s.status = 'unsubscribed') AS unsubscribed \
+             FROM page JOIN deliveries d ON d.campaign_id = page.id \
+             JOIN subscribers s ON s.id = d.subscriber_id GROUP BY d.campaign_id) \
+             SELECT page.*, COALESCE(c.total, 0) AS total, COALESCE(c.pending, 0) AS pending, \
+             COALESCE(c.sent, 0) AS sent, COALESCE(c.failed, 0) AS failed, \
+             COALESCE(c.skipped, 0) AS skipped, COALESCE(c.bounced, 0) AS bounced, \
+             COALESCE(c.complained, 0) AS complained, \
+             COALESCE(c.unsubscribed, 0) AS unsubscribed, \
+             (SELECT string_agg(CAST(l.list_id AS TEXT), ',') FROM campaign_lists l \
+              WHERE l.campaign_id = page.id) AS list_ids \
+             FROM page LEFT JOIN counts c ON c.campaign_id = page.id ORDER BY page.id"
+        )
+    };
+}
+
+/// A campaign as the API shows it: its row, its ledger counts and its lists.
+#[derive(Debug, Clone)]
+pub struct CampaignSummary {
+    /// The campaign.
+    pub row: CampaignRow,
+    /// Its recipients by outcome.
+    pub stats: CampaignStats,
+    /// The lists it sends to, ascending.
+    pub list_ids: Vec<i64>,
+}
+
+/// A row of [`summarize_campaigns`]: the list ids still joined by commas.
+#[derive(sqlx::FromRow)]
+struct SummaryRow {
+    #[sqlx(flatten)]
+    row: CampaignRow,
+    #[sqlx(flatten)]
+    stats: CampaignStats,
+    list_ids: Option<String>,
+}
+
+impl SummaryRow {
+    fn into_summary(self) -> Result<CampaignSummary, StoreError> {
+        let mut list_ids = self
+            .list_ids
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .filter(|id| !id.is_empty())
+            .map(|id| {
+                id.parse::<i64>().map_err(|e| {
+                    StoreError::Corrupt(format!("campaign {} list id {id:?}: {e}", self.row.id))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        list_ids.sort_unstable();
+        Ok(CampaignSummary {
+            row: self.row,
+            stats: self.stats,
+            list_ids,
+        })
+    }
 }
 
 /// Links a campaign to its lists (inside the caller's transaction).
@@ -288,29 +364,6 @@ impl Store {
         .ok_or(StoreError::NotFound("campaign"))
     }
 
-    /// A page of campaigns by id.
-    pub async fn campaigns(&self, after: i64, limit: u32) -> Result<Page<CampaignRow>, StoreError> {
-        let rows = sqlx::query_as::<_, CampaignRow>(concat!(
-            select_campaign!(),
-            " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT CAST($3 AS BIGINT)"
-        ))
-        .bind(DEFAULT_WORKSPACE)
-        .bind(after)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(Page::from_rows(rows, limit, |c| c.id))
-    }
-
-    /// The lists a campaign sends to.
-    pub async fn campaign_list_ids(&self, id: i64) -> Result<Vec<i64>, StoreError> {
-        Ok(self
-            .campaigns_list_ids(&[id])
-            .await?
-            .remove(&id)
-            .unwrap_or_default())
-    }
-
     /// Moves a campaign from one of `from` to `to`, atomically. Returns false when the
     /// campaign was in none of `from` (someone else moved it first).
     pub async fn transition_campaign(
@@ -443,88 +496,49 @@ impl Store {
         )
     }
 
-    /// Counts the campaign's recipients by outcome.
-    pub async fn campaign_stats(&self, id: i64) -> Result<CampaignStats, StoreError> {
-        Ok(self
-            .campaigns_stats(&[id])
-            .await?
-            .remove(&id)
-            .unwrap_or_default())
+    /// The campaign with its ledger counts and its lists, in one statement.
+    pub async fn campaign_summary(&self, id: i64) -> Result<CampaignSummary, StoreError> {
+        sqlx::query_as::<_, SummaryRow>(summarize_campaigns!(
+            " WHERE workspace_id = $1 AND id = $2"
+        ))
+        .bind(DEFAULT_WORKSPACE)
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::NotFound("campaign"))?
+        .into_summary()
     }
 
-    /// [`Store::campaign_stats`] for a page of campaigns in one grouped query (a
-    /// campaign without ledger rows is absent: its stats are all zero).
-    pub async fn campaigns_stats(
+    /// A page of campaigns by id, each with its ledger counts and its lists, in one
+    /// statement (the API's campaign list).
+    pub async fn campaign_summaries(
         &self,
-        ids: &[i64],
-    ) -> Result<std::collections::HashMap<i64, CampaignStats>, StoreError> {
-        if ids.is_empty() {
-            return Ok(std::collections::HashMap::new());
-        }
-        let sql = format!(
-            "SELECT d.campaign_id, COUNT(*), \
-             COUNT(*) FILTER (WHERE d.status IN ('pending', 'sending')), \
-             COUNT(*) FILTER (WHERE d.status = 'sent'), \
-             COUNT(*) FILTER (WHERE d.status = 'failed'), \
-             COUNT(*) FILTER (WHERE d.status = 'skipped'), \
-             COUNT(*) FILTER (WHERE d.status = 'bounced'), \
-             COUNT(*) FILTER (WHERE d.status = 'complained'), \
-             COUNT(*) FILTER (WHERE s.status = 'unsubscribed') \
-             FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
-             WHERE d.campaign_id IN ({}) GROUP BY d.campaign_id",
-            super::placeholders(1, ids.len())
-        );
-        let mut query = sqlx::query_as::<_, (i64, i64, i64, i64, i64, i64, i64, i64, i64)>(
-            sqlx::AssertSqlSafe(sql),
-        );
-        for id in ids {
-            query = query.bind(*id);
-        }
-        let rows = query.fetch_all(self.pool()).await?;
-        Ok(rows
+        after: i64,
+        limit: u32,
+    ) -> Result<Page<CampaignSummary>, StoreError> {
+        let rows = sqlx::query_as::<_, SummaryRow>(summarize_campaigns!(
+            " WHERE workspace_id = $1 AND id > $2 ORDER BY id LIMIT CAST($3 AS BIGINT)"
+        ))
+        .bind(DEFAULT_WORKSPACE)
+        .bind(after)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(self.pool())
+        .await?;
+        let summaries = rows
             .into_iter()
-            .map(
-                |(id, total, pending, sent, failed, skipped, bounced, complained, unsubscribed)| {
-                    (
-                        id,
-                        CampaignStats {
-                            total,
-                            pending,
-                            sent,
-                            failed,
-                            skipped,
-                            bounced,
-                            complained,
-                            unsubscribed,
-                        },
-                    )
-                },
-            )
-            .collect())
+            .map(SummaryRow::into_summary)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page::from_rows(summaries, limit, |c| c.row.id))
     }
 
-    /// [`Store::campaign_list_ids`] for a page of campaigns in one query.
-    pub async fn campaigns_list_ids(
-        &self,
-        ids: &[i64],
-    ) -> Result<std::collections::HashMap<i64, Vec<i64>>, StoreError> {
-        let mut lists: std::collections::HashMap<i64, Vec<i64>> = std::collections::HashMap::new();
-        if ids.is_empty() {
-            return Ok(lists);
-        }
-        let sql = format!(
-            "SELECT campaign_id, list_id FROM campaign_lists WHERE campaign_id IN ({}) \
-             ORDER BY campaign_id, list_id",
-            super::placeholders(1, ids.len())
-        );
-        let mut query = sqlx::query_as::<_, (i64, i64)>(sqlx::AssertSqlSafe(sql));
-        for id in ids {
-            query = query.bind(*id);
-        }
-        for (campaign, list) in query.fetch_all(self.pool()).await? {
-            lists.entry(campaign).or_default().push(list);
-        }
-        Ok(lists)
+    /// The lists a campaign sends to.
+    pub async fn campaign_list_ids(&self, id: i64) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT list_id FROM campaign_lists WHERE campaign_id = $1 ORDER BY list_id",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await?)
     }
 
     /// Ledger ratios over every campaign: (delivery, bounce, complaint, unsubscribe),
@@ -635,7 +649,102 @@ pub(crate) async fn test_campaign(
 
 #[cfg(test)]
 mod tests {
+    use super::{CampaignStats, Store};
+    use crate::StoreError;
     use crate::model::now_ms;
+    use crate::store::{drop_scratch, numbered_subscribers, postgres_scratch};
+
+    /// Two campaigns, one planned over 8 recipients whose ledger holds every outcome
+    /// and one of whom has since unsubscribed, one never planned: the page and the
+    /// single read count the same figures, in one statement each.
+    async fn summaries_count_the_ledger(store: &Store) {
+        let first = store.create_list("a", None).await.unwrap();
+        let second = store.create_list("b", None).await.unwrap();
+        store
+            .add_subscribers(first.id, &numbered_subscribers(8))
+            .await
+            .unwrap();
+        let planned = super::test_campaign(store, first.id, None).await;
+        sqlx::query("INSERT INTO campaign_lists (campaign_id, list_id) VALUES ($1, $2)")
+            .bind(planned.id)
+            .bind(second.id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let page = store.plan_page(planned.id, 0, 0, 4, 100).await.unwrap();
+        assert_eq!(page.recipients, 8);
+        for (email, status) in [
+            ("r0@example.com", "sent"),
+            ("r1@example.com", "sent"),
+            ("r2@example.com", "failed"),
+            ("r3@example.com", "skipped"),
+            ("r4@example.com", "bounced"),
+            ("r5@example.com", "complained"),
+            ("r6@example.com", "sending"),
+        ] {
+            sqlx::query("UPDATE deliveries SET status = $1 WHERE email = $2")
+                .bind(status)
+                .bind(email)
+                .execute(store.pool())
+                .await
+                .unwrap();
+        }
+        sqlx::query(
+            "UPDATE subscribers SET status = 'unsubscribed' WHERE email = 'r1@example.com'",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let draft = super::test_campaign(store, second.id, None).await;
+
+        let expected = CampaignStats {
+            total: 8,
+            pending: 2,
+            sent: 2,
+            failed: 1,
+            skipped: 1,
+            bounced: 1,
+            complained: 1,
+            unsubscribed: 1,
+        };
+        let one = store.campaign_summary(planned.id).await.unwrap();
+        assert_eq!(one.row.id, planned.id);
+        assert_eq!(one.stats, expected);
+        assert_eq!(one.list_ids, vec![first.id, second.id]);
+        let none = store.campaign_summary(draft.id).await.unwrap();
+        assert_eq!(none.stats, CampaignStats::default());
+        assert_eq!(none.list_ids, vec![second.id]);
+        assert!(matches!(
+            store.campaign_summary(draft.id + 1).await,
+            Err(StoreError::NotFound("campaign"))
+        ));
+
+        let page = store.campaign_summaries(0, 1).await.unwrap();
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].row.id, planned.id);
+        assert_eq!(page.items[0].stats, expected);
+        assert_eq!(page.next, Some(planned.id.to_string()));
+        let page = store.campaign_summaries(planned.id, 20).await.unwrap();
+        let ids: Vec<i64> = page.items.iter().map(|c| c.row.id).collect();
+        assert_eq!(ids, vec![draft.id]);
+        assert_eq!(page.items[0].list_ids, vec![second.id]);
+        assert_eq!(page.next, None);
+        let both = store.campaign_summaries(0, 20).await.unwrap();
+        assert_eq!(both.items.len(), 2);
+        assert_eq!(both.items[0].stats, expected);
+        assert_eq!(both.items[1].stats, CampaignStats::default());
+    }
+
+    #[tokio::test]
+    async fn campaign_summaries_count_the_ledger_on_both_databases() {
+        summaries_count_the_ledger(&crate::store::memory_store().await).await;
+        if let Some((store, admin, name)) =
+            postgres_scratch("campaign_summaries_count_the_ledger_on_both_databases").await
+        {
+            summaries_count_the_ledger(&store).await;
+            drop_scratch(store, &admin, &name).await;
+        }
+    }
 
     #[tokio::test]
     async fn a_scheduled_campaign_starts_only_once_its_send_time_has_come() {

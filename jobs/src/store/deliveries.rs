@@ -712,18 +712,7 @@ async fn insert_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::subscribers::NewSubscriber;
-
-    /// `r0@example.com` … `r{n-1}@example.com`, no name, no attributes.
-    fn numbered_subscribers(n: usize) -> Vec<NewSubscriber> {
-        (0..n)
-            .map(|i| NewSubscriber {
-                email: format!("r{i}@example.com"),
-                name: None,
-                attributes: None,
-            })
-            .collect()
-    }
+    use crate::store::{drop_scratch, numbered_subscribers, postgres_scratch};
 
     /// A running campaign over `n` subscribers, planned into batches of `per_batch`
     /// with `enqueued` batches in the window.
@@ -972,47 +961,6 @@ mod tests {
         assert_eq!(delivery_key(1, 2).len(), 32);
     }
 
-    /// A migrated PostgreSQL store in a database of its own, and what drops it; None
-    /// (having said so) when PostgreSQL is unreachable outside CI.
-    async fn postgres_scratch() -> Option<(Store, String, String)> {
-        use sqlx::Connection as _;
-        let url = crate::store::test_postgres_url();
-        let mut admin = match sqlx::PgConnection::connect(&url).await {
-            Ok(admin) => admin,
-            Err(e) => {
-                crate::store::test_postgres_unreachable("the plan's PostgreSQL half", &e);
-                return None;
-            }
-        };
-        let name = format!("mailing_unit_{:016x}", rand::random::<u64>());
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("CREATE DATABASE");
-        let base = url.split('?').next().unwrap_or(&url);
-        let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-        let store = Store::connect(&crate::store::StoreConfig {
-            url: format!("{base}/{name}"),
-            max_connections: 2,
-            acquire_timeout: std::time::Duration::from_secs(5),
-        })
-        .await
-        .expect("a migrated scratch database");
-        Some((store, url, name))
-    }
-
-    async fn drop_scratch(store: Store, admin_url: &str, name: &str) {
-        use sqlx::Connection as _;
-        store.pool().close().await;
-        if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await;
-        }
-    }
-
     /// 14 subscribers, one disabled and one suppressed: 12 recipients, planned in pages
     /// of 5 with batches of 2, then one page planned again.
     async fn plan_in_pages(store: &Store) {
@@ -1080,7 +1028,9 @@ mod tests {
     #[tokio::test]
     async fn the_plan_writes_the_same_ledger_on_both_databases() {
         plan_in_pages(&crate::store::memory_store().await).await;
-        if let Some((store, admin, name)) = postgres_scratch().await {
+        if let Some((store, admin, name)) =
+            postgres_scratch("the_plan_writes_the_same_ledger_on_both_databases").await
+        {
             plan_in_pages(&store).await;
             drop_scratch(store, &admin, &name).await;
         }

@@ -176,6 +176,63 @@ pub(crate) async fn open_test_postgres(test: &str, max_connections: u32) -> Opti
     }
 }
 
+/// `r0@example.com` … `r{n-1}@example.com`, no name, no attributes.
+#[cfg(test)]
+pub(crate) fn numbered_subscribers(n: usize) -> Vec<subscribers::NewSubscriber> {
+    (0..n)
+        .map(|i| subscribers::NewSubscriber {
+            email: format!("r{i}@example.com"),
+            name: None,
+            attributes: None,
+        })
+        .collect()
+}
+
+/// A migrated PostgreSQL store in a database of its own, the server's URL and the
+/// database's name (for [`drop_scratch`]); None (having said so) when PostgreSQL is
+/// unreachable outside CI.
+#[cfg(test)]
+pub(crate) async fn postgres_scratch(test: &str) -> Option<(Store, String, String)> {
+    use sqlx::Connection as _;
+    let url = test_postgres_url();
+    let mut admin = match sqlx::PgConnection::connect(&url).await {
+        Ok(admin) => admin,
+        Err(e) => {
+            test_postgres_unreachable(test, &e);
+            return None;
+        }
+    };
+    let name = format!("mailing_unit_{:016x}", rand::random::<u64>());
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("CREATE DATABASE");
+    let base = url.split('?').next().unwrap_or(&url);
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    let store = Store::connect(&StoreConfig {
+        url: format!("{base}/{name}"),
+        max_connections: 2,
+        acquire_timeout: std::time::Duration::from_secs(5),
+    })
+    .await
+    .expect("a migrated scratch database");
+    Some((store, url, name))
+}
+
+/// Closes a [`postgres_scratch`] store and drops its database.
+#[cfg(test)]
+pub(crate) async fn drop_scratch(store: Store, admin_url: &str, name: &str) {
+    use sqlx::Connection as _;
+    store.pool().close().await;
+    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+    }
+}
+
 /// PostgreSQL is unreachable for `test`: fails under `CI=true`, else says it was skipped.
 #[cfg(test)]
 pub(crate) fn test_postgres_unreachable(test: &str, error: &dyn std::fmt::Display) {
