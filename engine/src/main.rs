@@ -17,28 +17,44 @@ use clap::{Parser, Subcommand};
 use crate::app::Mode;
 use crate::config::Config;
 
-/// Caps glibc's malloc at two arenas, unless `MALLOC_ARENA_MAX` says otherwise (glibc
-/// reads that itself). By default every thread that allocates (tokio workers,
-/// `spawn_blocking` render threads, sqlx's one thread per SQLite connection) may get an
-/// arena of its own, up to eight per core, and the message buffers freed in them stay
-/// resident: `mailing bench --recipients 100000` measured the serve process's peak RSS
-/// at 159 MiB with the default and 106 MiB with two arenas, at the same throughput
-/// (BENCHMARKS.md). mimalloc, tried instead, was faster but peaked at 198 MiB.
+/// Sets glibc's malloc for a process whose threads hand buffers to each other (sqlx's
+/// one thread per SQLite connection allocates every row, a tokio worker frees it):
+///
+/// - **Arenas: two per core** (`MALLOC_ARENA_MAX` overrides). glibc's default, eight
+///   per core, leaves freed message buffers resident in many arenas (159 MiB at 100k
+///   against 106 MiB with two arenas); two arenas in all made threads queue on their
+///   locks (the API profile: ~20% of the CPU in futex waits under `malloc` and `free`).
+/// - **A fixed mmap threshold of 128 KiB** (`MALLOC_MMAP_THRESHOLD_` overrides). glibc
+///   raises its threshold to the size of each large block freed, up to 32 MiB, so the
+///   provider's request bodies and the plan's pages end up in the arenas and stay
+///   resident after they are freed; a fixed threshold maps and unmaps them.
+///
+/// `mailing bench --recipients 1000000`, alternated with the two-arena setting on one
+/// machine: see BENCHMARKS.md (eighth stop). mimalloc, tried earlier, was fast but
+/// peaked at 198 MiB at 100k.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
-fn cap_malloc_arenas() {
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    // SAFETY: mallopt only sets an allocator parameter; it runs first thing in main,
+fn tune_malloc() {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let arenas = i32::try_from(cores.saturating_mul(2)).unwrap_or(i32::MAX);
+    // SAFETY: mallopt only sets allocator parameters; it runs first thing in main,
     // before this process starts any thread.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            libc::mallopt(libc::M_ARENA_MAX, arenas.max(2));
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        }
     }
 }
 
+/// Allocations from this size up are mapped on their own and returned when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: i32 = 128 * 1024;
+
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn cap_malloc_arenas() {}
+fn tune_malloc() {}
 
 /// A self-hosted email campaign engine.
 #[derive(Debug, Parser)]
@@ -271,7 +287,7 @@ async fn campaign(config: &Config, action: CampaignAction) -> anyhow::Result<()>
 }
 
 fn main() -> ExitCode {
-    cap_malloc_arenas();
+    tune_malloc();
     let cli = Cli::parse();
     // One TLS crypto provider for the process (reqwest and lettre both use rustls).
     let _ = rustls::crypto::ring::default_provider().install_default();
