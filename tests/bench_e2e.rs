@@ -77,6 +77,12 @@ fn check_report(output: &Output, report: &Value, plugin: &str) {
     ] {
         positive(report, key);
     }
+    // Read during the send, so at most the mark at the end.
+    let half = report["peak_rss_at_half_bytes"].as_u64();
+    assert!(
+        half.is_some_and(|h| h > 0 && Some(h) <= report["peak_rss_bytes"].as_u64()),
+        "{report}"
+    );
     if plugin == "none" {
         assert!(report["plugin_only_per_sec"].is_null(), "{report}");
     } else {

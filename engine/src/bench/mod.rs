@@ -569,6 +569,9 @@ async fn pipeline_in(
     let progress = Progress::new(n);
     let mut last_poll = Instant::now();
     let mut failures = Vec::new();
+    // Each process's resident-memory high-water mark once the sink has half the
+    // campaign: against the mark at the end, whether memory grew with the second half.
+    let mut peak_rss_at_half: Option<Vec<u64>> = None;
     let final_campaign: Value = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let accepted = match &sink {
@@ -576,6 +579,14 @@ async fn pipeline_in(
             None => 0,
         };
         progress.show(accepted, started.elapsed());
+        if peak_rss_at_half.is_none() && sink.is_some() && accepted.saturating_mul(2) >= n as u64 {
+            peak_rss_at_half = Some(
+                members
+                    .iter()
+                    .map(|m| probe::peak_rss_bytes(m.pid()))
+                    .collect(),
+            );
+        }
         for m in &mut members {
             if let Some(status) = m.exited() {
                 bail!(
@@ -630,10 +641,12 @@ async fn pipeline_in(
     let processes: Vec<ProcessUsage> = members
         .iter()
         .zip(&cpu_ms)
-        .map(|(m, cpu)| ProcessUsage {
+        .enumerate()
+        .map(|(i, (m, cpu))| ProcessUsage {
             role: m.role,
             pid: m.pid(),
             peak_rss_bytes: probe::peak_rss_bytes(m.pid()),
+            peak_rss_at_half_bytes: peak_rss_at_half.as_ref().and_then(|p| p.get(i).copied()),
             cpu_ms: *cpu,
         })
         .collect();
@@ -742,6 +755,10 @@ async fn pipeline_in(
             .map(|p| p.peak_rss_bytes)
             .max()
             .unwrap_or(0),
+        peak_rss_at_half_bytes: processes
+            .iter()
+            .filter_map(|p| p.peak_rss_at_half_bytes)
+            .max(),
         processes,
         stages,
         render_only_per_sec: render_only,

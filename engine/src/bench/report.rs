@@ -26,6 +26,9 @@ pub struct ProcessUsage {
     pub pid: u32,
     /// Its resident-memory high-water mark, bytes.
     pub peak_rss_bytes: u64,
+    /// The same mark when the sink had accepted half of the recipients (`null`
+    /// without a sink).
+    pub peak_rss_at_half_bytes: Option<u64>,
     /// CPU time it spent during the send, milliseconds.
     pub cpu_ms: u64,
 }
@@ -74,6 +77,10 @@ pub struct PipelineReport {
     pub cpu_ms_per_1k: f64,
     /// The highest peak RSS of the engine processes, bytes.
     pub peak_rss_bytes: u64,
+    /// The highest of their peaks when the sink had accepted half of the recipients
+    /// (`null` without a sink): memory flat in campaign size keeps it near
+    /// `peak_rss_bytes`.
+    pub peak_rss_at_half_bytes: Option<u64>,
     /// Each engine process.
     pub processes: Vec<ProcessUsage>,
     /// Per-stage batch latency (bucket estimates; `null` when no process serving
@@ -137,6 +144,12 @@ impl PipelineReport {
                 self.peak_rss_bytes
             ),
         );
+        if let Some(half) = self.peak_rss_at_half_bytes {
+            row(
+                "peak RSS at half the recipients",
+                format!("{:.1} MiB ({half} bytes)", mib(half)),
+            );
+        }
         for p in &self.processes {
             row(
                 &format!("  {} pid {}", p.role, p.pid),
