@@ -181,7 +181,7 @@ pub struct CampaignSummary {
     pub list_ids: Vec<i64>,
 }
 
-/// A row of [`summarize_campaigns`]: the list ids still joined by commas.
+/// A row of `summarize_campaigns!`: the list ids still joined by commas.
 #[derive(sqlx::FromRow)]
 struct SummaryRow {
     #[sqlx(flatten)]
