@@ -98,8 +98,11 @@ fn check_report(output: &Output, report: &Value, plugin: &str) {
     assert_eq!(stages.len(), 2, "{report}");
     for s in stages {
         assert!(s["stage"] == "plan" || s["stage"] == "send", "{s}");
+        // Read from every process's /metrics, a fleet's workers included.
+        assert!(s["batches"].as_u64().is_some_and(|b| b > 0), "{s}");
         assert!(
-            s.get("p50_ms").is_some() && s.get("p99_ms").is_some(),
+            s["p50_ms"].as_f64().is_some_and(|v| v > 0.0)
+                && s["p99_ms"].as_f64().is_some_and(|v| v > 0.0),
             "{s}"
         );
     }
@@ -203,4 +206,13 @@ async fn redis_and_postgres_with_two_workers_report_figures_that_match_the_ledge
         .filter_map(|p| p["role"].as_str())
         .collect();
     assert_eq!(roles, ["api", "worker", "worker"], "{report}");
+    // Only the workers run batches, so these come from their /metrics.
+    let send = &report["stages"][1];
+    assert_eq!(send["stage"], "send", "{report}");
+    assert!(
+        send["batches"]
+            .as_u64()
+            .is_some_and(|b| b >= RECIPIENTS / 500),
+        "{report}"
+    );
 }

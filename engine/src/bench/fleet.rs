@@ -252,13 +252,13 @@ impl Api {
         let body: Value = serde_json::from_str(&text).context("the upload answer")?;
         body["id"].as_i64().context("the upload answer has no id")
     }
+}
 
-    /// The `/metrics` text.
-    pub async fn metrics(&self) -> anyhow::Result<String> {
-        let mut req = self.http.get(format!("{}/metrics", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        Ok(req.send().await?.error_for_status()?.text().await?)
-    }
+/// The `/metrics` text a bench process serves on its `PROMETHEUS_PORT`.
+pub async fn metrics_on(port: u16) -> anyhow::Result<String> {
+    Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?)
 }

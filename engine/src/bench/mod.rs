@@ -460,6 +460,11 @@ async fn pipeline_in(
     // 4. The engine.
     let port = free_port()?;
     let mut env = fleet::child_env(dir, port, database_url, namespace);
+    // Every process serves its own /metrics, workers too: the stage latencies are
+    // read from all of them.
+    let head_metrics = free_port()?;
+    env.insert("PROMETHEUS_PORT".into(), head_metrics.to_string());
+    let mut metrics_ports = vec![head_metrics];
     env.insert("LOG_LEVEL".into(), args.log_level.clone());
     env.insert("RUST_LOG".into(), args.log_level.clone());
     match redis_url {
@@ -503,6 +508,9 @@ async fn pipeline_in(
     for i in 0..extra_workers {
         let mut worker_env = env.clone();
         worker_env.insert("HTTP_PORT".into(), free_port()?.to_string());
+        let metrics_port = free_port()?;
+        worker_env.insert("PROMETHEUS_PORT".into(), metrics_port.to_string());
+        metrics_ports.push(metrics_port);
         members.push(fleet::spawn("worker", dir, &worker_env, i + 1)?);
     }
     api.login().await?;
@@ -650,16 +658,27 @@ async fn pipeline_in(
             cpu_ms: *cpu,
         })
         .collect();
-    let metrics = api.metrics().await.unwrap_or_default();
+    let mut metrics = Vec::with_capacity(metrics_ports.len());
+    for (m, port) in members.iter().zip(&metrics_ports) {
+        match fleet::metrics_on(*port).await {
+            Ok(text) => metrics.push(text),
+            Err(e) => quiet(&format!(
+                "no /metrics from `mailing {}` on port {port} ({e:#}); its batches are left \
+                 out of the stage latencies",
+                m.role
+            )),
+        }
+    }
     let stages = ["plan", "send"]
         .into_iter()
         .map(|stage| {
-            let b = probe::histogram_buckets(
-                &metrics,
-                "mailing_batch_duration_seconds",
-                "stage",
-                stage,
-            );
+            let per_process: Vec<_> = metrics
+                .iter()
+                .map(|text| {
+                    probe::histogram_buckets(text, "mailing_batch_duration_seconds", "stage", stage)
+                })
+                .collect();
+            let b = probe::merge_buckets(&per_process);
             StageLatency {
                 stage,
                 batches: b.last().map_or(0, |l| l.1 as u64),

@@ -63,6 +63,22 @@ pub fn histogram_buckets(metrics: &str, name: &str, label: &str, value: &str) ->
     buckets
 }
 
+/// One cumulative histogram from the same histogram read in several processes (the
+/// members of a fleet): the counts of equal upper bounds added, sorted by bound. The
+/// processes share the bucket bounds, which are fixed in the binary.
+pub fn merge_buckets(parts: &[Vec<(f64, f64)>]) -> Vec<(f64, f64)> {
+    let mut all: Vec<(f64, f64)> = parts.iter().flatten().copied().collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(all.len());
+    for (le, count) in all {
+        match merged.last_mut() {
+            Some(last) if last.0 == le => last.1 += count,
+            _ => merged.push((le, count)),
+        }
+    }
+    merged
+}
+
 /// The q-quantile of a cumulative histogram, interpolated linearly inside its bucket
 /// (as Prometheus's `histogram_quantile` does): an estimate, as good as the buckets.
 pub fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
@@ -109,6 +125,26 @@ mod tests {
         assert!((p80 - 0.4).abs() < 1e-9, "{p80}");
         assert_eq!(quantile(&b, 0.99), Some(0.5));
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn merges_the_same_histogram_from_several_processes() {
+        let worker = |fast: f64, slow: f64| {
+            vec![
+                (0.1, fast),
+                (0.5, fast + slow),
+                (f64::INFINITY, fast + slow),
+            ]
+        };
+        let merged = merge_buckets(&[worker(10.0, 0.0), worker(0.0, 30.0), Vec::new()]);
+        assert_eq!(
+            merged,
+            vec![(0.1, 10.0), (0.5, 40.0), (f64::INFINITY, 40.0)]
+        );
+        // A quarter of the batches were fast: the median is among the slow ones.
+        let p50 = quantile(&merged, 0.5).unwrap();
+        assert!(p50 > 0.1 && p50 < 0.5, "{p50}");
+        assert_eq!(merge_buckets(&[]), Vec::new());
     }
 
     #[test]

@@ -83,8 +83,8 @@ pub struct PipelineReport {
     pub peak_rss_at_half_bytes: Option<u64>,
     /// Each engine process.
     pub processes: Vec<ProcessUsage>,
-    /// Per-stage batch latency (bucket estimates; `null` when no process serving
-    /// `/metrics` ran that stage, e.g. the workers of a Redis fleet).
+    /// Per-stage batch latency (bucket estimates over every process's `/metrics`,
+    /// workers included; `null` when no process ran a batch of that stage).
     pub stages: Vec<StageLatency>,
     /// Liquid alone on one core, messages/s.
     pub render_only_per_sec: f64,
