@@ -577,23 +577,21 @@ async fn pipeline_in(
     let progress = Progress::new(n);
     let mut last_poll = Instant::now();
     let mut failures = Vec::new();
-    // Each process's resident-memory high-water mark once the sink has half the
-    // campaign: against the mark at the end, whether memory grew with the second half.
+    // Each process's resident-memory high-water mark once half the campaign was
+    // accepted (by the sink, or without one as the ledger counts it): against the mark
+    // at the end, whether memory grew with the second half.
     let mut peak_rss_at_half: Option<Vec<u64>> = None;
+    let mut ledger_sent = 0u64;
     let final_campaign: Value = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
+        // Without a sink, the progress is the ledger's count, read every 2 s below.
         let accepted = match &sink {
             Some(s) => s.tally.accepted(),
-            None => 0,
+            None => ledger_sent,
         };
         progress.show(accepted, started.elapsed());
-        if peak_rss_at_half.is_none() && sink.is_some() && accepted.saturating_mul(2) >= n as u64 {
-            peak_rss_at_half = Some(
-                members
-                    .iter()
-                    .map(|m| probe::peak_rss_bytes(m.pid()))
-                    .collect(),
-            );
+        if peak_rss_at_half.is_none() && accepted.saturating_mul(2) >= n as u64 {
+            peak_rss_at_half = Some(peak_rss_marks(&members));
         }
         for m in &mut members {
             if let Some(status) = m.exited() {
@@ -624,6 +622,11 @@ async fn pipeline_in(
                 200,
             )
             .await?;
+        ledger_sent = body["stats"]["sent"].as_u64().unwrap_or(ledger_sent);
+        if sink.is_none() && peak_rss_at_half.is_none() && ledger_sent.saturating_mul(2) >= n as u64
+        {
+            peak_rss_at_half = Some(peak_rss_marks(&members));
+        }
         match body["status"].as_str().unwrap_or_default() {
             "done" => break body,
             "failed" | "cancelled" | "paused" => {
@@ -789,6 +792,14 @@ async fn pipeline_in(
         engine_fraction_of_slowest_limit: emails_per_sec / slowest,
         ledger,
     })
+}
+
+/// Each process's resident-memory high-water mark so far.
+fn peak_rss_marks(members: &[Member]) -> Vec<u64> {
+    members
+        .iter()
+        .map(|m| probe::peak_rss_bytes(m.pid()))
+        .collect()
 }
 
 /// The progress bar on stderr: redrawn in place on a terminal, a line every five

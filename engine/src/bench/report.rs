@@ -26,8 +26,8 @@ pub struct ProcessUsage {
     pub pid: u32,
     /// Its resident-memory high-water mark, bytes.
     pub peak_rss_bytes: u64,
-    /// The same mark when the sink had accepted half of the recipients (`null`
-    /// without a sink).
+    /// The same mark when half of the recipients had been accepted (by the sink; with
+    /// the `file` provider, by the ledger's count, read every 2 s).
     pub peak_rss_at_half_bytes: Option<u64>,
     /// CPU time it spent during the send, milliseconds.
     pub cpu_ms: u64,
@@ -77,9 +77,8 @@ pub struct PipelineReport {
     pub cpu_ms_per_1k: f64,
     /// The highest peak RSS of the engine processes, bytes.
     pub peak_rss_bytes: u64,
-    /// The highest of their peaks when the sink had accepted half of the recipients
-    /// (`null` without a sink): memory flat in campaign size keeps it near
-    /// `peak_rss_bytes`.
+    /// The highest of their peaks when half of the recipients had been accepted:
+    /// memory flat in campaign size keeps it near `peak_rss_bytes`.
     pub peak_rss_at_half_bytes: Option<u64>,
     /// Each engine process.
     pub processes: Vec<ProcessUsage>,
