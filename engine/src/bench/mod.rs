@@ -590,9 +590,7 @@ async fn pipeline_in(
             None => ledger_sent,
         };
         progress.show(accepted, started.elapsed());
-        if peak_rss_at_half.is_none() && accepted.saturating_mul(2) >= n as u64 {
-            peak_rss_at_half = Some(peak_rss_marks(&members));
-        }
+        mark_half_way(&mut peak_rss_at_half, accepted, n, &members);
         for m in &mut members {
             if let Some(status) = m.exited() {
                 bail!(
@@ -623,10 +621,8 @@ async fn pipeline_in(
             )
             .await?;
         ledger_sent = body["stats"]["sent"].as_u64().unwrap_or(ledger_sent);
-        if sink.is_none() && peak_rss_at_half.is_none() && ledger_sent.saturating_mul(2) >= n as u64
-        {
-            peak_rss_at_half = Some(peak_rss_marks(&members));
-        }
+        // The campaign may end at this poll, before the next turn reads the mark.
+        mark_half_way(&mut peak_rss_at_half, ledger_sent, n, &members);
         match body["status"].as_str().unwrap_or_default() {
             "done" => break body,
             "failed" | "cancelled" | "paused" => {
@@ -794,12 +790,17 @@ async fn pipeline_in(
     })
 }
 
-/// Each process's resident-memory high-water mark so far.
-fn peak_rss_marks(members: &[Member]) -> Vec<u64> {
-    members
-        .iter()
-        .map(|m| probe::peak_rss_bytes(m.pid()))
-        .collect()
+/// Reads each process's resident-memory high-water mark into `mark` the first time
+/// `accepted` reaches half of the `n` recipients.
+fn mark_half_way(mark: &mut Option<Vec<u64>>, accepted: u64, n: usize, members: &[Member]) {
+    if mark.is_none() && accepted.saturating_mul(2) >= n as u64 {
+        *mark = Some(
+            members
+                .iter()
+                .map(|m| probe::peak_rss_bytes(m.pid()))
+                .collect(),
+        );
+    }
 }
 
 /// The progress bar on stderr: redrawn in place on a terminal, a line every five

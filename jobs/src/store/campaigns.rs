@@ -652,7 +652,7 @@ mod tests {
     use super::{CampaignStats, Store};
     use crate::StoreError;
     use crate::model::now_ms;
-    use crate::store::{drop_scratch, numbered_subscribers, postgres_scratch};
+    use crate::store::{numbered_subscribers, on_both_databases};
 
     /// Two campaigns, one planned over 8 recipients whose ledger holds every outcome
     /// and one of whom has since unsubscribed, one never planned: the page and the
@@ -737,13 +737,11 @@ mod tests {
 
     #[tokio::test]
     async fn campaign_summaries_count_the_ledger_on_both_databases() {
-        summaries_count_the_ledger(&crate::store::memory_store().await).await;
-        if let Some((store, admin, name)) =
-            postgres_scratch("campaign_summaries_count_the_ledger_on_both_databases").await
-        {
-            summaries_count_the_ledger(&store).await;
-            drop_scratch(store, &admin, &name).await;
-        }
+        on_both_databases(
+            "campaign_summaries_count_the_ledger_on_both_databases",
+            summaries_count_the_ledger,
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -712,7 +712,7 @@ async fn insert_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{drop_scratch, numbered_subscribers, postgres_scratch};
+    use crate::store::{numbered_subscribers, on_both_databases};
 
     /// A running campaign over `n` subscribers, planned into batches of `per_batch`
     /// with `enqueued` batches in the window.
@@ -1027,12 +1027,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_plan_writes_the_same_ledger_on_both_databases() {
-        plan_in_pages(&crate::store::memory_store().await).await;
-        if let Some((store, admin, name)) =
-            postgres_scratch("the_plan_writes_the_same_ledger_on_both_databases").await
-        {
-            plan_in_pages(&store).await;
-            drop_scratch(store, &admin, &name).await;
-        }
+        on_both_databases(
+            "the_plan_writes_the_same_ledger_on_both_databases",
+            plan_in_pages,
+        )
+        .await;
     }
 }

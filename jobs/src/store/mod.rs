@@ -188,11 +188,23 @@ pub(crate) fn numbered_subscribers(n: usize) -> Vec<subscribers::NewSubscriber> 
         .collect()
 }
 
+/// Runs `check` on a fresh in-memory SQLite store, then on a migrated PostgreSQL
+/// database of its own, dropped afterwards (skipped, having said so, when PostgreSQL is
+/// unreachable outside CI): the two databases held to the same behaviour.
+#[cfg(test)]
+pub(crate) async fn on_both_databases(test: &str, check: impl AsyncFn(&Store)) {
+    check(&memory_store().await).await;
+    if let Some((store, admin, name)) = postgres_scratch(test).await {
+        check(&store).await;
+        drop_scratch(store, &admin, &name).await;
+    }
+}
+
 /// A migrated PostgreSQL store in a database of its own, the server's URL and the
 /// database's name (for [`drop_scratch`]); None (having said so) when PostgreSQL is
 /// unreachable outside CI.
 #[cfg(test)]
-pub(crate) async fn postgres_scratch(test: &str) -> Option<(Store, String, String)> {
+async fn postgres_scratch(test: &str) -> Option<(Store, String, String)> {
     use sqlx::Connection as _;
     let url = test_postgres_url();
     let mut admin = match sqlx::PgConnection::connect(&url).await {
@@ -221,7 +233,7 @@ pub(crate) async fn postgres_scratch(test: &str) -> Option<(Store, String, Strin
 
 /// Closes a [`postgres_scratch`] store and drops its database.
 #[cfg(test)]
-pub(crate) async fn drop_scratch(store: Store, admin_url: &str, name: &str) {
+async fn drop_scratch(store: Store, admin_url: &str, name: &str) {
     use sqlx::Connection as _;
     store.pool().close().await;
     if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
