@@ -712,18 +712,24 @@ async fn insert_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{numbered_subscribers, on_both_databases};
+    use crate::store::{numbered_subscribers, on_both_databases, on_both_databases_at};
 
     /// A running campaign over `n` subscribers, planned into batches of `per_batch`
     /// with `enqueued` batches in the window.
     async fn planned(n: usize, per_batch: usize, enqueued: i64) -> (Store, i64) {
         let store = crate::store::memory_store().await;
+        let campaign = plan_on(&store, n, per_batch, enqueued).await;
+        (store, campaign)
+    }
+
+    /// [`planned`] on a store of the caller's; answers the campaign.
+    async fn plan_on(store: &Store, n: usize, per_batch: usize, enqueued: i64) -> i64 {
         let list = store.create_list("l", None).await.unwrap();
         store
             .add_subscribers(list.id, &numbered_subscribers(n))
             .await
             .unwrap();
-        let campaign = crate::store::campaigns::test_campaign(&store, list.id, None).await;
+        let campaign = crate::store::campaigns::test_campaign(store, list.id, None).await;
         let audience = store.audience_page(campaign.id, 0, n as u32).await.unwrap();
         let batches = store
             .plan_batches(campaign.id, 0, per_batch, &audience)
@@ -745,7 +751,117 @@ mod tests {
             .execute(store.pool())
             .await
             .unwrap();
-        (store, campaign.id)
+        campaign.id
+    }
+
+    /// Inserts a ledger row for `subscriber` in `campaign` with the delivery key `key`.
+    async fn insert_with_key(
+        store: &Store,
+        campaign: i64,
+        subscriber: i64,
+        key: &str,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "INSERT INTO deliveries (campaign_id, subscriber_id, email, delivery_key, batch_no, \
+             status, attempts, created_at, updated_at) \
+             VALUES ($1, $2, 'again@example.com', $3, 0, 'pending', 0, 0, 0) RETURNING id",
+        )
+        .bind(campaign)
+        .bind(subscriber)
+        .bind(key)
+        .fetch_one(store.pool())
+        .await
+    }
+
+    #[tokio::test]
+    async fn the_ledger_keeps_its_rows_ids_and_counter_when_delivery_keys_lose_their_index() {
+        on_both_databases_at("the_ledger_keeps_its_rows…", 7, async |store: &Store| {
+            let campaign = plan_on(store, 5, 5, 1).await;
+            let claimed = store.claim_batch(campaign, 0).await.unwrap();
+            assert_eq!(claimed.len(), 5);
+            let outcomes: Vec<(i64, Outcome)> = claimed
+                .iter()
+                .map(|r| {
+                    let outcome = if r.delivery_id == claimed[0].delivery_id {
+                        Outcome::Sent {
+                            provider_message_id: Some("pm-before-upgrade".into()),
+                        }
+                    } else {
+                        Outcome::Retry {
+                            error: "try later".into(),
+                        }
+                    };
+                    (r.delivery_id, outcome)
+                })
+                .collect();
+            store.record_outcomes(&outcomes, 3).await.unwrap();
+            // The newest row goes, so the id counter is ahead of the rows left.
+            let newest = claimed.iter().max_by_key(|r| r.delivery_id).unwrap();
+            sqlx::query("DELETE FROM deliveries WHERE id = $1")
+                .bind(newest.delivery_id)
+                .execute(store.pool())
+                .await
+                .unwrap();
+            // Before: a second row with a key in use is refused.
+            assert!(
+                insert_with_key(
+                    store,
+                    campaign,
+                    newest.subscriber_id,
+                    &claimed[0].delivery_key
+                )
+                .await
+                .is_err()
+            );
+            let before = store
+                .deliveries(campaign, None, None, 0, 100)
+                .await
+                .unwrap();
+
+            store.migrate().await.unwrap();
+
+            let after = store
+                .deliveries(campaign, None, None, 0, 100)
+                .await
+                .unwrap();
+            assert_eq!(after.items.len(), 4);
+            assert_eq!(format!("{:?}", before.items), format!("{:?}", after.items));
+            // The pair (campaign, subscriber) is what stays unique, and ids are not reused.
+            let again = insert_with_key(
+                store,
+                campaign,
+                newest.subscriber_id,
+                &claimed[0].delivery_key,
+            )
+            .await
+            .unwrap();
+            assert!(again > newest.delivery_id, "{again} reuses an id");
+            assert!(
+                insert_with_key(store, campaign, newest.subscriber_id, "another-key")
+                    .await
+                    .is_err()
+            );
+            // Provider webhooks still find the sent row by its message id.
+            let found = store
+                .apply_provider_event(
+                    Some("pm-before-upgrade"),
+                    None,
+                    crate::store::suppressions::ProviderEvent::Complained,
+                    "complaint",
+                )
+                .await
+                .unwrap();
+            assert!(found);
+            if store.backend() == Backend::Sqlite {
+                let plan = query_plan(
+                    store,
+                    "SELECT id, email FROM deliveries WHERE provider_message_id = 'x' LIMIT 1",
+                )
+                .await;
+                assert!(plan.contains("deliveries_provider_message"), "{plan}");
+            }
+        })
+        .await;
     }
 
     #[tokio::test]

@@ -142,13 +142,21 @@ pub struct Store {
 /// A fresh in-memory SQLite store with every migration, for unit tests.
 #[cfg(test)]
 pub(crate) async fn memory_store() -> Store {
-    Store::connect(&StoreConfig {
+    memory_store_at(i64::MAX).await
+}
+
+/// A fresh in-memory SQLite store with the migrations up to `version`.
+#[cfg(test)]
+async fn memory_store_at(version: i64) -> Store {
+    let store = Store::open(&StoreConfig {
         url: "sqlite::memory:".into(),
         max_connections: 1,
         acquire_timeout: std::time::Duration::from_secs(5),
     })
     .await
-    .expect("an in-memory store")
+    .expect("an in-memory store");
+    store.migrate_to(version).await.expect("migrations");
+    store
 }
 
 /// The PostgreSQL unit tests use (`MAILING_TEST_DATABASE_URL`, default the local server).
@@ -193,18 +201,25 @@ pub(crate) fn numbered_subscribers(n: usize) -> Vec<subscribers::NewSubscriber> 
 /// unreachable outside CI): the two databases held to the same behaviour.
 #[cfg(test)]
 pub(crate) async fn on_both_databases(test: &str, check: impl AsyncFn(&Store)) {
-    check(&memory_store().await).await;
-    if let Some((store, admin, name)) = postgres_scratch(test).await {
+    on_both_databases_at(test, i64::MAX, check).await;
+}
+
+/// [`on_both_databases`] with the migrations up to `version` only: for checks of what a
+/// later migration does to the data an earlier schema held.
+#[cfg(test)]
+pub(crate) async fn on_both_databases_at(test: &str, version: i64, check: impl AsyncFn(&Store)) {
+    check(&memory_store_at(version).await).await;
+    if let Some((store, admin, name)) = postgres_scratch(test, version).await {
         check(&store).await;
         drop_scratch(store, &admin, &name).await;
     }
 }
 
-/// A migrated PostgreSQL store in a database of its own, the server's URL and the
-/// database's name (for [`drop_scratch`]); None (having said so) when PostgreSQL is
-/// unreachable outside CI.
+/// A PostgreSQL store migrated up to `version` in a database of its own, the server's
+/// URL and the database's name (for [`drop_scratch`]); None (having said so) when
+/// PostgreSQL is unreachable outside CI.
 #[cfg(test)]
-async fn postgres_scratch(test: &str) -> Option<(Store, String, String)> {
+async fn postgres_scratch(test: &str, version: i64) -> Option<(Store, String, String)> {
     use sqlx::Connection as _;
     let url = test_postgres_url();
     let mut admin = match sqlx::PgConnection::connect(&url).await {
@@ -221,13 +236,14 @@ async fn postgres_scratch(test: &str) -> Option<(Store, String, String)> {
         .expect("CREATE DATABASE");
     let base = url.split('?').next().unwrap_or(&url);
     let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    let store = Store::connect(&StoreConfig {
+    let store = Store::open(&StoreConfig {
         url: format!("{base}/{name}"),
         max_connections: 2,
         acquire_timeout: std::time::Duration::from_secs(5),
     })
     .await
-    .expect("a migrated scratch database");
+    .expect("a scratch database");
+    store.migrate_to(version).await.expect("migrations");
     Some((store, url, name))
 }
 
@@ -386,6 +402,17 @@ impl Store {
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
         migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Applies the embedded migrations up to `version` (tests of an upgrade).
+    #[cfg(test)]
+    pub(crate) async fn migrate_to(&self, version: i64) -> Result<(), StoreError> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        migrator.run_to(version, &self.pool).await?;
         Ok(())
     }
 

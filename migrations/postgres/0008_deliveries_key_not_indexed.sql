@@ -1,0 +1,17 @@
+-- Two ledger indexes that every campaign wrote to and no query needed as they were.
+--
+-- The delivery key is a function of (campaign_id, subscriber_id) (the first 16 bytes of
+-- SHA-256 over both, `jobs/src/store/deliveries.rs`), and that pair is already unique,
+-- so its own UNIQUE index guarded nothing; no query looks a row up by its key. Its
+-- values are random, so each ledger row inserted into a random leaf of a large B-tree,
+-- and on PostgreSQL every status change (pending, sending, sent) is an update that is
+-- not HOT (status is indexed), which inserts the new row version into every index
+-- again, this one included.
+--
+-- Provider message ids are looked up only by value (provider webhooks), and a row has
+-- one only once it is sent: the partial index leaves out the pending and sending row
+-- versions that the full one held too.
+ALTER TABLE deliveries DROP CONSTRAINT deliveries_delivery_key_key;
+DROP INDEX deliveries_provider_message;
+CREATE INDEX deliveries_provider_message ON deliveries (provider_message_id)
+    WHERE provider_message_id IS NOT NULL;
