@@ -1044,6 +1044,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_subscriber_s_ledger_rows_are_read_by_index_not_by_scanning_the_ledger() {
+        let (store, _) = planned(50, 10, 2).await;
+        for sql in [
+            crate::store::subscribers::DELETE_SUBSCRIBER_DELIVERIES,
+            crate::store::suppressions::SENT_ROW_BY_ADDRESS,
+        ] {
+            let plan = query_plan(&store, sql).await;
+            assert!(
+                plan.contains("INDEX deliveries_subscriber (subscriber_id=?)"),
+                "{sql}\n{plan}"
+            );
+            assert!(!plan.contains("SCAN"), "{sql}\n{plan}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bounce_reported_by_address_alone_marks_that_recipient_s_row() {
+        on_both_databases(
+            "a_bounce_reported_by_address_alone…",
+            async |store: &Store| {
+                let campaign = plan_on(store, 3, 3, 1).await;
+                let claimed = store.claim_batch(campaign, 0).await.unwrap();
+                let outcomes: Vec<(i64, Outcome)> = claimed
+                    .iter()
+                    .map(|r| {
+                        let provider_message_id = Some(format!("pm-{}", r.delivery_id));
+                        (
+                            r.delivery_id,
+                            Outcome::Sent {
+                                provider_message_id,
+                            },
+                        )
+                    })
+                    .collect();
+                store.record_outcomes(&outcomes, 3).await.unwrap();
+                let bounced = &claimed[1];
+                let event = crate::store::suppressions::ProviderEvent::Bounced { permanent: true };
+                assert!(
+                    store
+                        .apply_provider_event(None, Some(&bounced.email), event, "550 no such user")
+                        .await
+                        .unwrap()
+                );
+                let rows = store
+                    .deliveries(campaign, None, None, 0, 100)
+                    .await
+                    .unwrap()
+                    .items;
+                assert_eq!(rows.len(), 3);
+                for row in rows {
+                    let expected = if row.id == bounced.delivery_id {
+                        "bounced"
+                    } else {
+                        "sent"
+                    };
+                    assert_eq!(row.status, expected, "{row:?}");
+                }
+                // An address that no subscriber has changes no row.
+                assert!(
+                    !store
+                        .apply_provider_event(None, Some("nobody@example.com"), event, "550")
+                        .await
+                        .unwrap()
+                );
+            },
+        )
+        .await;
+    }
+
+    #[tokio::test]
     async fn a_bounded_count_stops_at_its_limit() {
         let (store, campaign) = planned(40, 40, 1).await;
         let pending = DeliveryStatus::Pending;

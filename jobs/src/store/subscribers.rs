@@ -140,6 +140,11 @@ impl NewSubscriber {
     }
 }
 
+/// A subscriber's ledger rows, deleted with the subscriber (by the ledger's
+/// `deliveries_subscriber` index, not a scan of the ledger).
+pub(crate) const DELETE_SUBSCRIBER_DELIVERIES: &str =
+    "DELETE FROM deliveries WHERE subscriber_id = $1";
+
 impl Store {
     /// Validates every row, then upserts the valid ones and adds them to the list, all in
     /// one transaction: either every valid row is written or none is.
@@ -366,7 +371,7 @@ impl Store {
     pub async fn delete_subscriber(&self, id: i64) -> Result<(), StoreError> {
         self.subscriber(id).await?;
         let mut tx = self.pool().begin().await?;
-        sqlx::query("DELETE FROM deliveries WHERE subscriber_id = $1")
+        sqlx::query(DELETE_SUBSCRIBER_DELIVERIES)
             .bind(id)
             .execute(&mut *tx)
             .await?;

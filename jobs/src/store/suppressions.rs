@@ -34,6 +34,14 @@ pub enum ProviderEvent {
     Complained,
 }
 
+/// The newest sent ledger row for address `$1` in workspace `$2`, for a bounce reported
+/// by address alone. Found through the subscriber with that address (the ledger is
+/// indexed by subscriber, not by address): a row sent to an address its subscriber has
+/// since changed is not found, though the address is still suppressed.
+pub(crate) const SENT_ROW_BY_ADDRESS: &str = "SELECT d.id, d.email FROM deliveries d \
+     WHERE d.subscriber_id IN (SELECT s.id FROM subscribers s WHERE s.workspace_id = $2 AND s.email = $1) \
+     AND d.email = $1 AND d.status = 'sent' ORDER BY d.sent_at DESC LIMIT 1";
+
 impl Store {
     /// Suppresses an address (idempotent; the first reason stays).
     pub async fn suppress(&self, email: &str, reason: &str) -> Result<bool, StoreError> {
@@ -138,16 +146,21 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         let id: Option<(i64, String)> = match (provider_message_id, email) {
-            (Some(pid), _) => sqlx::query_as("SELECT id, email FROM deliveries WHERE provider_message_id = $1 LIMIT 1")
+            (Some(pid), _) => {
+                sqlx::query_as(
+                    "SELECT id, email FROM deliveries WHERE provider_message_id = $1 LIMIT 1",
+                )
                 .bind(pid)
                 .fetch_optional(self.pool())
-                .await?,
-            (None, Some(e)) => sqlx::query_as(
-                "SELECT id, email FROM deliveries WHERE email = $1 AND status = 'sent' ORDER BY sent_at DESC LIMIT 1",
-            )
-            .bind(e)
-            .fetch_optional(self.pool())
-            .await?,
+                .await?
+            }
+            (None, Some(e)) => {
+                sqlx::query_as(SENT_ROW_BY_ADDRESS)
+                    .bind(e)
+                    .bind(DEFAULT_WORKSPACE)
+                    .fetch_optional(self.pool())
+                    .await?
+            }
             (None, None) => None,
         };
         let address = id
