@@ -138,34 +138,47 @@ macro_rules! select_campaign {
     };
 }
 
-/// One statement reading the campaigns that `$filter` (a `WHERE`, with its `ORDER BY`
-/// and `LIMIT`, over `campaigns`) selects, each with its [`CampaignStats`] counted from
-/// the ledger and its list ids (`string_agg`: SQLite 3.44+ and PostgreSQL), in id
-/// order. A campaign without ledger rows counts zeros.
+/// One statement reading the campaigns that `$filter` (a `WHERE` on `workspace_id = $1`,
+/// with its `ORDER BY` and `LIMIT`, over `campaigns`) selects, each with its
+/// [`CampaignStats`] counted from the ledger and its list ids (`string_agg`: SQLite 3.44+
+/// and PostgreSQL), in id order. A campaign without ledger rows counts zeros.
+///
+/// Each status is counted by its own range of the covering `deliveries_status` index, so
+/// a campaign costs one pass over its index entries, not over its rows (a 1,000,000-row
+/// campaign: 37-38 ms against 281-419 ms when the counts joined each row to its
+/// subscriber). The `total` is their sum (the statuses are a closed set, `CHECK`ed);
+/// `MATERIALIZED` keeps SQLite from inlining the counts into every use of `total`,
+/// which ran each of them up to four times (112-142 ms for that campaign).
+/// `unsubscribed` is driven from whichever side is smaller: the campaign's rows, each
+/// looked up in `subscribers`, or the workspace's unsubscribed addresses, each looked up
+/// in the campaign's `(campaign_id, subscriber_id)` key.
 macro_rules! summarize_campaigns {
     ($filter:literal) => {
         concat!(
             "WITH page AS (",
             select_campaign!(),
             $filter,
-            "), counts AS (SELECT d.campaign_id, COUNT(*) AS total, \
-             COUNT(*) FILTER (WHERE d.status IN ('pending', 'sending')) AS pending, \
-             COUNT(*) FILTER (WHERE d.status = 'sent') AS sent, \
-             COUNT(*) FILTER (WHERE d.status = 'failed') AS failed, \
-             COUNT(*) FILTER (WHERE d.status = 'skipped') AS skipped, \
-             COUNT(*) FILTER (WHERE d.status = 'bounced') AS bounced, \
-             COUNT(*) FILTER (WHERE d.status = 'complained') AS complained, \
-             COUNT(*) FILTER (WHERE s.status = 'unsubscribed') AS unsubscribed \
-             FROM page JOIN deliveries d ON d.campaign_id = page.id \
-             JOIN subscribers s ON s.id = d.subscriber_id GROUP BY d.campaign_id) \
-             SELECT page.*, COALESCE(c.total, 0) AS total, COALESCE(c.pending, 0) AS pending, \
-             COALESCE(c.sent, 0) AS sent, COALESCE(c.failed, 0) AS failed, \
-             COALESCE(c.skipped, 0) AS skipped, COALESCE(c.bounced, 0) AS bounced, \
-             COALESCE(c.complained, 0) AS complained, \
-             COALESCE(c.unsubscribed, 0) AS unsubscribed, \
+            "), counted AS MATERIALIZED (SELECT page.*, \
+             (SELECT COUNT(*) FROM deliveries d WHERE d.campaign_id = page.id AND d.status IN ('pending', 'sending')) AS pending, \
+             (SELECT COUNT(*) FROM deliveries d WHERE d.campaign_id = page.id AND d.status = 'sent') AS sent, \
+             (SELECT COUNT(*) FROM deliveries d WHERE d.campaign_id = page.id AND d.status = 'failed') AS failed, \
+             (SELECT COUNT(*) FROM deliveries d WHERE d.campaign_id = page.id AND d.status = 'skipped') AS skipped, \
+             (SELECT COUNT(*) FROM deliveries d WHERE d.campaign_id = page.id AND d.status = 'bounced') AS bounced, \
+             (SELECT COUNT(*) FROM deliveries d WHERE d.campaign_id = page.id AND d.status = 'complained') AS complained \
+             FROM page), \
+             totalled AS (SELECT counted.*, pending + sent + failed + skipped + bounced + complained AS total \
+             FROM counted) \
+             SELECT totalled.*, \
+             CASE WHEN total = 0 THEN 0 \
+             WHEN total <= (SELECT COUNT(*) FROM subscribers s WHERE s.workspace_id = $1 AND s.status = 'unsubscribed') \
+             THEN (SELECT COUNT(*) FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
+                   WHERE d.campaign_id = totalled.id AND s.status = 'unsubscribed') \
+             ELSE (SELECT COUNT(*) FROM subscribers s WHERE s.workspace_id = $1 AND s.status = 'unsubscribed' \
+                   AND EXISTS (SELECT 1 FROM deliveries d WHERE d.campaign_id = totalled.id AND d.subscriber_id = s.id)) \
+             END AS unsubscribed, \
              (SELECT string_agg(CAST(l.list_id AS TEXT), ',') FROM campaign_lists l \
-              WHERE l.campaign_id = page.id) AS list_ids \
-             FROM page LEFT JOIN counts c ON c.campaign_id = page.id ORDER BY page.id"
+              WHERE l.campaign_id = totalled.id) AS list_ids \
+             FROM totalled ORDER BY totalled.id"
         )
     };
 }
@@ -731,6 +744,28 @@ mod tests {
         assert_eq!(page.next, None);
         let both = store.campaign_summaries(0, 20).await.unwrap();
         assert_eq!(both.items.len(), 2);
+        assert_eq!(both.items[0].stats, expected);
+        assert_eq!(both.items[1].stats, CampaignStats::default());
+
+        // More unsubscribed addresses in the workspace than the campaign has rows: the
+        // unsubscribed count is driven from the campaign's side, with the same answer.
+        let late: Vec<_> = (0..10)
+            .map(|i| crate::store::subscribers::NewSubscriber {
+                email: format!("late{i}@example.com"),
+                name: None,
+                attributes: None,
+            })
+            .collect();
+        store.add_subscribers(second.id, &late).await.unwrap();
+        sqlx::query("UPDATE subscribers SET status = 'unsubscribed' WHERE email LIKE 'late%'")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            store.campaign_summary(planned.id).await.unwrap().stats,
+            expected
+        );
+        let both = store.campaign_summaries(0, 20).await.unwrap();
         assert_eq!(both.items[0].stats, expected);
         assert_eq!(both.items[1].stats, CampaignStats::default());
     }
