@@ -775,92 +775,96 @@ mod tests {
 
     #[tokio::test]
     async fn the_ledger_keeps_its_rows_ids_and_counter_when_delivery_keys_lose_their_index() {
-        on_both_databases_at("the_ledger_keeps_its_rows…", 7, async |store: &Store| {
-            let campaign = plan_on(store, 5, 5, 1).await;
-            let claimed = store.claim_batch(campaign, 0).await.unwrap();
-            assert_eq!(claimed.len(), 5);
-            let outcomes: Vec<(i64, Outcome)> = claimed
-                .iter()
-                .map(|r| {
-                    let outcome = if r.delivery_id == claimed[0].delivery_id {
-                        Outcome::Sent {
-                            provider_message_id: Some("pm-before-upgrade".into()),
-                        }
-                    } else {
-                        Outcome::Retry {
-                            error: "try later".into(),
-                        }
-                    };
-                    (r.delivery_id, outcome)
-                })
-                .collect();
-            store.record_outcomes(&outcomes, 3).await.unwrap();
-            // The newest row goes, so the id counter is ahead of the rows left.
-            let newest = claimed.iter().max_by_key(|r| r.delivery_id).unwrap();
-            sqlx::query("DELETE FROM deliveries WHERE id = $1")
-                .bind(newest.delivery_id)
-                .execute(store.pool())
-                .await
-                .unwrap();
-            // Before: a second row with a key in use is refused.
-            assert!(
-                insert_with_key(
+        on_both_databases_at(
+            "the_ledger_keeps_its_rows_ids_and_counter_when_delivery_keys_lose_their_index",
+            7,
+            async |store: &Store| {
+                let campaign = plan_on(store, 5, 5, 1).await;
+                let claimed = store.claim_batch(campaign, 0).await.unwrap();
+                assert_eq!(claimed.len(), 5);
+                let outcomes: Vec<(i64, Outcome)> = claimed
+                    .iter()
+                    .map(|r| {
+                        let outcome = if r.delivery_id == claimed[0].delivery_id {
+                            Outcome::Sent {
+                                provider_message_id: Some("pm-before-upgrade".into()),
+                            }
+                        } else {
+                            Outcome::Retry {
+                                error: "try later".into(),
+                            }
+                        };
+                        (r.delivery_id, outcome)
+                    })
+                    .collect();
+                store.record_outcomes(&outcomes, 3).await.unwrap();
+                // The newest row goes, so the id counter is ahead of the rows left.
+                let newest = claimed.iter().max_by_key(|r| r.delivery_id).unwrap();
+                sqlx::query("DELETE FROM deliveries WHERE id = $1")
+                    .bind(newest.delivery_id)
+                    .execute(store.pool())
+                    .await
+                    .unwrap();
+                // Before: a second row with a key in use is refused.
+                assert!(
+                    insert_with_key(
+                        store,
+                        campaign,
+                        newest.subscriber_id,
+                        &claimed[0].delivery_key
+                    )
+                    .await
+                    .is_err()
+                );
+                let before = store
+                    .deliveries(campaign, None, None, 0, 100)
+                    .await
+                    .unwrap();
+
+                store.migrate().await.unwrap();
+
+                let after = store
+                    .deliveries(campaign, None, None, 0, 100)
+                    .await
+                    .unwrap();
+                assert_eq!(after.items.len(), 4);
+                assert_eq!(format!("{:?}", before.items), format!("{:?}", after.items));
+                // The pair (campaign, subscriber) is what stays unique, and ids are not reused.
+                let again = insert_with_key(
                     store,
                     campaign,
                     newest.subscriber_id,
-                    &claimed[0].delivery_key
+                    &claimed[0].delivery_key,
                 )
                 .await
-                .is_err()
-            );
-            let before = store
-                .deliveries(campaign, None, None, 0, 100)
-                .await
                 .unwrap();
-
-            store.migrate().await.unwrap();
-
-            let after = store
-                .deliveries(campaign, None, None, 0, 100)
-                .await
-                .unwrap();
-            assert_eq!(after.items.len(), 4);
-            assert_eq!(format!("{:?}", before.items), format!("{:?}", after.items));
-            // The pair (campaign, subscriber) is what stays unique, and ids are not reused.
-            let again = insert_with_key(
-                store,
-                campaign,
-                newest.subscriber_id,
-                &claimed[0].delivery_key,
-            )
-            .await
-            .unwrap();
-            assert!(again > newest.delivery_id, "{again} reuses an id");
-            assert!(
-                insert_with_key(store, campaign, newest.subscriber_id, "another-key")
+                assert!(again > newest.delivery_id, "{again} reuses an id");
+                assert!(
+                    insert_with_key(store, campaign, newest.subscriber_id, "another-key")
+                        .await
+                        .is_err()
+                );
+                // Provider webhooks still find the sent row by its message id.
+                let found = store
+                    .apply_provider_event(
+                        Some("pm-before-upgrade"),
+                        None,
+                        crate::store::suppressions::ProviderEvent::Complained,
+                        "complaint",
+                    )
                     .await
-                    .is_err()
-            );
-            // Provider webhooks still find the sent row by its message id.
-            let found = store
-                .apply_provider_event(
-                    Some("pm-before-upgrade"),
-                    None,
-                    crate::store::suppressions::ProviderEvent::Complained,
-                    "complaint",
-                )
-                .await
-                .unwrap();
-            assert!(found);
-            if store.backend() == Backend::Sqlite {
-                let plan = query_plan(
-                    store,
-                    "SELECT id, email FROM deliveries WHERE provider_message_id = 'x' LIMIT 1",
-                )
-                .await;
-                assert!(plan.contains("deliveries_provider_message"), "{plan}");
-            }
-        })
+                    .unwrap();
+                assert!(found);
+                if store.backend() == Backend::Sqlite {
+                    let plan = query_plan(
+                        store,
+                        "SELECT id, email FROM deliveries WHERE provider_message_id = 'x' LIMIT 1",
+                    )
+                    .await;
+                    assert!(plan.contains("deliveries_provider_message"), "{plan}");
+                }
+            },
+        )
         .await;
     }
 
@@ -1062,7 +1066,7 @@ mod tests {
     #[tokio::test]
     async fn a_bounce_reported_by_address_alone_marks_that_recipient_s_row() {
         on_both_databases(
-            "a_bounce_reported_by_address_alone…",
+            "a_bounce_reported_by_address_alone_marks_that_recipient_s_row",
             async |store: &Store| {
                 let campaign = plan_on(store, 3, 3, 1).await;
                 let claimed = store.claim_batch(campaign, 0).await.unwrap();
