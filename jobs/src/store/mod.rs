@@ -395,33 +395,30 @@ impl Store {
         Ok(store)
     }
 
-    /// Applies the migrations this build embeds that the database has not seen yet.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        let migrator = match self.backend {
+    /// The migrations this build embeds for the store's backend.
+    fn migrator(&self) -> &'static Migrator {
+        match self.backend {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
-        };
-        migrator.run(&self.pool).await?;
+        }
+    }
+
+    /// Applies the migrations this build embeds that the database has not seen yet.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        self.migrator().run(&self.pool).await?;
         Ok(())
     }
 
     /// Applies the embedded migrations up to `version` (tests of an upgrade).
     #[cfg(test)]
     pub(crate) async fn migrate_to(&self, version: i64) -> Result<(), StoreError> {
-        let migrator = match self.backend {
-            Backend::Sqlite => &SQLITE_MIGRATIONS,
-            Backend::Postgres => &POSTGRES_MIGRATIONS,
-        };
-        migrator.run_to(version, &self.pool).await?;
+        self.migrator().run_to(version, &self.pool).await?;
         Ok(())
     }
 
     /// The number of migrations this build embeds for the store's backend.
     pub fn migration_count(&self) -> usize {
-        match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.iter().count(),
-            Backend::Postgres => POSTGRES_MIGRATIONS.iter().count(),
-        }
+        self.migrator().iter().count()
     }
 
     /// The pool, for queries of this crate and health checks.
