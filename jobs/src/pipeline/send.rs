@@ -3,9 +3,15 @@
 //! 1. Claim the batch's pending recipients in the ledger (atomic; a recipient another
 //!    worker holds is not returned).
 //! 2. Render subject, HTML and text and build the MIME message for each, off the async
-//!    executor (`spawn_blocking`): Liquid is CPU work.
-//! 3. Hand the messages to the provider, a bounded number at once.
+//!    executor (`spawn_blocking`): Liquid is CPU work. Messages are handed on in parts
+//!    of [`RENDER_PART`], and rendering runs at most one part ahead of the provider.
+//! 3. Hand each part to the provider as it comes, in requests of the provider's size
+//!    (a Resend batch request, one SMTP message), at most `SEND_CONCURRENCY` requests
+//!    at once. Rendering and delivery overlap, so a batch holds the parts in flight, not
+//!    every rendered message at once.
 //! 4. Record every outcome in one transaction; finish the campaign when nothing is left.
+//!    If rendering stops (a panic), what was already sent is recorded and the rest stays
+//!    claimed until its lease runs out.
 //!
 //! While the batch is out, its claims are renewed every third of the lease, so a slow
 //! relay is not mistaken for a dead worker. Temporary failures put recipients back to
@@ -14,6 +20,7 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use tracing::{Instrument, info, warn};
 
 use super::personalize::{self, Plan};
@@ -25,6 +32,9 @@ use crate::provider::{Outgoing, Provider, ProviderError};
 use crate::render::{CompiledTemplate, RenderContext, TemplateSource};
 use crate::store::campaigns::CampaignRow;
 use crate::store::deliveries::{Outcome, Recipient};
+
+/// Messages rendered per part handed to the provider (rounded up to whole requests).
+const RENDER_PART: usize = 100;
 
 /// What one run of the send stage did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,96 +67,170 @@ struct MessageShape<'a> {
     form: message::MessageForm,
 }
 
+/// Everything [`prepare`] needs besides the recipients, moved onto the blocking thread.
+struct Preparation {
+    campaign: Arc<CampaignRow>,
+    template: Arc<CompiledTemplate>,
+    signer: crate::unsubscribe::UnsubscribeSigner,
+    mailto: Option<String>,
+    dkim: Option<message::DkimSigner>,
+    form: message::MessageForm,
+}
+
+/// Renders the recipients' messages in order and hands them to `emit` in parts of
+/// `part_size`, so the provider can take the first part while the next one renders.
+/// Stops early when `emit` returns false (nobody takes parts any more). Returns how
+/// many messages it prepared and the time spent rendering them (not waiting in `emit`).
 fn prepare(
+    job: &Preparation,
+    recipients: Vec<Recipient>,
+    plans: Vec<Plan>,
+    part_size: usize,
+    mut emit: impl FnMut(Vec<Prepared>) -> bool,
+) -> (usize, std::time::Duration) {
+    let shape = MessageShape {
+        mailto: job.mailto.as_deref(),
+        dkim: job.dkim.as_ref(),
+        form: job.form,
+    };
+    let (campaign, template, signer, shape) = (&*job.campaign, &job.template, &job.signer, &shape);
+    let campaign_vars = serde_json::json!({ "id": campaign.id, "name": campaign.name });
+    let part_size = part_size.max(1);
+    let mut rendering = std::time::Duration::ZERO;
+    let mut prepared = 0;
+    let mut part = Vec::with_capacity(part_size.min(recipients.len()));
+    let mut started = std::time::Instant::now();
+    for (r, plan) in recipients.into_iter().zip(
+        plans
+            .into_iter()
+            .chain(std::iter::repeat_with(Plan::unchanged)),
+    ) {
+        part.push(prepare_one(
+            campaign,
+            template,
+            signer,
+            shape,
+            &campaign_vars,
+            r,
+            plan,
+        ));
+        prepared += 1;
+        if part.len() == part_size {
+            rendering += started.elapsed();
+            if !emit(std::mem::replace(&mut part, Vec::with_capacity(part_size))) {
+                return (prepared, rendering);
+            }
+            started = std::time::Instant::now();
+        }
+    }
+    rendering += started.elapsed();
+    if !part.is_empty() {
+        emit(part);
+    }
+    (prepared, rendering)
+}
+
+/// Starts rendering on a blocking thread. Parts of `part_size` messages come out of the
+/// receiver in recipient order, and the thread renders at most one part ahead of
+/// whoever takes them; dropping the receiver stops it. The handle gives how many
+/// messages were prepared and the time spent rendering them.
+fn render_in_parts(
+    preparation: Preparation,
+    recipients: Vec<Recipient>,
+    plans: Vec<Plan>,
+    part_size: usize,
+) -> (
+    tokio::sync::mpsc::Receiver<Vec<Prepared>>,
+    tokio::task::JoinHandle<(usize, std::time::Duration)>,
+) {
+    let (parts_tx, parts_rx) = tokio::sync::mpsc::channel::<Vec<Prepared>>(1);
+    let span = tracing::info_span!("render", messages = recipients.len());
+    let render = tokio::task::spawn_blocking(move || {
+        let _render = span.enter();
+        prepare(&preparation, recipients, plans, part_size, |part| {
+            parts_tx.blocking_send(part).is_ok()
+        })
+    });
+    (parts_rx, render)
+}
+
+/// One recipient's message, or the outcome its plan or its rendering decided.
+fn prepare_one(
     campaign: &CampaignRow,
     template: &CompiledTemplate,
     signer: &crate::unsubscribe::UnsubscribeSigner,
     shape: &MessageShape<'_>,
-    recipients: Vec<Recipient>,
-    plans: Vec<Plan>,
-) -> Vec<Prepared> {
-    let campaign_vars = serde_json::json!({ "id": campaign.id, "name": campaign.name });
-    recipients
-        .into_iter()
-        .zip(
-            plans
-                .into_iter()
-                .chain(std::iter::repeat_with(Plan::unchanged)),
-        )
-        .map(|(r, plan)| {
-            let (extra, subject, from_name) = match plan {
-                Plan::Send {
-                    extra,
-                    subject,
-                    from_name,
-                } => (extra, subject, from_name),
-                Plan::Skip(reason) => {
-                    return Prepared {
-                        delivery_id: r.delivery_id,
-                        message: Err(Outcome::Skipped { reason }),
-                    };
-                }
-                Plan::Fail(error) => {
-                    return Prepared {
-                        delivery_id: r.delivery_id,
-                        message: Err(Outcome::Failed { error }),
-                    };
-                }
-                Plan::Retry(error) => {
-                    return Prepared {
-                        delivery_id: r.delivery_id,
-                        message: Err(Outcome::Retry { error }),
-                    };
-                }
-            };
-            let unsubscribe_url = signer.url(campaign.id, r.subscriber_id);
-            let ctx = RenderContext {
-                email: r.email.clone(),
-                name: r.name.clone(),
-                attributes: serde_json::from_str(&r.attributes).unwrap_or_default(),
-                campaign: campaign_vars.clone(),
-                unsubscribe_url: unsubscribe_url.clone(),
-                extra,
-            };
-            let from = match from_name.as_deref() {
-                Some(name) => message::with_display_name(&campaign.from_addr, name)
-                    .unwrap_or_else(|_| campaign.from_addr.clone()),
-                None => campaign.from_addr.clone(),
-            };
-            let message = template
-                .render(&ctx)
-                .map_err(|e| e.to_string())
-                .and_then(|mut body| {
-                    if let Some(subject) = subject {
-                        body.subject = subject;
-                    }
-                    let envelope = Envelope {
-                        from: &from,
-                        reply_to: campaign.reply_to.as_deref(),
-                        to_email: &r.email,
-                        to_name: r.name.as_deref(),
-                        delivery_key: &r.delivery_key,
-                        unsubscribe_url: Some(&unsubscribe_url),
-                        unsubscribe_mailto: shape.mailto,
-                    };
-                    message::outgoing(&envelope, body, shape.dkim, shape.form)
-                        .map_err(|e| e.to_string())
-                })
-                .map_err(|error| Outcome::Failed { error });
-            Prepared {
+    campaign_vars: &serde_json::Value,
+    r: Recipient,
+    plan: Plan,
+) -> Prepared {
+    let (extra, subject, from_name) = match plan {
+        Plan::Send {
+            extra,
+            subject,
+            from_name,
+        } => (extra, subject, from_name),
+        Plan::Skip(reason) => {
+            return Prepared {
                 delivery_id: r.delivery_id,
-                message,
+                message: Err(Outcome::Skipped { reason }),
+            };
+        }
+        Plan::Fail(error) => {
+            return Prepared {
+                delivery_id: r.delivery_id,
+                message: Err(Outcome::Failed { error }),
+            };
+        }
+        Plan::Retry(error) => {
+            return Prepared {
+                delivery_id: r.delivery_id,
+                message: Err(Outcome::Retry { error }),
+            };
+        }
+    };
+    let unsubscribe_url = signer.url(campaign.id, r.subscriber_id);
+    let ctx = RenderContext {
+        email: r.email.clone(),
+        name: r.name.clone(),
+        attributes: serde_json::from_str(&r.attributes).unwrap_or_default(),
+        campaign: campaign_vars.clone(),
+        unsubscribe_url: unsubscribe_url.clone(),
+        extra,
+    };
+    let from = match from_name.as_deref() {
+        Some(name) => message::with_display_name(&campaign.from_addr, name)
+            .unwrap_or_else(|_| campaign.from_addr.clone()),
+        None => campaign.from_addr.clone(),
+    };
+    let message = template
+        .render(&ctx)
+        .map_err(|e| e.to_string())
+        .and_then(|mut body| {
+            if let Some(subject) = subject {
+                body.subject = subject;
             }
+            let envelope = Envelope {
+                from: &from,
+                reply_to: campaign.reply_to.as_deref(),
+                to_email: &r.email,
+                to_name: r.name.as_deref(),
+                delivery_key: &r.delivery_key,
+                unsubscribe_url: Some(&unsubscribe_url),
+                unsubscribe_mailto: shape.mailto,
+            };
+            message::outgoing(&envelope, body, shape.dkim, shape.form).map_err(|e| e.to_string())
         })
-        .collect()
+        .map_err(|error| Outcome::Failed { error });
+    Prepared {
+        delivery_id: r.delivery_id,
+        message,
+    }
 }
 
-/// Sends the prepared messages; recipients whose message could not be built fail.
-async fn deliver(
-    provider: &Provider,
-    prepared: Vec<Prepared>,
-    concurrency: usize,
-) -> Vec<(i64, Outcome)> {
+/// Sends one provider request's worth of prepared messages; recipients whose message
+/// could not be built keep the outcome already decided.
+async fn deliver(provider: &Provider, prepared: Vec<Prepared>) -> Vec<(i64, Outcome)> {
     let mut outcomes = Vec::with_capacity(prepared.len());
     let mut ids = Vec::with_capacity(prepared.len());
     let mut messages = Vec::with_capacity(prepared.len());
@@ -159,7 +243,10 @@ async fn deliver(
             Err(outcome) => outcomes.push((p.delivery_id, outcome)),
         }
     }
-    let results = provider.send_batch(&messages, concurrency).await;
+    if messages.is_empty() {
+        return outcomes;
+    }
+    let results = provider.send_request(&messages).await;
     for (id, result) in ids.into_iter().zip(results) {
         let outcome = match result {
             Ok(provider_message_id) => Outcome::Sent {
@@ -173,6 +260,17 @@ async fn deliver(
         outcomes.push((id, outcome));
     }
     outcomes
+}
+
+/// Splits a rendered part into provider requests of at most `size` messages each.
+fn requests(part: Vec<Prepared>, size: usize) -> Vec<Vec<Prepared>> {
+    let size = size.max(1);
+    let mut requests = Vec::with_capacity(part.len().div_ceil(size));
+    let mut rest = part.into_iter().peekable();
+    while rest.peek().is_some() {
+        requests.push(rest.by_ref().take(size).collect());
+    }
+    requests
 }
 
 /// Pauses a running campaign whose failure rate crossed the configured threshold, so a
@@ -315,33 +413,7 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         .await
         .map_err(|e| StageError::Permanent(format!("plugin task failed: {e}")))?
     };
-    let for_render = campaign.clone();
-    let form = provider.message_form();
-    let render_started = std::time::Instant::now();
-    let render_span = tracing::info_span!("render", messages = recipients.len());
-    let prepared = tokio::task::spawn_blocking(move || {
-        let _render = render_span.enter();
-        prepare(
-            &for_render,
-            &compiled,
-            &signer,
-            &MessageShape {
-                mailto: mailto.as_deref(),
-                dkim: dkim.as_ref(),
-                form,
-            },
-            recipients,
-            plans,
-        )
-    })
-    .await
-    .map_err(|e| StageError::Permanent(format!("rendering task failed: {e}")))?;
-    crate::telemetry::BatchRendered {
-        messages: prepared.len(),
-        elapsed: render_started.elapsed(),
-    }
-    .emit();
-
+    // The claims are renewed from here on: rendering and delivery overlap.
     let renewer = {
         let store = ctx.store.clone();
         let every = (ctx.config.claim_lease / 3).max(std::time::Duration::from_secs(1));
@@ -355,10 +427,45 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
             }
         })
     };
-    let outcomes = deliver(&provider, prepared, ctx.config.send_concurrency)
+    // Rendering runs ahead of the provider by at most one part: a batch's memory is the
+    // parts in flight, not the whole batch rendered at once.
+    let per_request = provider.messages_per_request();
+    let part_size = RENDER_PART.div_ceil(per_request) * per_request;
+    let preparation = Preparation {
+        campaign: campaign.clone(),
+        template: compiled,
+        signer,
+        mailto,
+        dkim,
+        form: provider.message_form(),
+    };
+    let (mut parts_rx, render) = render_in_parts(preparation, recipients, plans, part_size);
+    let parts = futures::stream::poll_fn(move |cx| parts_rx.poll_recv(cx));
+    let outcomes: Vec<Vec<(i64, Outcome)>> = parts
+        .flat_map(|part| futures::stream::iter(requests(part, per_request)))
+        .map(|request| deliver(&provider, request))
+        .buffered(ctx.config.send_concurrency.max(1))
+        .collect()
         .instrument(tracing::info_span!("deliver", provider = %campaign.provider))
         .await;
+    let outcomes: Vec<(i64, Outcome)> = outcomes.into_iter().flatten().collect();
     renewer.abort();
+    let rendered = match render.await {
+        Ok(rendered) => rendered,
+        Err(e) => {
+            // What was sent before rendering stopped is recorded; the rest stays
+            // claimed until its lease runs out and is sent then.
+            ctx.store
+                .record_outcomes(&outcomes, ctx.config.max_attempts)
+                .await?;
+            return Err(StageError::Permanent(format!("rendering task failed: {e}")));
+        }
+    };
+    crate::telemetry::BatchRendered {
+        messages: rendered.0,
+        elapsed: rendered.1,
+    }
+    .emit();
 
     let mut last_error = String::new();
     for (_, outcome) in &outcomes {
@@ -416,7 +523,150 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
 
 #[cfg(test)]
 mod tests {
-    use super::sent_rows_that_decide;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{Plan, Preparation, Prepared, render_in_parts, requests, sent_rows_that_decide};
+    use crate::message::MessageForm;
+    use crate::render::{CacheConfig, Renderer, TemplateSource};
+    use crate::store::campaigns::CampaignRow;
+    use crate::store::deliveries::{Outcome, Recipient};
+    use crate::unsubscribe::UnsubscribeSigner;
+
+    fn preparation() -> Preparation {
+        let renderer = Renderer::new(CacheConfig {
+            enabled: false,
+            ttl: Duration::from_secs(60),
+            capacity: 1,
+        });
+        let template = renderer
+            .compile(TemplateSource {
+                subject: "Hello {{ subscriber.name }}",
+                html: "<p>{{ subscriber.email }} in {{ subscriber.attributes.city }}</p>",
+                text: Some("{{ subscriber.email }}"),
+            })
+            .unwrap();
+        Preparation {
+            campaign: Arc::new(CampaignRow {
+                id: 7,
+                name: "Parts".into(),
+                template_id: 1,
+                from_addr: "Shop <news@shop.example>".into(),
+                reply_to: None,
+                provider: "resend".into(),
+                plugins: "[]".into(),
+                status: "running".into(),
+                send_at: None,
+                planned: 1,
+                last_error: None,
+                created_at: 0,
+                updated_at: 0,
+                started_at: None,
+                finished_at: None,
+                enqueued_through: 0,
+            }),
+            template: Arc::new(template),
+            signer: UnsubscribeSigner::new(
+                "a-test-secret-of-enough-length-0123",
+                "http://127.0.0.1",
+            ),
+            mailto: None,
+            dkim: None,
+            form: MessageForm::Parts,
+        }
+    }
+
+    fn recipients(n: i64) -> Vec<Recipient> {
+        (1..=n)
+            .map(|i| Recipient {
+                delivery_id: i,
+                subscriber_id: i,
+                email: format!("r{i}@example.com"),
+                name: Some(format!("R {i}")),
+                attributes: r#"{"city":"Lyon"}"#.into(),
+                delivery_key: format!("key-{i}"),
+                attempts: 1,
+            })
+            .collect()
+    }
+
+    fn ids(part: &[Prepared]) -> Vec<i64> {
+        part.iter().map(|p| p.delivery_id).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rendering_runs_one_part_ahead_of_delivery_and_yields_every_recipient_in_order() {
+        let (mut parts, render) = render_in_parts(preparation(), recipients(1000), Vec::new(), 100);
+        let first = parts.recv().await.expect("a first part");
+        assert_eq!(ids(&first), (1..=100).collect::<Vec<_>>());
+        // Nobody takes the next parts for a while: rendering must wait, with at most one
+        // part ready, instead of rendering the other 800 messages.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(parts.len() <= 1, "{} parts rendered ahead", parts.len());
+        assert!(!render.is_finished(), "rendering did not wait for delivery");
+        let mut seen = ids(&first);
+        while let Some(part) = parts.recv().await {
+            assert!(part.len() <= 100);
+            seen.extend(ids(&part));
+        }
+        assert_eq!(seen, (1..=1000).collect::<Vec<_>>());
+        let (prepared, _) = render.await.unwrap();
+        assert_eq!(prepared, 1000);
+        assert!(first.iter().all(|p| p.message.is_ok()));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rendering_stops_when_nobody_takes_the_parts_any_more() {
+        let (mut parts, render) = render_in_parts(preparation(), recipients(1000), Vec::new(), 100);
+        assert!(parts.recv().await.is_some());
+        drop(parts);
+        let (prepared, _) = render.await.unwrap();
+        assert!(prepared <= 300, "{prepared} messages rendered for nobody");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_plan_s_verdict_travels_in_its_part_in_place_of_a_message() {
+        let plans = vec![
+            Plan::unchanged(),
+            Plan::Skip("opted out".into()),
+            Plan::Fail("no address".into()),
+        ];
+        let (mut parts, render) = render_in_parts(preparation(), recipients(5), plans, 2);
+        let mut all = Vec::new();
+        while let Some(part) = parts.recv().await {
+            all.push(part.len());
+            for p in part {
+                match (p.delivery_id, p.message) {
+                    (1 | 4 | 5, Ok(_)) => {}
+                    (2, Err(Outcome::Skipped { reason })) => assert_eq!(reason, "opted out"),
+                    (3, Err(Outcome::Failed { error })) => assert_eq!(error, "no address"),
+                    (id, other) => panic!("recipient {id}: {:?}", other.err()),
+                }
+            }
+        }
+        assert_eq!(all, vec![2, 2, 1]);
+        assert_eq!(render.await.unwrap().0, 5);
+    }
+
+    #[test]
+    fn a_part_splits_into_requests_of_the_provider_s_size() {
+        let part = |n: i64| {
+            (1..=n)
+                .map(|i| Prepared {
+                    delivery_id: i,
+                    message: Err(Outcome::Skipped {
+                        reason: String::new(),
+                    }),
+                })
+                .collect::<Vec<_>>()
+        };
+        let sizes = |rs: Vec<Vec<Prepared>>| rs.iter().map(Vec::len).collect::<Vec<_>>();
+        assert_eq!(sizes(requests(part(250), 100)), vec![100, 100, 50]);
+        assert_eq!(sizes(requests(part(3), 1)), vec![1, 1, 1]);
+        assert_eq!(sizes(requests(part(0), 100)), Vec::<usize>::new());
+        let order: Vec<i64> = requests(part(7), 3).iter().flat_map(|r| ids(r)).collect();
+        assert_eq!(order, (1..=7).collect::<Vec<_>>());
+    }
 
     /// The rule `pause_if_failing` applies to exact counts.
     fn pauses(failed: i64, sent: i64, ratio: f64, min: i64) -> bool {

@@ -219,6 +219,61 @@ impl Provider {
         .await
     }
 
+    /// How many messages one request to this provider carries: a Resend batch request
+    /// takes up to [`resend::MAX_PER_REQUEST`], the others send one message per call.
+    pub fn messages_per_request(&self) -> usize {
+        match &self.transport {
+            Transport::Resend(_) => resend::MAX_PER_REQUEST,
+            Transport::File(_) | Transport::Smtp(_) => 1,
+        }
+    }
+
+    /// Sends up to [`Provider::messages_per_request`] messages as one request; the
+    /// results are in the order of `messages`. A longer slice is sent one message per
+    /// request.
+    ///
+    /// The future is boxed: it names concrete lifetimes here, which keeps the job
+    /// handlers' futures provably `Send`.
+    pub fn send_request<'a>(
+        &'a self,
+        messages: &'a [Outgoing],
+    ) -> futures::future::BoxFuture<'a, Vec<Result<Option<String>, ProviderError>>> {
+        use futures::FutureExt;
+        async move {
+            match &self.transport {
+                Transport::Resend(resend)
+                    if messages.len() > 1 && messages.len() <= resend::MAX_PER_REQUEST =>
+                {
+                    let chunk: Vec<&Outgoing> = messages.iter().collect();
+                    match self
+                        .call(chunk.len() as u32, || resend.send_request(&chunk))
+                        .await
+                    {
+                        Ok(ids) => ids.into_iter().map(Ok).collect(),
+                        // The API refuses a whole request for one bad message: send
+                        // them one by one so only that one fails.
+                        Err(ProviderError::Permanent(_)) => {
+                            let mut results = Vec::with_capacity(chunk.len());
+                            for m in &chunk {
+                                results.push(self.send_one(m).await);
+                            }
+                            results
+                        }
+                        Err(e) => vec![Err(e); chunk.len()],
+                    }
+                }
+                _ => {
+                    let mut results = Vec::with_capacity(messages.len());
+                    for m in messages {
+                        results.push(self.send_one(m).await);
+                    }
+                    results
+                }
+            }
+        }
+        .boxed()
+    }
+
     /// Sends messages, at most `concurrency` requests at once; the results are in the
     /// order of `messages`.
     ///
@@ -230,60 +285,21 @@ impl Provider {
         concurrency: usize,
     ) -> futures::future::BoxFuture<'a, Vec<Result<Option<String>, ProviderError>>> {
         use futures::FutureExt;
-        async move { self.send_batch_inner(messages, concurrency).await }.boxed()
-    }
-
-    async fn send_batch_inner(
-        &self,
-        messages: &[Outgoing],
-        concurrency: usize,
-    ) -> Vec<Result<Option<String>, ProviderError>> {
-        let concurrency = concurrency.max(1);
-        match &self.transport {
-            Transport::Resend(resend) => {
+        let size = self.messages_per_request();
+        async move {
+            let results: Vec<Vec<Result<Option<String>, ProviderError>>> =
                 // Stream over indices, not references: closures taking references trip
                 // rustc's higher-ranked lifetime inference in async stream pipelines.
-                let size = resend::MAX_PER_REQUEST;
-                let count = messages.len().div_ceil(size);
-                let results: Vec<Vec<Result<Option<String>, ProviderError>>> =
-                    futures::stream::iter(0..count)
-                        .map(|i| {
-                            let chunk: Vec<&Outgoing> = messages
-                                [i * size..((i + 1) * size).min(messages.len())]
-                                .iter()
-                                .collect();
-                            async move {
-                                match self
-                                    .call(chunk.len() as u32, || resend.send_request(&chunk))
-                                    .await
-                                {
-                                    Ok(ids) => ids.into_iter().map(Ok).collect(),
-                                    // The API refuses a whole request for one bad message:
-                                    // send them one by one so only that one fails.
-                                    Err(ProviderError::Permanent(_)) if chunk.len() > 1 => {
-                                        let mut results = Vec::with_capacity(chunk.len());
-                                        for m in &chunk {
-                                            results.push(self.send_one(m).await);
-                                        }
-                                        results
-                                    }
-                                    Err(e) => vec![Err(e); chunk.len()],
-                                }
-                            }
-                        })
-                        .buffered(concurrency)
-                        .collect()
-                        .await;
-                results.into_iter().flatten().collect()
-            }
-            _ => {
-                futures::stream::iter(0..messages.len())
-                    .map(|i| self.send_one(&messages[i]))
-                    .buffered(concurrency)
+                futures::stream::iter(0..messages.len().div_ceil(size))
+                    .map(|i| {
+                        self.send_request(&messages[i * size..((i + 1) * size).min(messages.len())])
+                    })
+                    .buffered(concurrency.max(1))
                     .collect()
-                    .await
-            }
+                    .await;
+            results.into_iter().flatten().collect()
         }
+        .boxed()
     }
 }
 
