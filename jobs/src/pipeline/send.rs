@@ -57,23 +57,16 @@ struct Prepared {
     message: Result<Outgoing, Outcome>,
 }
 
-/// How every message of a batch is built beyond its rendered body.
-struct MessageShape<'a> {
-    /// `UNSUBSCRIBE_MAILTO`.
-    mailto: Option<&'a str>,
-    /// The DKIM signer, when configured.
-    dkim: Option<&'a message::DkimSigner>,
-    /// What the provider takes.
-    form: message::MessageForm,
-}
-
 /// Everything [`prepare`] needs besides the recipients, moved onto the blocking thread.
 struct Preparation {
     campaign: Arc<CampaignRow>,
     template: Arc<CompiledTemplate>,
     signer: crate::unsubscribe::UnsubscribeSigner,
+    /// `UNSUBSCRIBE_MAILTO`.
     mailto: Option<String>,
+    /// The DKIM signer, when configured.
     dkim: Option<message::DkimSigner>,
+    /// What the provider takes.
     form: message::MessageForm,
 }
 
@@ -88,13 +81,7 @@ fn prepare(
     part_size: usize,
     mut emit: impl FnMut(Vec<Prepared>) -> bool,
 ) -> (usize, std::time::Duration) {
-    let shape = MessageShape {
-        mailto: job.mailto.as_deref(),
-        dkim: job.dkim.as_ref(),
-        form: job.form,
-    };
-    let (campaign, template, signer, shape) = (&*job.campaign, &job.template, &job.signer, &shape);
-    let campaign_vars = serde_json::json!({ "id": campaign.id, "name": campaign.name });
+    let campaign_vars = serde_json::json!({ "id": job.campaign.id, "name": job.campaign.name });
     let part_size = part_size.max(1);
     let mut rendering = std::time::Duration::ZERO;
     let mut prepared = 0;
@@ -105,15 +92,7 @@ fn prepare(
             .into_iter()
             .chain(std::iter::repeat_with(Plan::unchanged)),
     ) {
-        part.push(prepare_one(
-            campaign,
-            template,
-            signer,
-            shape,
-            &campaign_vars,
-            r,
-            plan,
-        ));
+        part.push(prepare_one(job, &campaign_vars, r, plan));
         prepared += 1;
         if part.len() == part_size {
             rendering += started.elapsed();
@@ -156,10 +135,7 @@ fn render_in_parts(
 
 /// One recipient's message, or the outcome its plan or its rendering decided.
 fn prepare_one(
-    campaign: &CampaignRow,
-    template: &CompiledTemplate,
-    signer: &crate::unsubscribe::UnsubscribeSigner,
-    shape: &MessageShape<'_>,
+    job: &Preparation,
     campaign_vars: &serde_json::Value,
     r: Recipient,
     plan: Plan,
@@ -189,7 +165,8 @@ fn prepare_one(
             };
         }
     };
-    let unsubscribe_url = signer.url(campaign.id, r.subscriber_id);
+    let campaign = &*job.campaign;
+    let unsubscribe_url = job.signer.url(campaign.id, r.subscriber_id);
     let ctx = RenderContext {
         email: r.email.clone(),
         name: r.name.clone(),
@@ -203,7 +180,8 @@ fn prepare_one(
             .unwrap_or_else(|_| campaign.from_addr.clone()),
         None => campaign.from_addr.clone(),
     };
-    let message = template
+    let message = job
+        .template
         .render(&ctx)
         .map_err(|e| e.to_string())
         .and_then(|mut body| {
@@ -217,9 +195,10 @@ fn prepare_one(
                 to_name: r.name.as_deref(),
                 delivery_key: &r.delivery_key,
                 unsubscribe_url: Some(&unsubscribe_url),
-                unsubscribe_mailto: shape.mailto,
+                unsubscribe_mailto: job.mailto.as_deref(),
             };
-            message::outgoing(&envelope, body, shape.dkim, shape.form).map_err(|e| e.to_string())
+            message::outgoing(&envelope, body, job.dkim.as_ref(), job.form)
+                .map_err(|e| e.to_string())
         })
         .map_err(|error| Outcome::Failed { error });
     Prepared {

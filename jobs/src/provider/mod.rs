@@ -240,36 +240,27 @@ impl Provider {
     ) -> futures::future::BoxFuture<'a, Vec<Result<Option<String>, ProviderError>>> {
         use futures::FutureExt;
         async move {
-            match &self.transport {
-                Transport::Resend(resend)
-                    if messages.len() > 1 && messages.len() <= resend::MAX_PER_REQUEST =>
+            if let Transport::Resend(resend) = &self.transport
+                && messages.len() > 1
+                && messages.len() <= resend::MAX_PER_REQUEST
+            {
+                let chunk: Vec<&Outgoing> = messages.iter().collect();
+                match self
+                    .call(chunk.len() as u32, || resend.send_request(&chunk))
+                    .await
                 {
-                    let chunk: Vec<&Outgoing> = messages.iter().collect();
-                    match self
-                        .call(chunk.len() as u32, || resend.send_request(&chunk))
-                        .await
-                    {
-                        Ok(ids) => ids.into_iter().map(Ok).collect(),
-                        // The API refuses a whole request for one bad message: send
-                        // them one by one so only that one fails.
-                        Err(ProviderError::Permanent(_)) => {
-                            let mut results = Vec::with_capacity(chunk.len());
-                            for m in &chunk {
-                                results.push(self.send_one(m).await);
-                            }
-                            results
-                        }
-                        Err(e) => vec![Err(e); chunk.len()],
-                    }
-                }
-                _ => {
-                    let mut results = Vec::with_capacity(messages.len());
-                    for m in messages {
-                        results.push(self.send_one(m).await);
-                    }
-                    results
+                    Ok(ids) => return ids.into_iter().map(Ok).collect(),
+                    // The API refuses a whole request for one bad message: send them
+                    // one by one below, so only that one fails.
+                    Err(ProviderError::Permanent(_)) => {}
+                    Err(e) => return vec![Err(e); chunk.len()],
                 }
             }
+            let mut results = Vec::with_capacity(messages.len());
+            for m in messages {
+                results.push(self.send_one(m).await);
+            }
+            results
         }
         .boxed()
     }
