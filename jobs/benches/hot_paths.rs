@@ -172,7 +172,7 @@ fn ledger(c: &mut Criterion) {
                     .insert_deliveries(campaign, batch, &members)
                     .await
                     .expect("insert");
-                let claimed = store.claim_batch(campaign, 0).await.expect("claim");
+                let claimed = store.claim_batch(campaign, 0, None).await.expect("claim");
                 let outcomes: Vec<(i64, Outcome)> = claimed
                     .iter()
                     .map(|r| {

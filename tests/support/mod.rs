@@ -290,6 +290,43 @@ impl Server {
         out
     }
 
+    /// The log lines above INFO (warnings and errors) of every process in this
+    /// directory, and the last lines of each: what a failure report needs, without
+    /// thousands of "Batch delivered" lines cutting it short.
+    pub fn notable_logs(&self) -> String {
+        const TAIL: usize = 15;
+        const NOTABLE: usize = 60;
+        let mut out = String::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return out;
+        };
+        for e in entries.flatten() {
+            if !e.path().extension().is_some_and(|x| x == "log") {
+                continue;
+            }
+            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("== {}\n", e.path().display()));
+            let notable: Vec<&&str> = lines
+                .iter()
+                .filter(|l| !l.contains("\"level\":\"INFO\"") && !l.contains("\"level\":\"DEBUG\""))
+                .collect();
+            for line in notable.iter().take(NOTABLE) {
+                out.push_str(line);
+                out.push('\n');
+            }
+            if notable.len() > NOTABLE {
+                out.push_str(&format!("({} more left out)\n", notable.len() - NOTABLE));
+            }
+            out.push_str(&format!("-- its last {TAIL} lines\n"));
+            for line in &lines[lines.len().saturating_sub(TAIL)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     pub fn outbox(&self) -> PathBuf {
         self.dir.join("data").join("outbox")
     }
@@ -375,9 +412,22 @@ impl Server {
                 return body;
             }
             if Instant::now() > deadline {
+                let mut unfinished = String::new();
+                for left in ["pending", "sending"] {
+                    let (_, page) = self
+                        .request(
+                            "GET",
+                            &format!("/api/v1/campaigns/{id}/deliveries?status={left}&limit=5"),
+                            Some(token),
+                            None,
+                        )
+                        .await;
+                    unfinished.push_str(&format!("{left}: {page}\n"));
+                }
                 panic!(
-                    "campaign {id} did not reach {status}: {body}\nlogs:\n{}",
-                    self.logs()
+                    "campaign {id} did not reach {status}: {body}\nunfinished recipients (first 5 of each):\n{unfinished}\
+                     warnings and errors logged:\n{}",
+                    self.notable_logs()
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -20,6 +20,8 @@ pub struct MockState {
     pub deliveries: HashMap<String, u32>,
     /// When each accepted message was accepted.
     pub accepted_at: Vec<Instant>,
+    /// Answer 429 for this long from the next request on (armed by `throttle_for`).
+    pub throttle_next: Option<Duration>,
     /// Answer 429 until then.
     pub throttle_until: Option<Instant>,
     /// 429 answers given.
@@ -68,6 +70,9 @@ impl Handler for Handle {
         };
         let mut s = self.0.lock().expect("mock state");
         s.requests += 1;
+        if let Some(d) = s.throttle_next.take() {
+            s.throttle_until = Some(Instant::now() + d);
+        }
         if s.throttle_until.is_some_and(|t| Instant::now() < t) {
             s.throttled += 1;
             res.status_code(StatusCode::TOO_MANY_REQUESTS);
@@ -153,8 +158,10 @@ impl ResendMock {
         ]
     }
 
+    /// Answers 429 for `d` from the next request on (not from now: on a loaded machine
+    /// the first request may come later than `d`).
     pub fn throttle_for(&self, d: Duration) {
-        self.state.lock().expect("state").throttle_until = Some(Instant::now() + d);
+        self.state.lock().expect("state").throttle_next = Some(d);
     }
 
     pub fn deliveries(&self) -> HashMap<String, u32> {

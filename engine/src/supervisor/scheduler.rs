@@ -1,6 +1,7 @@
 //! The `scheduler` component: a one-second clock that starts scheduled campaigns whose
-//! time has come and, every ten seconds, recovers recipients whose sender died mid-batch
-//! (claims older than the lease), re-enqueues batches whose jobs were lost (pending rows
+//! time has come and, every ten seconds, enqueues the batches of senders that died
+//! mid-batch (claims older than the lease, which the batch's job takes over, or fails
+//! where resending is unsafe), re-enqueues batches whose jobs were lost (pending rows
 //! untouched for `STALL_RECOVERY_SECS`, e.g. a Redis without persistence restarted),
 //! tops up each campaign's send window and finishes campaigns with nothing left to send.
 //! Hourly it trims finished queue jobs and expired sessions. A failing tick is logged and retried on the next
@@ -297,7 +298,7 @@ async fn recover_campaign(
         warn!(
             campaign_id = id,
             batches = batches.len(),
-            "Recovered recipients of a sender that stopped mid-batch"
+            "Enqueued the batches of a sender that stopped mid-batch, to take its claims over"
         );
     }
     if campaign.planned == 0

@@ -1,7 +1,8 @@
 //! The send stage: one batch of one campaign, rendered and delivered.
 //!
 //! 1. Claim the batch's pending recipients in the ledger (atomic; a recipient another
-//!    worker holds is not returned).
+//!    worker holds is not returned, unless its claim outlived the lease: that worker
+//!    died mid-batch, and where resending is safe this job takes the claim over).
 //! 2. Render subject, HTML and text and build the MIME message for each, off the async
 //!    executor (`spawn_blocking`): Liquid is CPU work. Messages are handed on in parts
 //!    of [`RENDER_PART`], and rendering runs at most one part ahead of the provider.
@@ -316,6 +317,15 @@ fn sent_rows_that_decide(failed: i64, ratio: f64, min_finished: i64) -> i64 {
     by_ratio.max(min_finished - failed).max(0).saturating_add(1)
 }
 
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs the send stage for one batch.
 pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchReport, StageError> {
     let campaign = match ctx.store.campaign(job.campaign_id).await {
@@ -358,7 +368,15 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         personalize::load_chain(&ctx.store, &ctx.plugins, &campaign).await?
     };
 
-    let recipients = ctx.store.claim_batch(campaign.id, job.batch_no).await?;
+    // Claims older than the lease belong to a sender that died mid-batch (a live one
+    // renews them); take them over where resending is safe (idempotency keys).
+    let take_over_before = provider
+        .resend_safe()
+        .then(|| crate::now_ms() - ctx.config.claim_lease.as_millis() as i64);
+    let recipients = ctx
+        .store
+        .claim_batch(campaign.id, job.batch_no, take_over_before)
+        .await?;
     let mut report = BatchReport {
         claimed: recipients.len(),
         ..BatchReport::default()
@@ -393,18 +411,20 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         .map_err(|e| StageError::Permanent(format!("plugin task failed: {e}")))?
     };
     // The claims are renewed from here on: rendering and delivery overlap.
+    // The renewal stops with this function, also when its future is dropped midway:
+    // claims renewed forever would never be taken over.
     let renewer = {
         let store = ctx.store.clone();
         let every = (ctx.config.claim_lease / 3).max(std::time::Duration::from_secs(1));
         let (campaign_id, batch_no) = (campaign.id, job.batch_no);
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 if let Err(e) = store.renew_claims(campaign_id, batch_no).await {
                     warn!(campaign_id, batch_no, error = %e, "Renewing the batch's claims failed");
                 }
             }
-        })
+        }))
     };
     // Rendering runs ahead of the provider by at most one part: a batch's memory is the
     // parts in flight, not the whole batch rendered at once.
@@ -428,7 +448,7 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         .instrument(tracing::info_span!("deliver", provider = %campaign.provider))
         .await;
     let outcomes: Vec<(i64, Outcome)> = outcomes.into_iter().flatten().collect();
-    renewer.abort();
+    drop(renewer);
     let rendered = match render.await {
         Ok(rendered) => rendered,
         Err(e) => {

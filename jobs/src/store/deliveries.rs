@@ -1,8 +1,9 @@
 //! The delivery ledger: one row per campaign × recipient. The plan stage writes rows
 //! (idempotently: a re-run adds nothing twice); the send stage claims a batch's pending
 //! rows atomically, so no two workers ever hold the same recipient, and records each
-//! outcome. A claim older than the lease whose worker died is recovered by
-//! [`Store::recover_stale_claims`].
+//! outcome. A live sender renews its claims; one older than the lease (its sender died)
+//! is found by [`Store::recover_stale_claims`] and taken over by the batch's next send
+//! job, or failed where resending could deliver twice.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -307,11 +308,17 @@ impl Store {
     }
 
     /// Claims the pending recipients of a batch for this sender, atomically, and returns
-    /// them with their subscriber data. Rows claimed by someone else are not returned.
+    /// them with their subscriber data. Rows claimed by someone else are not returned,
+    /// unless their claim is older than `take_over_before` (ms since the epoch): then
+    /// their sender stopped mid-batch (its claims are renewed while it lives), and this
+    /// sender takes them over. Pass `None` where sending twice must be avoided (a
+    /// provider without idempotency keys): such claims are failed by
+    /// [`Store::recover_stale_claims`] instead.
     pub async fn claim_batch(
         &self,
         campaign_id: i64,
         batch_no: i64,
+        take_over_before: Option<i64>,
     ) -> Result<Vec<Recipient>, StoreError> {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
@@ -330,27 +337,31 @@ impl Store {
         .await?;
         let ids: Vec<i64> = sqlx::query_scalar(
             "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = $1, \
-             updated_at = $1 WHERE campaign_id = $2 AND batch_no = $3 AND status = 'pending' \
-             RETURNING id",
+             updated_at = $1, last_error = CASE WHEN status = 'sending' \
+               THEN 'the sender stopped mid-batch; taken over by another' ELSE last_error END \
+             WHERE campaign_id = $2 AND batch_no = $3 AND status IN ('pending', 'sending') \
+             AND (status = 'pending' OR claimed_at < $4) RETURNING id",
         )
         .bind(now)
         .bind(campaign_id)
         .bind(batch_no)
+        .bind(take_over_before.unwrap_or(i64::MIN))
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // Read back by id, not by claim time: another sender of the same batch renews
+        // every claim of the batch, so the time may already have moved on.
         let mut recipients = sqlx::query_as::<_, Recipient>(
             "SELECT d.id AS delivery_id, d.subscriber_id, d.email, s.name, s.attributes, \
              d.delivery_key, d.attempts FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
-             WHERE d.campaign_id = $1 AND d.batch_no = $2 AND d.status = 'sending' AND d.claimed_at = $3 \
+             WHERE d.campaign_id = $1 AND d.batch_no = $2 AND d.status = 'sending' \
              ORDER BY d.id",
         )
         .bind(campaign_id)
         .bind(batch_no)
-        .bind(now)
         .fetch_all(self.pool())
         .await?;
         let claimed: std::collections::HashSet<i64> = ids.into_iter().collect();
@@ -456,10 +467,13 @@ impl Store {
         Ok(())
     }
 
-    /// Recovers claims older than `lease_ms` (their worker died mid-batch). When the
-    /// provider is idempotent (`resend_safe`) the rows go back to pending and their
-    /// batches are returned for re-enqueueing; otherwise they are failed with a reason,
-    /// because resending could deliver twice. Returns (campaign id, batch) pairs.
+    /// Claims older than `lease_ms` (their sender died mid-batch; a live one renews its
+    /// claims). When the provider is idempotent (`resend_safe`) nothing changes here:
+    /// the batches holding such claims are returned for enqueueing, and their send job
+    /// takes the claims over ([`Store::claim_batch`]). A process that dies before it
+    /// enqueues them leaves the claims as they were, for the next look to find. When
+    /// resending could deliver twice, the rows are failed with a reason instead, and no
+    /// batch is returned.
     pub async fn recover_stale_claims(
         &self,
         campaign_id: i64,
@@ -470,19 +484,13 @@ impl Store {
         let cutoff = now - lease_ms;
         if resend_safe {
             Ok(sqlx::query_scalar::<_, i64>(
-                "UPDATE deliveries SET status = 'pending', claimed_at = NULL, updated_at = $1, \
-                 last_error = 'worker stopped mid-batch; retried' \
-                 WHERE campaign_id = $2 AND status = 'sending' AND claimed_at < $3 RETURNING batch_no",
+                "SELECT DISTINCT batch_no FROM deliveries \
+                 WHERE campaign_id = $1 AND status = 'sending' AND claimed_at < $2 ORDER BY batch_no",
             )
-            .bind(now)
             .bind(campaign_id)
             .bind(cutoff)
             .fetch_all(self.pool())
-            .await?
-            .into_iter()
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect())
+            .await?)
         } else {
             sqlx::query(
                 "UPDATE deliveries SET status = 'failed', claimed_at = NULL, updated_at = $1, \
@@ -521,20 +529,40 @@ impl Store {
             .await?)
     }
 
-    /// Moves the campaign's window one batch on, if the next batch has been planned (its
-    /// rows are pending: nothing claims a batch beyond the window); returns the batch to
-    /// enqueue. Atomic: of concurrent callers each gets a distinct
-    /// batch.
-    pub async fn advance_window(&self, campaign_id: i64) -> Result<Option<i64>, StoreError> {
+    /// The batch that would move the campaign's window one on (`enqueued_through + 1`),
+    /// if anything beyond the window is still pending. Reading it changes nothing: the
+    /// caller enqueues the batch first and then calls [`Store::mark_enqueued`], so a
+    /// process that dies in between leaves a batch enqueued twice (harmless: a send job
+    /// claims only unclaimed rows), never a batch counted as enqueued that is not.
+    ///
+    /// The batch itself may have no pending row left (its job ran before its window
+    /// mark, or the mark was lost with its process): it is still the next one, so that
+    /// the window can move past it to the pending batches behind it.
+    pub async fn next_batch_to_enqueue(&self, campaign_id: i64) -> Result<Option<i64>, StoreError> {
         Ok(sqlx::query_scalar(
-            "UPDATE campaigns SET enqueued_through = enqueued_through + 1 WHERE id = $1 AND EXISTS \
+            "SELECT c.enqueued_through + 1 FROM campaigns c WHERE c.id = $1 AND EXISTS \
              (SELECT 1 FROM deliveries d WHERE d.campaign_id = $1 AND d.status = 'pending' \
-              AND d.batch_no = campaigns.enqueued_through + 1) \
-             RETURNING enqueued_through",
+              AND d.batch_no > c.enqueued_through)",
         )
         .bind(campaign_id)
         .fetch_optional(self.pool())
         .await?)
+    }
+
+    /// Counts `batch_no` (returned by [`Store::next_batch_to_enqueue`] and enqueued since)
+    /// in the campaign's window. False when another process moved the window first:
+    /// the batch was enqueued twice, and the caller looks again.
+    pub async fn mark_enqueued(&self, campaign_id: i64, batch_no: i64) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "UPDATE campaigns SET enqueued_through = $1 WHERE id = $2 AND enqueued_through = $3",
+        )
+        .bind(batch_no)
+        .bind(campaign_id)
+        .bind(batch_no - 1)
+        .execute(self.pool())
+        .await?
+        .rows_affected()
+            == 1)
     }
 
     /// Enqueued batches whose pending rows nobody touched for `idle_ms` (their job was
@@ -780,7 +808,7 @@ mod tests {
             7,
             async |store: &Store| {
                 let campaign = plan_on(store, 5, 5, 1).await;
-                let claimed = store.claim_batch(campaign, 0).await.unwrap();
+                let claimed = store.claim_batch(campaign, 0, None).await.unwrap();
                 assert_eq!(claimed.len(), 5);
                 let outcomes: Vec<(i64, Outcome)> = claimed
                     .iter()
@@ -872,7 +900,7 @@ mod tests {
     async fn outcomes_are_recorded_row_by_row_in_chunked_statements() {
         // 250 rows: three statements, the last one partial.
         let (store, campaign) = planned(250, 250, 1).await;
-        let claimed = store.claim_batch(campaign, 0).await.unwrap();
+        let claimed = store.claim_batch(campaign, 0, None).await.unwrap();
         assert_eq!(claimed.len(), 250);
         let outcomes: Vec<(i64, Outcome)> = claimed
             .iter()
@@ -951,7 +979,7 @@ mod tests {
             63
         );
         // Retried rows at their last attempt fail instead, keeping the error.
-        let again = store.claim_batch(campaign, 0).await.unwrap();
+        let again = store.claim_batch(campaign, 0, None).await.unwrap();
         assert_eq!(again.len(), 62);
         let retry: Vec<(i64, Outcome)> = again
             .iter()
@@ -985,7 +1013,7 @@ mod tests {
     async fn the_window_counts_only_enqueued_unfinished_batches() {
         let (store, campaign) = planned(100, 10, 3).await;
         assert_eq!(store.outstanding_batches(campaign).await.unwrap(), 3);
-        let claimed = store.claim_batch(campaign, 0).await.unwrap();
+        let claimed = store.claim_batch(campaign, 0, None).await.unwrap();
         assert_eq!(
             store.outstanding_batches(campaign).await.unwrap(),
             3,
@@ -1004,15 +1032,173 @@ mod tests {
             .collect();
         store.record_outcomes(&sent, 3).await.unwrap();
         assert_eq!(store.outstanding_batches(campaign).await.unwrap(), 2);
-        assert_eq!(store.advance_window(campaign).await.unwrap(), Some(3));
+        assert_eq!(
+            store.next_batch_to_enqueue(campaign).await.unwrap(),
+            Some(3)
+        );
+        assert!(store.mark_enqueued(campaign, 3).await.unwrap());
         assert_eq!(store.outstanding_batches(campaign).await.unwrap(), 3);
+    }
+
+    /// Claims of a sender that died stay `sending`; the scheduler finds their batch
+    /// without changing a row, and the batch's next job takes them over, but only once
+    /// they are older than the lease and only where resending is safe.
+    #[tokio::test]
+    async fn a_dead_sender_s_stale_claims_are_taken_over_by_the_batch_s_next_job() {
+        let (store, campaign) = planned(20, 10, 2).await;
+        let dead = store.claim_batch(campaign, 1, None).await.unwrap();
+        assert_eq!(dead.len(), 10);
+        let lease = 60_000;
+        assert!(
+            store
+                .recover_stale_claims(campaign, lease, true)
+                .await
+                .unwrap()
+                .is_empty(),
+            "fresh claims are not stale"
+        );
+        let fresh_cutoff = now_ms() - lease;
+        assert!(
+            store
+                .claim_batch(campaign, 1, Some(fresh_cutoff))
+                .await
+                .unwrap()
+                .is_empty(),
+            "a live sender's claims are not taken over"
+        );
+        sqlx::query("UPDATE deliveries SET claimed_at = claimed_at - 120000 WHERE batch_no = 1")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .recover_stale_claims(campaign, lease, true)
+                .await
+                .unwrap(),
+            vec![1]
+        );
+        assert_eq!(
+            store
+                .count_deliveries(campaign, DeliveryStatus::Pending)
+                .await
+                .unwrap(),
+            10,
+            "finding the batch changes no row (batch 0 is pending)"
+        );
+        assert!(
+            store
+                .claim_batch(campaign, 1, None)
+                .await
+                .unwrap()
+                .is_empty(),
+            "without take-over (SMTP) stale claims are not claimed"
+        );
+        let taken = store
+            .claim_batch(campaign, 1, Some(now_ms() - lease))
+            .await
+            .unwrap();
+        assert_eq!(
+            taken.iter().map(|r| r.delivery_id).collect::<Vec<_>>(),
+            dead.iter().map(|r| r.delivery_id).collect::<Vec<_>>(),
+            "the whole batch, in the same order"
+        );
+        assert!(taken.iter().all(|r| r.attempts == 2));
+        let errors: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT last_error FROM deliveries WHERE batch_no = 1")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert!(
+            errors
+                .iter()
+                .all(|e| e.as_deref().is_some_and(|e| e.contains("taken over"))),
+            "{errors:?}"
+        );
+        assert!(
+            store
+                .recover_stale_claims(campaign, lease, true)
+                .await
+                .unwrap()
+                .is_empty(),
+            "taken-over claims are fresh again"
+        );
+        // Where resending could deliver twice, stale claims are failed, not returned.
+        sqlx::query("UPDATE deliveries SET claimed_at = claimed_at - 120000 WHERE batch_no = 1")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert!(
+            store
+                .recover_stale_claims(campaign, lease, false)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .count_deliveries(campaign, DeliveryStatus::Failed)
+                .await
+                .unwrap(),
+            10
+        );
+    }
+
+    /// A process that enqueued a batch and died before marking it leaves the window
+    /// behind: the next filler offers the same batch again (enqueued twice, never
+    /// skipped), even once that batch has been sent, so the window moves on past it.
+    #[tokio::test]
+    async fn the_window_moves_on_past_a_batch_enqueued_but_never_marked() {
+        let (store, campaign) = planned(50, 10, 1).await;
+        assert_eq!(
+            store.next_batch_to_enqueue(campaign).await.unwrap(),
+            Some(1)
+        );
+        // Batch 1 was enqueued and its job ran, but the filler died before its mark.
+        let claimed = store.claim_batch(campaign, 1, None).await.unwrap();
+        assert_eq!(claimed.len(), 10);
+        let sent: Vec<(i64, Outcome)> = claimed
+            .iter()
+            .map(|r| {
+                (
+                    r.delivery_id,
+                    Outcome::Sent {
+                        provider_message_id: None,
+                    },
+                )
+            })
+            .collect();
+        store.record_outcomes(&sent, 3).await.unwrap();
+        assert_eq!(
+            store.next_batch_to_enqueue(campaign).await.unwrap(),
+            Some(1)
+        );
+        assert!(store.mark_enqueued(campaign, 1).await.unwrap());
+        assert_eq!(
+            store.next_batch_to_enqueue(campaign).await.unwrap(),
+            Some(2)
+        );
+        // Two fillers that read the same batch: one marks it, the other is told no.
+        assert!(store.mark_enqueued(campaign, 2).await.unwrap());
+        assert!(!store.mark_enqueued(campaign, 2).await.unwrap());
+        assert_eq!(
+            store.next_batch_to_enqueue(campaign).await.unwrap(),
+            Some(3)
+        );
+        for batch in 3..=4 {
+            assert!(store.mark_enqueued(campaign, batch).await.unwrap());
+        }
+        assert_eq!(
+            store.next_batch_to_enqueue(campaign).await.unwrap(),
+            None,
+            "nothing beyond the last batch"
+        );
     }
 
     #[tokio::test]
     async fn an_address_suppressed_after_planning_is_skipped_at_claim() {
         let (store, campaign) = planned(5, 5, 1).await;
         assert!(store.suppress("r3@example.com", "complaint").await.unwrap());
-        let claimed = store.claim_batch(campaign, 0).await.unwrap();
+        let claimed = store.claim_batch(campaign, 0, None).await.unwrap();
         assert_eq!(claimed.len(), 4);
         assert!(claimed.iter().all(|r| r.email != "r3@example.com"));
         let skipped = store
@@ -1069,7 +1255,7 @@ mod tests {
             "a_bounce_reported_by_address_alone_marks_that_recipient_s_row",
             async |store: &Store| {
                 let campaign = plan_on(store, 3, 3, 1).await;
-                let claimed = store.claim_batch(campaign, 0).await.unwrap();
+                let claimed = store.claim_batch(campaign, 0, None).await.unwrap();
                 let outcomes: Vec<(i64, Outcome)> = claimed
                     .iter()
                     .map(|r| {
