@@ -39,9 +39,9 @@ pub struct SchedulerArgs {
 }
 
 /// Keeps the ledger scans behind the business gauges (`running_progress` every 5 s,
-/// `ledger_rates` every 15 s) to a small share of the database's time: they read every
-/// row of the ledger, which at millions of rows takes long enough to slow the campaign
-/// being measured. After a scan that took `t`, the next one waits at least
+/// `ledger_rates` every 15 s) to a small share of the database's time: they count every
+/// entry of the ledger's status index, which at millions of rows takes long enough to
+/// slow the campaign being measured. After a scan that took `t`, the next one waits at least
 /// `SCAN_SHARE_INVERSE × t`; those gauges then keep their last value a little longer.
 #[derive(Debug, Default)]
 pub(crate) struct ScanBudget {

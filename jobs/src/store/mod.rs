@@ -461,6 +461,43 @@ impl Store {
 mod tests {
     use super::*;
 
+    /// Every setting of the connection hook takes effect, not only the first statement.
+    #[tokio::test]
+    async fn sqlite_connections_get_every_pragma() {
+        let path =
+            std::env::temp_dir().join(format!("mailing-pragmas-{:016x}.db", rand::random::<u64>()));
+        let store = Store::open(&StoreConfig {
+            url: format!("sqlite://{}", path.display()),
+            max_connections: 1,
+            acquire_timeout: std::time::Duration::from_secs(5),
+        })
+        .await
+        .expect("a store");
+        let mut conn = store.pool().acquire().await.expect("a connection");
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("the journal mode reads");
+        assert_eq!(journal, "wal");
+        for (pragma, expected) in [
+            ("synchronous", 1),
+            ("foreign_keys", 1),
+            ("busy_timeout", 10_000),
+            ("cache_size", -i64::from(SQLITE_CACHE_KIB)),
+        ] {
+            let value: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("PRAGMA {pragma}")))
+                .fetch_one(&mut *conn)
+                .await
+                .expect("the pragma reads");
+            assert_eq!(value, expected, "PRAGMA {pragma}");
+        }
+        drop(conn);
+        store.pool().close().await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
     #[tokio::test]
     async fn postgres_connections_plan_every_execution() {
         let Some(store) = open_test_postgres("postgres_connections_plan_every_execution", 2).await
