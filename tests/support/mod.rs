@@ -301,7 +301,7 @@ impl Server {
             return out;
         };
         for e in entries.flatten() {
-            if !e.path().extension().is_some_and(|x| x == "log") {
+            if e.path().extension().is_none_or(|x| x != "log") {
                 continue;
             }
             let text = std::fs::read_to_string(e.path()).unwrap_or_default();
