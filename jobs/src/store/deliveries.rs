@@ -529,40 +529,33 @@ impl Store {
             .await?)
     }
 
-    /// The batch that would move the campaign's window one on (`enqueued_through + 1`),
-    /// if anything beyond the window is still pending. Reading it changes nothing: the
-    /// caller enqueues the batch first and then calls [`Store::mark_enqueued`], so a
-    /// process that dies in between leaves a batch enqueued twice (harmless: a send job
-    /// claims only unclaimed rows), never a batch counted as enqueued that is not.
+    /// Starts moving the campaign's window one batch on (`enqueued_through + 1`), if
+    /// anything beyond the window is still pending. The move holds the campaign's row
+    /// (PostgreSQL) or the write lock (SQLite) until [`WindowAdvance::commit`], so the
+    /// caller enqueues the batch in between: concurrent callers wait and then get the
+    /// next batch, never the same one, and a process that dies before its commit leaves
+    /// the batch enqueued and the window where it was, so it is enqueued again (a
+    /// duplicate job claims nothing). Moving first and enqueueing after the commit lost
+    /// the batch when the process died in between, until `STALL_RECOVERY_SECS`.
     ///
-    /// The batch itself may have no pending row left (its job ran before its window
-    /// mark, or the mark was lost with its process): it is still the next one, so that
-    /// the window can move past it to the pending batches behind it.
-    pub async fn next_batch_to_enqueue(&self, campaign_id: i64) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT c.enqueued_through + 1 FROM campaigns c WHERE c.id = $1 AND EXISTS \
+    /// The batch itself may have no pending row left (its job ran before a commit that
+    /// never came): it is still the next one, so that the window moves past it to the
+    /// pending batches behind it.
+    pub async fn begin_window_advance(
+        &self,
+        campaign_id: i64,
+    ) -> Result<Option<WindowAdvance>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let batch_no: Option<i64> = sqlx::query_scalar(
+            "UPDATE campaigns SET enqueued_through = enqueued_through + 1 WHERE id = $1 AND EXISTS \
              (SELECT 1 FROM deliveries d WHERE d.campaign_id = $1 AND d.status = 'pending' \
-              AND d.batch_no > c.enqueued_through)",
+              AND d.batch_no > campaigns.enqueued_through) \
+             RETURNING enqueued_through",
         )
         .bind(campaign_id)
-        .fetch_optional(self.pool())
-        .await?)
-    }
-
-    /// Counts `batch_no` (returned by [`Store::next_batch_to_enqueue`] and enqueued since)
-    /// in the campaign's window. False when another process moved the window first:
-    /// the batch was enqueued twice, and the caller looks again.
-    pub async fn mark_enqueued(&self, campaign_id: i64, batch_no: i64) -> Result<bool, StoreError> {
-        Ok(sqlx::query(
-            "UPDATE campaigns SET enqueued_through = $1 WHERE id = $2 AND enqueued_through = $3",
-        )
-        .bind(batch_no)
-        .bind(campaign_id)
-        .bind(batch_no - 1)
-        .execute(self.pool())
-        .await?
-        .rows_affected()
-            == 1)
+        .fetch_optional(&mut *tx)
+        .await?;
+        Ok(batch_no.map(|batch_no| WindowAdvance { tx, batch_no }))
     }
 
     /// Enqueued batches whose pending rows nobody touched for `idle_ms` (their job was
@@ -735,6 +728,27 @@ async fn insert_batch(
         query.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// A window move in progress ([`Store::begin_window_advance`]): enqueue
+/// [`WindowAdvance::batch_no`], then [`WindowAdvance::commit`]. Dropped without a
+/// commit (the enqueue failed), the window stays where it was.
+pub struct WindowAdvance {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    batch_no: i64,
+}
+
+impl WindowAdvance {
+    /// The batch to enqueue.
+    pub fn batch_no(&self) -> i64 {
+        self.batch_no
+    }
+
+    /// Counts the enqueued batch in the window.
+    pub async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -1032,11 +1046,9 @@ mod tests {
             .collect();
         store.record_outcomes(&sent, 3).await.unwrap();
         assert_eq!(store.outstanding_batches(campaign).await.unwrap(), 2);
-        assert_eq!(
-            store.next_batch_to_enqueue(campaign).await.unwrap(),
-            Some(3)
-        );
-        assert!(store.mark_enqueued(campaign, 3).await.unwrap());
+        let advance = store.begin_window_advance(campaign).await.unwrap().unwrap();
+        assert_eq!(advance.batch_no(), 3);
+        advance.commit().await.unwrap();
         assert_eq!(store.outstanding_batches(campaign).await.unwrap(), 3);
     }
 
@@ -1143,17 +1155,17 @@ mod tests {
         );
     }
 
-    /// A process that enqueued a batch and died before marking it leaves the window
-    /// behind: the next filler offers the same batch again (enqueued twice, never
-    /// skipped), even once that batch has been sent, so the window moves on past it.
+    /// The window moves only when its move is committed, after the batch was enqueued:
+    /// a move dropped uncommitted (the enqueue failed, or the process died) offers the
+    /// same batch again, also once that batch has been sent, so the window moves on
+    /// past it; a committed move offers the next.
     #[tokio::test]
-    async fn the_window_moves_on_past_a_batch_enqueued_but_never_marked() {
+    async fn the_window_moves_only_when_its_move_is_committed() {
         let (store, campaign) = planned(50, 10, 1).await;
-        assert_eq!(
-            store.next_batch_to_enqueue(campaign).await.unwrap(),
-            Some(1)
-        );
-        // Batch 1 was enqueued and its job ran, but the filler died before its mark.
+        let lost = store.begin_window_advance(campaign).await.unwrap().unwrap();
+        assert_eq!(lost.batch_no(), 1);
+        drop(lost);
+        // Batch 1's job ran although its move was never committed.
         let claimed = store.claim_batch(campaign, 1, None).await.unwrap();
         assert_eq!(claimed.len(), 10);
         let sent: Vec<(i64, Outcome)> = claimed
@@ -1168,28 +1180,20 @@ mod tests {
             })
             .collect();
         store.record_outcomes(&sent, 3).await.unwrap();
-        assert_eq!(
-            store.next_batch_to_enqueue(campaign).await.unwrap(),
-            Some(1)
-        );
-        assert!(store.mark_enqueued(campaign, 1).await.unwrap());
-        assert_eq!(
-            store.next_batch_to_enqueue(campaign).await.unwrap(),
-            Some(2)
-        );
-        // Two fillers that read the same batch: one marks it, the other is told no.
-        assert!(store.mark_enqueued(campaign, 2).await.unwrap());
-        assert!(!store.mark_enqueued(campaign, 2).await.unwrap());
-        assert_eq!(
-            store.next_batch_to_enqueue(campaign).await.unwrap(),
-            Some(3)
-        );
-        for batch in 3..=4 {
-            assert!(store.mark_enqueued(campaign, batch).await.unwrap());
+        let again = store.begin_window_advance(campaign).await.unwrap().unwrap();
+        assert_eq!(again.batch_no(), 1, "offered again, not skipped");
+        again.commit().await.unwrap();
+        for batch in 2..=4 {
+            let next = store.begin_window_advance(campaign).await.unwrap().unwrap();
+            assert_eq!(next.batch_no(), batch);
+            next.commit().await.unwrap();
         }
-        assert_eq!(
-            store.next_batch_to_enqueue(campaign).await.unwrap(),
-            None,
+        assert!(
+            store
+                .begin_window_advance(campaign)
+                .await
+                .unwrap()
+                .is_none(),
             "nothing beyond the last batch"
         );
     }
