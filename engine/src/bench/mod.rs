@@ -37,6 +37,10 @@ pub const MAX_RECIPIENTS: usize = 10_000_000;
 /// Subscribers written per store transaction while seeding.
 const SEED_CHUNK: usize = 10_000;
 
+/// Scrapes of every process's /metrics at most, 250 ms apart, until the send stage's
+/// batch count stops changing (see the end of a run).
+const SCRAPES_TO_SETTLE: usize = 8;
+
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BenchMode {
@@ -657,16 +661,36 @@ async fn pipeline_in(
             cpu_ms: *cpu,
         })
         .collect();
-    let mut metrics = Vec::with_capacity(metrics_ports.len());
-    for (m, port) in members.iter().zip(&metrics_ports) {
-        match fleet::metrics_on(*port).await {
-            Ok(text) => metrics.push(text),
-            Err(e) => quiet(&format!(
-                "no /metrics from `mailing {}` on port {port} ({e:#}); its batches are left \
-                 out of the stage latencies",
-                m.role
-            )),
+    // The campaign is done inside its last batch's job, and that job's duration is
+    // recorded when the job returns, just after: scrape until two scrapes a moment
+    // apart count the same batches, so the last one is not left out.
+    let mut metrics: Vec<String> = Vec::new();
+    let mut counted = None;
+    for _ in 0..SCRAPES_TO_SETTLE {
+        metrics.clear();
+        for (m, port) in members.iter().zip(&metrics_ports) {
+            match fleet::metrics_on(*port).await {
+                Ok(text) => metrics.push(text),
+                Err(e) => quiet(&format!(
+                    "no /metrics from `mailing {}` on port {port} ({e:#}); its batches are left \
+                     out of the stage latencies",
+                    m.role
+                )),
+            }
         }
+        let batches: f64 = metrics
+            .iter()
+            .filter_map(|text| {
+                probe::histogram_buckets(text, "mailing_batch_duration_seconds", "stage", "send")
+                    .last()
+                    .map(|l| l.1)
+            })
+            .sum();
+        if counted == Some(batches) {
+            break;
+        }
+        counted = Some(batches);
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let stages = ["plan", "send"]
         .into_iter()
