@@ -317,12 +317,19 @@ fn sent_rows_that_decide(failed: i64, ratio: f64, min_finished: i64) -> i64 {
     by_ratio.max(min_finished - failed).max(0).saturating_add(1)
 }
 
-/// Aborts a spawned task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// Renews a batch's claims every `every` for as long as it is polled, so a slow batch
+/// is not mistaken for a dead sender's.
+async fn renew_claims(
+    ctx: &PipelineContext,
+    every: std::time::Duration,
+    campaign_id: i64,
+    batch_no: i64,
+) -> std::convert::Infallible {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = ctx.store.renew_claims(campaign_id, batch_no).await {
+            warn!(campaign_id, batch_no, error = %e, "Renewing the batch's claims failed");
+        }
     }
 }
 
@@ -410,22 +417,6 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         .await
         .map_err(|e| StageError::Permanent(format!("plugin task failed: {e}")))?
     };
-    // The claims are renewed from here on: rendering and delivery overlap.
-    // The renewal stops with this function, also when its future is dropped midway:
-    // claims renewed forever would never be taken over.
-    let renewer = {
-        let store = ctx.store.clone();
-        let every = (ctx.config.claim_lease / 3).max(std::time::Duration::from_secs(1));
-        let (campaign_id, batch_no) = (campaign.id, job.batch_no);
-        AbortOnDrop(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = store.renew_claims(campaign_id, batch_no).await {
-                    warn!(campaign_id, batch_no, error = %e, "Renewing the batch's claims failed");
-                }
-            }
-        }))
-    };
     // Rendering runs ahead of the provider by at most one part: a batch's memory is the
     // parts in flight, not the whole batch rendered at once.
     let per_request = provider.messages_per_request();
@@ -440,15 +431,20 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
     };
     let (mut parts_rx, render) = render_in_parts(preparation, recipients, plans, part_size);
     let parts = futures::stream::poll_fn(move |cx| parts_rx.poll_recv(cx));
-    let outcomes: Vec<Vec<(i64, Outcome)>> = parts
+    let delivery = parts
         .flat_map(|part| futures::stream::iter(requests(part, per_request)))
         .map(|request| deliver(&provider, request))
         .buffered(ctx.config.send_concurrency.max(1))
-        .collect()
-        .instrument(tracing::info_span!("deliver", provider = %campaign.provider))
-        .await;
-    let outcomes: Vec<(i64, Outcome)> = outcomes.into_iter().flatten().collect();
-    drop(renewer);
+        .collect::<Vec<Vec<(i64, Outcome)>>>()
+        .instrument(tracing::info_span!("deliver", provider = %campaign.provider));
+    // The claims are renewed while rendering and delivery run, in this task: the
+    // renewal ends with them, also when this future is dropped midway (claims renewed
+    // forever would never be taken over).
+    let every = (ctx.config.claim_lease / 3).max(std::time::Duration::from_secs(1));
+    let outcomes: Vec<(i64, Outcome)> = tokio::select! {
+        outcomes = delivery => outcomes.into_iter().flatten().collect(),
+        never = renew_claims(ctx, every, campaign.id, job.batch_no) => match never {},
+    };
     let rendered = match render.await {
         Ok(rendered) => rendered,
         Err(e) => {

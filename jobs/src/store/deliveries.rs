@@ -764,6 +764,22 @@ mod tests {
         (store, campaign)
     }
 
+    /// Records every claimed recipient as sent.
+    async fn record_sent(store: &Store, claimed: &[Recipient]) {
+        let sent: Vec<(i64, Outcome)> = claimed
+            .iter()
+            .map(|r| {
+                (
+                    r.delivery_id,
+                    Outcome::Sent {
+                        provider_message_id: None,
+                    },
+                )
+            })
+            .collect();
+        store.record_outcomes(&sent, 3).await.unwrap();
+    }
+
     /// [`planned`] on a store of the caller's; answers the campaign.
     async fn plan_on(store: &Store, n: usize, per_batch: usize, enqueued: i64) -> i64 {
         let list = store.create_list("l", None).await.unwrap();
@@ -1033,18 +1049,7 @@ mod tests {
             3,
             "sending counts"
         );
-        let sent: Vec<(i64, Outcome)> = claimed
-            .iter()
-            .map(|r| {
-                (
-                    r.delivery_id,
-                    Outcome::Sent {
-                        provider_message_id: None,
-                    },
-                )
-            })
-            .collect();
-        store.record_outcomes(&sent, 3).await.unwrap();
+        record_sent(&store, &claimed).await;
         assert_eq!(store.outstanding_batches(campaign).await.unwrap(), 2);
         let advance = store.begin_window_advance(campaign).await.unwrap().unwrap();
         assert_eq!(advance.batch_no(), 3);
@@ -1168,18 +1173,7 @@ mod tests {
         // Batch 1's job ran although its move was never committed.
         let claimed = store.claim_batch(campaign, 1, None).await.unwrap();
         assert_eq!(claimed.len(), 10);
-        let sent: Vec<(i64, Outcome)> = claimed
-            .iter()
-            .map(|r| {
-                (
-                    r.delivery_id,
-                    Outcome::Sent {
-                        provider_message_id: None,
-                    },
-                )
-            })
-            .collect();
-        store.record_outcomes(&sent, 3).await.unwrap();
+        record_sent(&store, &claimed).await;
         let again = store.begin_window_advance(campaign).await.unwrap().unwrap();
         assert_eq!(again.batch_no(), 1, "offered again, not skipped");
         again.commit().await.unwrap();
