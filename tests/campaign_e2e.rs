@@ -512,6 +512,19 @@ async fn ledger_campaigns(server: &Server, token: &str, email: &str) -> Vec<i64>
 /// PATCH changes a draft's settings (validated as on creation) and nothing once it is
 /// sent; DELETE removes a campaign that is not sending, with its ledger, and refuses a
 /// running or paused one; a viewer can do neither.
+/// The campaign `id` as the first page of `GET /api/v1/campaigns` shows it.
+async fn listed_campaign(server: &Server, token: &str, id: i64) -> serde_json::Value {
+    let (status, page) = server
+        .request("GET", "/api/v1/campaigns", Some(token), None)
+        .await;
+    assert_eq!(status, 200, "{page}");
+    page["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|c| c["id"] == id))
+        .cloned()
+        .unwrap_or_else(|| panic!("campaign {id} is not on the first page: {page}"))
+}
+
 async fn campaign_edit_and_delete(server: &Server) {
     let token = server.login().await;
     let viewer = viewer_token(server, &token).await;
@@ -528,6 +541,9 @@ async fn campaign_edit_and_delete(server: &Server) {
     let vip = vip["id"].as_i64().expect("list id");
     let draft = create_campaign(server, &token, list, "file").await;
     let path = format!("/api/v1/campaigns/{draft}");
+    // The page is read (and kept for API_CACHE_TTL_MS) before the change below.
+    let before = listed_campaign(server, &token, draft).await;
+    assert_ne!(before["name"], "Spring launch", "{before}");
 
     // A draft: the given fields change, the others stay.
     let send_at = (chrono::Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
@@ -555,6 +571,12 @@ async fn campaign_edit_and_delete(server: &Server) {
     assert_eq!(patched["provider"], "file");
     let (_, shown) = server.request("GET", &path, Some(&token), None).await;
     assert_eq!(shown, patched, "stored as answered");
+    // A change made through the process is on its campaign page at once.
+    assert_eq!(
+        listed_campaign(server, &token, draft).await,
+        patched,
+        "the page kept from before the change is not served after it"
+    );
 
     // `null` clears the optional fields; absent ones stay.
     let (status, cleared) = server

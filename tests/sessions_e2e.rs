@@ -5,7 +5,8 @@
 //! requests are rate limited per caller and per address (429 with Retry-After), and on
 //! a fleet the per-caller limit holds across API replicas through Redis; deleting a
 //! user ends their sessions at once, and an admin can delete neither themselves nor the
-//! last admin.
+//! last admin; a logout is seen at once by the replica that took it and within
+//! `API_CACHE_TTL_MS` by the others.
 
 mod support;
 
@@ -489,6 +490,60 @@ async fn on_a_fleet_the_per_caller_limit_holds_across_api_replicas() {
         codes[4..].contains(&429),
         "the replicas share the limit: {codes:?}"
     );
+    backend.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_fleet_a_logout_reaches_the_other_replicas_within_the_cache_ttl() {
+    let Some(backend) = Backend::fleet("logout across replicas").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tmp");
+    let ttl = std::time::Duration::from_secs(5);
+    let extra = [
+        ("API_RATE_LIMIT_PER_USER", "0".to_string()),
+        ("API_CACHE_TTL_MS", ttl.as_millis().to_string()),
+    ];
+    let first = Server::start_in(dir.path(), "api", &backend, &extra).await;
+    let second = Server::start_in(dir.path(), "api", &backend, &extra).await;
+    let token = first.login().await;
+    // Both replicas have found the token standing, and remember it.
+    assert_eq!(get_lists(&first, &token).await.0, 200);
+    assert_eq!(get_lists(&second, &token).await.0, 200);
+    let (status, body) = first
+        .request("POST", "/auth/logout", Some(&token), None)
+        .await;
+    assert_eq!(status, 204, "{body}");
+    let logged_out = std::time::Instant::now();
+    assert_eq!(
+        get_lists(&first, &token).await.0,
+        401,
+        "the replica that took the logout refuses the token at once"
+    );
+    // The other replica still remembers the token standing: this is the lag the setting
+    // allows (5 s here; the token was found standing there a moment ago).
+    assert_eq!(
+        get_lists(&second, &token).await.0,
+        200,
+        "the other replica answers from what it remembered"
+    );
+    // It forgets once the TTL runs out. (Not a speed claim: the bound below is the
+    // setting's promise, with room for a slow machine.)
+    let refused_after = loop {
+        let (status, _) = get_lists(&second, &token).await;
+        if status == 401 {
+            break logged_out.elapsed();
+        }
+        assert_eq!(status, 200);
+        assert!(
+            logged_out.elapsed() < ttl * 4,
+            "the second replica still accepts a token logged out {:?} ago (API_CACHE_TTL_MS={})",
+            logged_out.elapsed(),
+            ttl.as_millis()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    eprintln!("the second replica refused the token {refused_after:?} after the logout");
     backend.cleanup().await;
 }
 

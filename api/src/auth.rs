@@ -228,6 +228,19 @@ impl AppState {
             .sub
             .parse()
             .map_err(|_| ApiError::Unauthorized("the access token names no user".into()))?;
+        let principal = |claims: Claims| Principal {
+            user_id,
+            username: claims.name,
+            role: claims.role,
+            jti: claims.jti,
+            exp: claims.exp,
+        };
+        // The name and role are part of the signed token, so one token id names one
+        // user, name and role: a remembered standing answers for all three.
+        let miss = match self.cache.session(&claims.jti, user_id) {
+            Ok(()) => return Ok(principal(claims)),
+            Err(miss) => miss,
+        };
         let standing = self
             .store
             .access_token_standing(&claims.jti, user_id, &claims.name, claims.role)
@@ -243,13 +256,8 @@ impl AppState {
                 "the access token's user was deleted or changed; log in again".into(),
             ));
         }
-        Ok(Principal {
-            user_id,
-            username: claims.name,
-            role: claims.role,
-            jti: claims.jti,
-            exp: claims.exp,
-        })
+        self.cache.put_session(miss, &claims.jti, user_id);
+        Ok(principal(claims))
     }
 }
 

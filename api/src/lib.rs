@@ -7,6 +7,7 @@
 //! `mailing-engine`.
 
 pub mod auth;
+pub mod cache;
 pub mod limits;
 pub mod openapi;
 pub mod problem;
@@ -170,6 +171,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let doc = openapi::document(&api);
     let mut root = Router::new()
         .hoop(affix_state::inject(state))
+        .hoop(cache::ForgetOnWrite)
         .hoop(limits::LimitByAddress)
         .push(api);
     match openapi::routes(&doc) {

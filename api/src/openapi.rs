@@ -5,10 +5,12 @@
 //! in the binary, nothing fetched from the internet) at `/docs`.
 //!
 //! Also here: the typed answers handlers return ([`Created`], [`Accepted`],
-//! [`NoContent`]) so their status code is part of the document, and the problem+json
-//! answers every [`ApiError`] can produce.
+//! [`NoContent`], and [`JsonBytes`] for a body serialized once and served again) so their
+//! status code and schema are part of the document, and the problem+json answers every
+//! [`ApiError`] can produce.
 
 use std::any::TypeId;
+use std::marker::PhantomData;
 use std::sync::Once;
 
 use salvo::oapi::naming::{self, NameRule, Namer};
@@ -133,6 +135,55 @@ impl<T: Serialize + Send> Writer for Accepted<T> {
 impl<T: ToSchema> EndpointOutRegister for Accepted<T> {
     fn register(components: &mut Components, operation: &mut Operation) {
         json_response::<T>(components, operation, "202", "Accepted");
+    }
+}
+
+/// `200 OK` with a JSON body of type `T` already serialized, so that a cached answer is
+/// served without serializing it again; documented as `T`.
+#[derive(Debug)]
+pub struct JsonBytes<T> {
+    body: bytes::Bytes,
+    of: PhantomData<fn() -> T>,
+}
+
+impl<T: Serialize> JsonBytes<T> {
+    /// Serializes `value`.
+    pub fn serialize(value: &T) -> Result<Self, ApiError> {
+        let body = serde_json::to_vec(value)
+            .map_err(|e| ApiError::Internal(format!("serializing the answer failed: {e}")))?;
+        Ok(Self::new(body.into()))
+    }
+}
+
+impl<T> JsonBytes<T> {
+    /// A body serialized earlier from a `T`.
+    pub fn new(body: bytes::Bytes) -> Self {
+        JsonBytes {
+            body,
+            of: PhantomData,
+        }
+    }
+
+    /// The serialized body (cheap to clone).
+    pub fn bytes(&self) -> bytes::Bytes {
+        self.body.clone()
+    }
+}
+
+#[async_trait]
+impl<T: Send> Writer for JsonBytes<T> {
+    async fn write(self, _req: &mut Request, _depot: &mut Depot, res: &mut Response) {
+        res.headers_mut().insert(
+            salvo::http::header::CONTENT_TYPE,
+            salvo::http::HeaderValue::from_static("application/json; charset=utf-8"),
+        );
+        res.body(self.body);
+    }
+}
+
+impl<T: ToSchema> EndpointOutRegister for JsonBytes<T> {
+    fn register(components: &mut Components, operation: &mut Operation) {
+        <Json<T> as EndpointOutRegister>::register(components, operation);
     }
 }
 

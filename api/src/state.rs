@@ -32,6 +32,8 @@ pub struct AppState {
     pub auth: AuthConfig,
     /// Failed-login counters.
     pub throttle: Arc<LoginThrottle>,
+    /// Token standings and campaign pages kept for `API_CACHE_TTL_MS`.
+    pub cache: Arc<crate::cache::ApiCache>,
     /// What the supervision tree reports.
     pub health: HealthRegistry,
     /// Unsubscribe tokens.

@@ -375,6 +375,7 @@ pub async fn run(
                 max_failures_per_ip: 50,
                 throttle_window: Duration::from_secs(15 * 60),
             },
+            cache: Arc::new(mailing_api::cache::ApiCache::new(config.api_cache_ttl)),
             throttle: Arc::new(match queue.redis_connection() {
                 Some(conn) => LoginThrottle::redis(
                     Duration::from_secs(15 * 60),

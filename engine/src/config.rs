@@ -101,6 +101,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "FAILURE_PAUSE_MIN", default: "100", secret: false, doc: "finished recipients before FAILURE_PAUSE_RATIO applies" },
     Setting { name: "STALL_RECOVERY_SECS", default: "900", secret: false, doc: "re-enqueue a batch whose pending recipients nobody touched for this long (a lost queue)" },
     Setting { name: "UNSUBSCRIBE_MAILTO", default: "", secret: false, doc: "optional mailto address in List-Unsubscribe" },
+    Setting { name: "API_CACHE_TTL_MS", default: "1000", secret: false, doc: "how long an API process remembers an access token's standing and a page of GET /api/v1/campaigns, milliseconds (0: off); changes made through the same process are seen at once, others within this time" },
     Setting { name: "API_RATE_LIMIT_PER_IP", default: "100", secret: false, doc: "API requests/s per client address (burst: one second's worth; 0: off); in Redis when configured" },
     Setting { name: "API_RATE_LIMIT_PER_USER", default: "50", secret: false, doc: "API requests/s per user or API key on /api/v1 and /admin (0: off); in Redis when configured" },
     Setting { name: "PLUGIN_FUEL", default: "50000000", secret: false, doc: "fuel (about one per WebAssembly instruction) a plugin may use on one batch" },
@@ -130,6 +131,10 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "BACKUP_DIR", default: "./backups", secret: false, doc: "where backups are written" },
     Setting { name: "BACKUP_COPY_DIR", default: "", secret: false, doc: "a second directory each verified backup is copied to" },
 ];
+
+/// The longest `API_CACHE_TTL_MS`: how long another API process may go on accepting a
+/// token that was logged out.
+const MAX_API_CACHE_TTL_MS: u64 = 10_000;
 
 /// The effective configuration.
 #[derive(Debug, Clone)]
@@ -202,6 +207,8 @@ pub struct Config {
     pub stall_recovery: Duration,
     /// `UNSUBSCRIBE_MAILTO`.
     pub unsubscribe_mailto: Option<String>,
+    /// `API_CACHE_TTL_MS` (zero: off).
+    pub api_cache_ttl: Duration,
     /// `API_RATE_LIMIT_PER_IP`, requests/s (None: off).
     pub api_rate_per_ip: Option<f64>,
     /// `API_RATE_LIMIT_PER_USER`, requests/s (None: off).
@@ -554,6 +561,13 @@ impl Config {
         let failure_pause_min: i64 = r.positive("FAILURE_PAUSE_MIN");
         let stall_recovery = Duration::from_secs(r.positive::<u64>("STALL_RECOVERY_SECS"));
         let unsubscribe_mailto = r.text("UNSUBSCRIBE_MAILTO");
+        let api_cache_ttl_ms: u64 = r.parse("API_CACHE_TTL_MS", "a whole number of milliseconds");
+        if api_cache_ttl_ms > MAX_API_CACHE_TTL_MS {
+            r.errors.push(format!(
+                "API_CACHE_TTL_MS must be at most {MAX_API_CACHE_TTL_MS} (a logout elsewhere in a fleet takes this long to be seen)"
+            ));
+        }
+        let api_cache_ttl = Duration::from_millis(api_cache_ttl_ms);
         let api_rate_per_ip = r.rate("API_RATE_LIMIT_PER_IP");
         let api_rate_per_user = r.rate("API_RATE_LIMIT_PER_USER");
         let plugin_limits = mailing_plugins::PluginLimits {
@@ -767,6 +781,7 @@ impl Config {
             failure_pause_min,
             stall_recovery,
             unsubscribe_mailto,
+            api_cache_ttl,
             api_rate_per_ip,
             api_rate_per_user,
             plugin_limits,
@@ -937,6 +952,31 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.0.len(), 3, "{err}");
+    }
+
+    #[test]
+    fn the_api_cache_is_bounded_and_can_be_turned_off() {
+        assert_eq!(
+            config(&[]).unwrap().api_cache_ttl,
+            Duration::from_millis(1000)
+        );
+        assert!(
+            config(&[("API_CACHE_TTL_MS", "0")])
+                .unwrap()
+                .api_cache_ttl
+                .is_zero()
+        );
+        let err = config(&[("API_CACHE_TTL_MS", "60000")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("API_CACHE_TTL_MS must be at most 10000"),
+            "{err}"
+        );
+        let err = config(&[("API_CACHE_TTL_MS", "1s")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("API_CACHE_TTL_MS=\"1s\""), "{err}");
     }
 
     #[test]

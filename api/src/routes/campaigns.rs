@@ -12,7 +12,7 @@ use super::{
     JSON_LIMIT, PageQuery, json_body, nullable, pagination, path_id, present, required_text,
 };
 use crate::auth::principal;
-use crate::openapi::{Accepted, Created, NoContent};
+use crate::openapi::{Accepted, Created, JsonBytes, NoContent};
 use crate::problem::{ApiError, ApiResult, FieldError};
 use crate::state::{AppState, from_depot};
 use mailing_jobs::pipeline::PlanCampaign;
@@ -383,19 +383,30 @@ pub async fn create(req: &mut Request, depot: &mut Depot) -> ApiResult<Created<C
 
 /// `GET /api/v1/campaigns`: one page of campaigns, each with its statistics.
 #[endpoint(tags("campaigns"), parameters(PageQuery))]
-pub async fn index(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Page<CampaignView>>> {
+pub async fn index(
+    req: &mut Request,
+    depot: &mut Depot,
+) -> ApiResult<JsonBytes<Page<CampaignView>>> {
     let state = from_depot(depot)?;
-    let (after, limit) = pagination(req)?;
+    let key = pagination(req)?;
+    // Dashboards poll this page: it is kept for API_CACHE_TTL_MS (see `crate::cache`).
+    let miss = match state.cache.campaign_page(key) {
+        Ok(page) => return Ok(JsonBytes::new(page)),
+        Err(miss) => miss,
+    };
+    let (after, limit) = key;
     // One statement for the page, its ledger counts and its lists.
     let page = state.store.campaign_summaries(after, limit).await?;
-    Ok(Json(Page {
+    let page = JsonBytes::serialize(&Page {
         items: page
             .items
             .into_iter()
             .map(campaign_view)
-            .collect::<ApiResult<_>>()?,
+            .collect::<ApiResult<Vec<_>>>()?,
         next: page.next,
-    }))
+    })?;
+    state.cache.put_campaign_page(miss, key, page.bytes());
+    Ok(page)
 }
 
 /// `GET /api/v1/campaigns/{id}`: the campaign with its statistics.

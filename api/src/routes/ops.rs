@@ -246,13 +246,15 @@ pub async fn cache_stats(depot: &mut Depot) -> ApiResult<Json<CacheStats>> {
     Ok(Json(state.renderer.stats()))
 }
 
-/// `POST /admin/cache/clear`: drops every compiled template (admin).
+/// `POST /admin/cache/clear`: drops every compiled template, and the API's remembered
+/// token standings and campaign pages (admin).
 #[endpoint(tags("operations"))]
 pub async fn cache_clear(depot: &mut Depot) -> ApiResult<Json<CacheCleared>> {
     let state = from_depot(depot)?;
     let who = principal(depot)?;
     who.require(Role::Admin)?;
     let cleared = state.renderer.clear();
+    state.cache.clear();
     state
         .store
         .audit(

@@ -174,6 +174,7 @@ pub async fn logout(req: &mut Request, depot: &mut Depot) -> ApiResult<NoContent
         .store
         .revoke_access_token(&who.jti, who.exp * 1000)
         .await?;
+    state.cache.sessions_changed();
     if let Some(token) = body.refresh_token
         && let Some(family) = state
             .store

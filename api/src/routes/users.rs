@@ -110,6 +110,7 @@ pub async fn delete(req: &mut Request, depot: &mut Depot) -> ApiResult<NoContent
         ));
     }
     let user = state.store.delete_user(id).await?;
+    state.cache.sessions_changed();
     state
         .store
         .audit(
