@@ -84,7 +84,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "DKIM_ALGORITHM", default: "rsa", secret: false, doc: "`rsa` or `ed25519`" },
     Setting { name: "BATCH_SIZE", default: "500", secret: false, doc: "recipients per batch job" },
     Setting { name: "BATCH_WINDOW", default: "8", secret: false, doc: "batches of one campaign in the queue at once (backpressure)" },
-    Setting { name: "SEND_CONCURRENCY", default: "16", secret: false, doc: "messages of one batch in flight at once" },
+    Setting { name: "SEND_CONCURRENCY", default: "16", secret: false, doc: "messages of one batch in flight at once, rounded up to whole provider requests (`resend`: one request of up to 100 per 100 messages)" },
     Setting { name: "TX_CONCURRENCY", default: "4", secret: false, doc: "transactional messages one process sends at once (their own workers, ahead of bulk)" },
     Setting { name: "PLAN_CONCURRENCY", default: "2", secret: false, doc: "plan jobs one process runs at once" },
     Setting { name: "DATABASE_POOL_SIZE", default: "16", secret: false, doc: "connections each process keeps to the database" },

@@ -7,9 +7,10 @@
 //!    executor (`spawn_blocking`): Liquid is CPU work. Messages are handed on in parts
 //!    of [`RENDER_PART`], and rendering runs at most one part ahead of the provider.
 //! 3. Hand each part to the provider as it comes, in requests of the provider's size
-//!    (a Resend batch request, one SMTP message), at most `SEND_CONCURRENCY` requests
-//!    at once. Rendering and delivery overlap, so a batch holds the parts in flight, not
-//!    every rendered message at once.
+//!    (a Resend batch request, one SMTP message), with at most `SEND_CONCURRENCY`
+//!    messages in flight, rounded up to whole requests ([`requests_in_flight`]).
+//!    Rendering and delivery overlap, so a batch holds the parts in flight, not every
+//!    rendered message at once.
 //! 4. Record every outcome in one transaction; finish the campaign when nothing is left.
 //!    If rendering stops (a panic), what was already sent is recorded and the rest stays
 //!    claimed until its lease runs out.
@@ -36,6 +37,15 @@ use crate::store::deliveries::{Outcome, Recipient};
 
 /// Messages rendered per part handed to the provider (rounded up to whole requests).
 const RENDER_PART: usize = 100;
+
+/// How many of a batch's requests are out at once: `SEND_CONCURRENCY` messages, rounded
+/// up to whole requests of `per_request` messages, and at least one. (Counting requests
+/// instead let a batch hold 16 rendered requests of 100 messages whenever the provider
+/// fell behind its renderer: the transient memory peaks that grew with a campaign's
+/// length.)
+fn requests_in_flight(send_concurrency: usize, per_request: usize) -> usize {
+    send_concurrency.div_ceil(per_request.max(1)).max(1)
+}
 
 /// What one run of the send stage did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -434,7 +444,7 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
     let delivery = parts
         .flat_map(|part| futures::stream::iter(requests(part, per_request)))
         .map(|request| deliver(&provider, request))
-        .buffered(ctx.config.send_concurrency.max(1))
+        .buffered(requests_in_flight(ctx.config.send_concurrency, per_request))
         .collect::<Vec<Vec<(i64, Outcome)>>>()
         .instrument(tracing::info_span!("deliver", provider = %campaign.provider));
     // The claims are renewed while rendering and delivery run, in this task: the
@@ -521,7 +531,10 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{Plan, Preparation, Prepared, render_in_parts, requests, sent_rows_that_decide};
+    use super::{
+        Plan, Preparation, Prepared, render_in_parts, requests, requests_in_flight,
+        sent_rows_that_decide,
+    };
     use crate::message::MessageForm;
     use crate::render::{CacheConfig, Renderer, TemplateSource};
     use crate::store::campaigns::CampaignRow;
@@ -694,5 +707,18 @@ mod tests {
         assert_eq!(sent_rows_that_decide(3, 1e-300, 10), i64::MAX);
         assert_eq!(sent_rows_that_decide(10, 0.5, 100), 91);
         assert_eq!(sent_rows_that_decide(5, 1.0, 1), 1);
+    }
+
+    #[test]
+    fn send_concurrency_counts_messages_in_whole_requests() {
+        // One message per request (SMTP, the outbox): SEND_CONCURRENCY requests.
+        assert_eq!(requests_in_flight(16, 1), 16);
+        // Resend's 100-message requests: 16 messages round up to one request.
+        assert_eq!(requests_in_flight(16, 100), 1);
+        assert_eq!(requests_in_flight(150, 100), 2);
+        assert_eq!(requests_in_flight(200, 100), 2);
+        // Never none.
+        assert_eq!(requests_in_flight(0, 100), 1);
+        assert_eq!(requests_in_flight(1, 0), 1);
     }
 }
