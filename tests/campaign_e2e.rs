@@ -509,9 +509,6 @@ async fn ledger_campaigns(server: &Server, token: &str, email: &str) -> Vec<i64>
         .collect()
 }
 
-/// PATCH changes a draft's settings (validated as on creation) and nothing once it is
-/// sent; DELETE removes a campaign that is not sending, with its ledger, and refuses a
-/// running or paused one; a viewer can do neither.
 /// The campaign `id` as the first page of `GET /api/v1/campaigns` shows it.
 async fn listed_campaign(server: &Server, token: &str, id: i64) -> serde_json::Value {
     let (status, page) = server
@@ -525,6 +522,9 @@ async fn listed_campaign(server: &Server, token: &str, id: i64) -> serde_json::V
         .unwrap_or_else(|| panic!("campaign {id} is not on the first page: {page}"))
 }
 
+/// PATCH changes a draft's settings (validated as on creation) and nothing once it is
+/// sent; DELETE removes a campaign that is not sending, with its ledger, and refuses a
+/// running or paused one; a viewer can do neither.
 async fn campaign_edit_and_delete(server: &Server) {
     let token = server.login().await;
     let viewer = viewer_token(server, &token).await;

@@ -4,7 +4,7 @@
 //! one address is throttled (429) while the real user logs in from another address; API
 //! requests are rate limited per caller and per address (429 with Retry-After), and on
 //! a fleet the per-caller limit holds across API replicas through Redis; deleting a
-//! user ends their sessions at once, and an admin can delete neither themselves nor the
+//! user ends their sessions at once on the process that deleted them, and an admin can delete neither themselves nor the
 //! last admin; a logout is seen at once by the replica that took it and within
 //! `API_CACHE_TTL_MS` by the others.
 

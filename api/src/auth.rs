@@ -250,7 +250,8 @@ impl AppState {
                 "the access token was revoked (logged out)".into(),
             ));
         }
-        // A deleted user's tokens stop at once.
+        // A deleted user's tokens stop at once here (other API processes forget what
+        // they remembered within API_CACHE_TTL_MS).
         if !standing.user_current {
             return Err(ApiError::Unauthorized(
                 "the access token's user was deleted or changed; log in again".into(),

@@ -3,14 +3,16 @@
 //! and the pages of `GET /api/v1/campaigns`.
 //!
 //! What may lag, and by how much:
-//! - A change made through this process is seen at once. Every entry carries the
+//! - What a request to this process changes is seen at once. Every entry carries the
 //!   generation it was read in; logging out and deleting a user move the sessions'
-//!   generation, and every write request (any method but GET, HEAD and OPTIONS) moves
-//!   the pages' generation when it has been handled, so an entry read before the change
-//!   is never served after it (even one a concurrent read stores late).
-//! - A change made elsewhere (another API process of a fleet logging a token out, a
-//!   worker moving a campaign's counts or status) is seen within `API_CACHE_TTL_MS`.
-//!   `GET /api/v1/campaigns/{id}` is never cached and is always current.
+//!   generation, and every write request that may have changed something moves the
+//!   pages' generation when it has been handled ([`ForgetOnWrite`]), so an entry read
+//!   before the change is never served after it (even one a concurrent read stores
+//!   late).
+//! - Other changes (another API process of a fleet logging a token out, the pipeline
+//!   moving a campaign's counts or status, in a worker or in this `serve` process) are
+//!   seen within `API_CACHE_TTL_MS`. `GET /api/v1/campaigns/{id}` is never cached and
+//!   is always current.
 //!
 //! Only answers that let a request through are cached: a revoked token or a deleted user
 //! is asked about again on every request. `API_CACHE_TTL_MS=0` turns both caches off.
@@ -207,9 +209,26 @@ impl ApiCache {
 }
 
 /// The hoop that tells the cache about every write request this process handled, after
-/// it was handled (whatever its outcome: a failed write may have changed something).
+/// it was handled, unless it cannot have changed what a page shows (see
+/// [`may_change_pages`]); otherwise whatever its outcome, since a write that failed
+/// midway may have changed something.
 #[derive(Debug, Clone, Copy)]
 pub struct ForgetOnWrite;
+
+/// Whether a request, answered with `status`, may have changed a page of campaigns.
+/// Not: reads; answers given before any handler wrote (no token, no right, no such
+/// route or method, rate limited), so that anonymous or refused traffic cannot keep the
+/// cache empty; sessions (`/auth/*`: logins and logouts change no page); transactional
+/// messages (`/api/v1/tx` writes only its own table).
+fn may_change_pages(method: &Method, path: &str, status: Option<u16>) -> bool {
+    if [Method::GET, Method::HEAD, Method::OPTIONS].contains(method) {
+        return false;
+    }
+    if matches!(status, Some(401 | 403 | 404 | 405 | 429)) {
+        return false;
+    }
+    !(path.starts_with("/auth/") || path == "/api/v1/tx" || path.starts_with("/api/v1/tx/"))
+}
 
 #[async_trait]
 impl Handler for ForgetOnWrite {
@@ -221,7 +240,8 @@ impl Handler for ForgetOnWrite {
         ctrl: &mut FlowCtrl,
     ) {
         ctrl.call_next(req, depot, res).await;
-        if ![Method::GET, Method::HEAD, Method::OPTIONS].contains(req.method())
+        let status = res.status_code.map(|s| s.as_u16());
+        if may_change_pages(req.method(), req.uri().path(), status)
             && let Ok(state) = crate::state::from_depot(depot)
         {
             state.cache.data_changed();
@@ -300,5 +320,28 @@ mod tests {
         let miss = c.campaign_page((0, 20)).expect_err("miss");
         c.put_campaign_page(miss, (0, 20), Bytes::from_static(b"{}"));
         assert!(c.campaign_page((0, 20)).is_err());
+    }
+
+    #[test]
+    fn only_writes_that_may_change_a_page_forget_the_pages() {
+        let write = |m: Method, path: &str, status: u16| may_change_pages(&m, path, Some(status));
+        assert!(write(Method::POST, "/api/v1/campaigns", 201));
+        assert!(write(Method::PATCH, "/api/v1/campaigns/3", 200));
+        assert!(write(Method::DELETE, "/api/v1/lists/3", 204));
+        assert!(write(Method::POST, "/unsubscribe/abc", 200));
+        assert!(write(Method::POST, "/webhooks/resend", 200));
+        // A write that failed midway may have changed something.
+        assert!(write(Method::POST, "/api/v1/campaigns/3/send", 500));
+        assert!(write(Method::POST, "/api/v1/campaigns/3/send", 409));
+        assert!(may_change_pages(&Method::POST, "/api/v1/subscribers", None));
+        // Reads, refusals before any handler, sessions and transactional messages.
+        assert!(!write(Method::GET, "/api/v1/campaigns", 200));
+        assert!(!write(Method::POST, "/api/v1/campaigns", 401));
+        assert!(!write(Method::DELETE, "/api/v1/users/2", 403));
+        assert!(!write(Method::POST, "/nowhere", 404));
+        assert!(!write(Method::POST, "/api/v1/campaigns", 429));
+        assert!(!write(Method::POST, "/auth/login", 200));
+        assert!(!write(Method::POST, "/auth/logout", 204));
+        assert!(!write(Method::POST, "/api/v1/tx", 202));
     }
 }

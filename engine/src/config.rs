@@ -101,7 +101,7 @@ pub const SETTINGS: &[Setting] = &[
     Setting { name: "FAILURE_PAUSE_MIN", default: "100", secret: false, doc: "finished recipients before FAILURE_PAUSE_RATIO applies" },
     Setting { name: "STALL_RECOVERY_SECS", default: "900", secret: false, doc: "re-enqueue a batch whose pending recipients nobody touched for this long (a lost queue)" },
     Setting { name: "UNSUBSCRIBE_MAILTO", default: "", secret: false, doc: "optional mailto address in List-Unsubscribe" },
-    Setting { name: "API_CACHE_TTL_MS", default: "1000", secret: false, doc: "how long an API process remembers an access token's standing and a page of GET /api/v1/campaigns, milliseconds (0: off); changes made through the same process are seen at once, others within this time" },
+    Setting { name: "API_CACHE_TTL_MS", default: "1000", secret: false, doc: "how long an API process remembers an access token's standing and a page of GET /api/v1/campaigns, milliseconds (0: off); what requests to the same process change is seen at once, other changes within this time" },
     Setting { name: "API_RATE_LIMIT_PER_IP", default: "100", secret: false, doc: "API requests/s per client address (burst: one second's worth; 0: off); in Redis when configured" },
     Setting { name: "API_RATE_LIMIT_PER_USER", default: "50", secret: false, doc: "API requests/s per user or API key on /api/v1 and /admin (0: off); in Redis when configured" },
     Setting { name: "PLUGIN_FUEL", default: "50000000", secret: false, doc: "fuel (about one per WebAssembly instruction) a plugin may use on one batch" },

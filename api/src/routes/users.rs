@@ -96,8 +96,9 @@ pub async fn show(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<User>>
 }
 
 /// `DELETE /api/v1/users/{id}`: deletes the user and ends their sessions: their
-/// refresh tokens stop working at once, and so do their access tokens (admin). 409 for
-/// your own account or the last admin.
+/// refresh tokens stop working at once, and so do their access tokens on this API
+/// process (on other replicas within `API_CACHE_TTL_MS`) (admin). 409 for your own
+/// account or the last admin.
 #[endpoint(tags("users"), parameters(("id" = i64, Path, description = "The user")))]
 pub async fn delete(req: &mut Request, depot: &mut Depot) -> ApiResult<NoContent> {
     let state = from_depot(depot)?;
