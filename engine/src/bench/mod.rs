@@ -653,12 +653,19 @@ async fn pipeline_in(
         .iter()
         .zip(&cpu_ms)
         .enumerate()
-        .map(|(i, (m, cpu))| ProcessUsage {
-            role: m.role,
-            pid: m.pid(),
-            peak_rss_bytes: probe::peak_rss_bytes(m.pid()),
-            peak_rss_at_half_bytes: peak_rss_at_half.as_ref().and_then(|p| p.get(i).copied()),
-            cpu_ms: *cpu,
+        .map(|(i, (m, cpu))| {
+            let at_half = peak_rss_at_half.as_ref().and_then(|p| p.get(i).copied());
+            ProcessUsage {
+                role: m.role,
+                pid: m.pid(),
+                // The kernel's VmHWM is the larger of a stored mark and the current
+                // RSS, whose per-thread counters lag by up to 64 pages each: a later
+                // read can come out below an earlier one (CI: 252 KiB). The peak since
+                // the start is at least what was read half-way.
+                peak_rss_bytes: probe::peak_rss_bytes(m.pid()).max(at_half.unwrap_or(0)),
+                peak_rss_at_half_bytes: at_half,
+                cpu_ms: *cpu,
+            }
         })
         .collect();
     // The campaign is done inside its last batch's job, and that job's duration is
