@@ -142,11 +142,6 @@ impl ApiCache {
         }
     }
 
-    /// How long an answer is kept.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Whether the access token `jti` was found standing for `user_id` within the TTL;
     /// otherwise the generation to store the database's answer under.
     pub fn session(&self, jti: &str, user_id: i64) -> Result<(), Option<Miss>> {
@@ -199,9 +194,7 @@ impl ApiCache {
 
     /// Drops everything (`POST /admin/cache/clear`).
     pub fn clear(&self) {
-        if let Some(sessions) = &self.sessions {
-            sessions.clear();
-        }
+        self.sessions_changed();
         if let Some(pages) = &self.campaign_pages {
             pages.clear();
         }

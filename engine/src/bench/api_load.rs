@@ -172,10 +172,8 @@ async fn run_in(
     env.insert("ACCESS_TOKEN_TTL".into(), "3600".into());
     // The bench's own setting (default 1000 ms; `API_CACHE_TTL_MS=0 mailing bench --mode
     // api` measures the page and the token check read from the database every time).
-    env.insert(
-        "API_CACHE_TTL_MS".into(),
-        config.api_cache_ttl.as_millis().to_string(),
-    );
+    let api_cache_ttl_ms = u64::try_from(config.api_cache_ttl.as_millis()).unwrap_or(u64::MAX);
+    env.insert("API_CACHE_TTL_MS".into(), api_cache_ttl_ms.to_string());
     let mut serve = fleet::spawn("serve", dir, &env, 0)?;
     let mut api = Api::new(format!("http://127.0.0.1:{port}"))?;
     api.wait_healthy(&mut serve).await?;
@@ -270,7 +268,7 @@ async fn run_in(
         auth_get_fraction_of_health: campaigns.requests_per_sec / health.requests_per_sec.max(1e-9),
         endpoints: vec![health, campaigns, tx],
         peak_rss_bytes,
-        api_cache_ttl_ms: u64::try_from(config.api_cache_ttl.as_millis()).unwrap_or(u64::MAX),
+        api_cache_ttl_ms,
     })
 }
 
