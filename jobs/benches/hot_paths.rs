@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mailing_jobs::message::{Envelope, build};
-use mailing_jobs::render::{CacheConfig, RenderContext, Renderer, TemplateSource};
+use mailing_jobs::render::{CacheConfig, CampaignVars, RenderContext, Renderer, TemplateSource};
 use mailing_jobs::store::deliveries::{AudienceMember, Outcome};
 use mailing_jobs::store::subscribers::NewSubscriber;
 use mailing_jobs::store::{Store, StoreConfig};
@@ -48,7 +48,7 @@ fn context(i: usize) -> RenderContext {
         email: format!("user{i}@example.com"),
         name: Some(format!("Subscriber {i}")),
         attributes: attributes.as_object().cloned().unwrap_or_default(),
-        campaign: serde_json::json!({"id": 1, "name": "Spring"}),
+        campaign: CampaignVars::new(&serde_json::json!({"id": 1, "name": "Spring"})),
         unsubscribe_url: "https://mail.example/unsubscribe/abc.def".into(),
         extra: serde_json::Map::new(),
     }

@@ -12,7 +12,7 @@ use crate::problem::{ApiError, ApiResult, FieldError};
 use crate::state::from_depot;
 use mailing_jobs::Role;
 use mailing_jobs::render::{
-    MAX_TEMPLATE_BYTES, RenderContext, RenderError, Rendered, TemplateSource,
+    CampaignVars, MAX_TEMPLATE_BYTES, RenderContext, RenderError, Rendered, TemplateSource,
 };
 use mailing_jobs::store::Page;
 use mailing_jobs::store::templates::Template;
@@ -257,7 +257,7 @@ pub async fn preview(req: &mut Request, depot: &mut Depot) -> ApiResult<Json<Ren
         email: sub.email.unwrap_or_else(|| "jane.doe@example.com".into()),
         name: Some(sub.name.unwrap_or_else(|| "Jane Doe".into())),
         attributes: sub.attributes.unwrap_or_default(),
-        campaign: serde_json::json!({"id": 0, "name": "Preview"}),
+        campaign: CampaignVars::new(&serde_json::json!({"id": 0, "name": "Preview"})),
         unsubscribe_url: state.signer.url(0, 0),
         extra: serde_json::Map::new(),
     };

@@ -3,7 +3,7 @@
 //! template with a dozen Liquid variables, loops, conditionals and filters, and the same
 //! data shaped for the renderer and the plugin host (the in-process limits).
 
-use mailing_jobs::render::{RenderContext, TemplateSource};
+use mailing_jobs::render::{CampaignVars, RenderContext, TemplateSource};
 use mailing_jobs::store::subscribers::NewSubscriber;
 use mailing_plugins::PluginRecipient;
 
@@ -71,7 +71,7 @@ pub fn render_context(i: usize, campaign: &str) -> RenderContext {
         email: email(i),
         name: name(i),
         attributes: attributes(i),
-        campaign: serde_json::json!({"id": 1, "name": campaign}),
+        campaign: CampaignVars::new(&serde_json::json!({"id": 1, "name": campaign})),
         unsubscribe_url: format!("http://127.0.0.1/unsubscribe/{i}.abcdefabcdefabcdef"),
         extra: serde_json::Map::new(),
     }

@@ -31,7 +31,7 @@ use crate::message::{self, Envelope};
 use crate::model::CampaignStatus;
 use crate::model::DeliveryStatus;
 use crate::provider::{Outgoing, Provider, ProviderError};
-use crate::render::{CompiledTemplate, RenderContext, TemplateSource};
+use crate::render::{CampaignVars, CompiledTemplate, RenderContext, TemplateSource};
 use crate::store::campaigns::CampaignRow;
 use crate::store::deliveries::{Outcome, Recipient};
 
@@ -92,7 +92,8 @@ fn prepare(
     part_size: usize,
     mut emit: impl FnMut(Vec<Prepared>) -> bool,
 ) -> (usize, std::time::Duration) {
-    let campaign_vars = serde_json::json!({ "id": job.campaign.id, "name": job.campaign.name });
+    let campaign_vars =
+        CampaignVars::new(&serde_json::json!({ "id": job.campaign.id, "name": job.campaign.name }));
     let part_size = part_size.max(1);
     let mut rendering = std::time::Duration::ZERO;
     let mut prepared = 0;
@@ -147,7 +148,7 @@ fn render_in_parts(
 /// One recipient's message, or the outcome its plan or its rendering decided.
 fn prepare_one(
     job: &Preparation,
-    campaign_vars: &serde_json::Value,
+    campaign_vars: &CampaignVars,
     r: Recipient,
     plan: Plan,
 ) -> Prepared {

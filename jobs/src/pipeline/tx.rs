@@ -8,7 +8,7 @@ use tracing::info;
 use super::{PipelineContext, StageError, TxSend};
 use crate::message::{self, Envelope};
 use crate::provider::ProviderError;
-use crate::render::{RenderContext, TemplateSource};
+use crate::render::{CampaignVars, RenderContext, TemplateSource};
 
 /// Sends one transactional message. Returns `Retry` when it should be tried again.
 pub async fn send_tx(ctx: &PipelineContext, job: &TxSend) -> Result<(), StageError> {
@@ -42,7 +42,7 @@ pub async fn send_tx(ctx: &PipelineContext, job: &TxSend) -> Result<(), StageErr
         email: tx.email.clone(),
         name: tx.name.clone(),
         attributes: serde_json::from_str(&tx.attributes).unwrap_or_default(),
-        campaign: serde_json::json!({}),
+        campaign: CampaignVars::default(),
         unsubscribe_url: String::new(),
         extra: serde_json::from_str(&tx.data).unwrap_or_default(),
     };

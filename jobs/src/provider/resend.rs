@@ -78,6 +78,49 @@ pub fn idempotency_key(messages: &[&Outgoing]) -> String {
     )
 }
 
+/// One message as the batch API takes it.
+fn email(m: &Outgoing) -> Email<'_> {
+    let mut headers = std::collections::BTreeMap::new();
+    headers.insert("List-Unsubscribe", m.list_unsubscribe.as_str());
+    headers.insert("List-Unsubscribe-Post", "List-Unsubscribe=One-Click");
+    Email {
+        from: &m.from_header,
+        to: [&m.to_header],
+        subject: &m.subject,
+        html: &m.html,
+        text: m.text.as_deref(),
+        reply_to: m.reply_to.as_deref(),
+        headers,
+    }
+}
+
+/// A batch request's JSON, written into a buffer sized from its messages: one
+/// allocation of about the body's size instead of a doubling chain up to twice it (the
+/// bodies are the largest blocks the send stage allocates, ~1.3 MB per 100 messages).
+fn request_body(emails: &[Email<'_>]) -> Result<Vec<u8>, ProviderError> {
+    // The strings' bytes, a sixteenth for JSON escapes (quotes in HTML attributes,
+    // newlines) and the field names and punctuation of each email.
+    let text: usize = emails
+        .iter()
+        .map(|e| {
+            e.from.len()
+                + e.to[0].len()
+                + e.subject.len()
+                + e.html.len()
+                + e.text.map_or(0, str::len)
+                + e.reply_to.map_or(0, str::len)
+                + e.headers.values().map(|v| v.len()).sum::<usize>()
+        })
+        .sum();
+    let mut out = Vec::with_capacity(text + text / 16 + 256 * emails.len() + 2);
+    serde_json::to_writer(&mut out, emails).map_err(|e| {
+        ProviderError::Permanent(format!(
+            "the batch request could not be encoded as JSON: {e}"
+        ))
+    })?;
+    Ok(out)
+}
+
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
     value
@@ -107,29 +150,14 @@ impl ResendProvider {
         &self,
         messages: &[&Outgoing],
     ) -> Result<Vec<Option<String>>, ProviderError> {
-        let body: Vec<Email<'_>> = messages
-            .iter()
-            .map(|m| {
-                let mut headers = std::collections::BTreeMap::new();
-                headers.insert("List-Unsubscribe", m.list_unsubscribe.as_str());
-                headers.insert("List-Unsubscribe-Post", "List-Unsubscribe=One-Click");
-                Email {
-                    from: &m.from_header,
-                    to: [&m.to_header],
-                    subject: &m.subject,
-                    html: &m.html,
-                    text: m.text.as_deref(),
-                    reply_to: m.reply_to.as_deref(),
-                    headers,
-                }
-            })
-            .collect();
+        let body: Vec<Email<'_>> = messages.iter().copied().map(email).collect();
         let response = self
             .client
             .post(format!("{}/emails/batch", self.config.base_url))
             .bearer_auth(&self.config.api_key)
             .header("Idempotency-Key", idempotency_key(messages))
-            .json(&body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(request_body(&body)?)
             .send()
             .await
             .map_err(|e| ProviderError::Transient {
@@ -188,6 +216,49 @@ mod tests {
             delivery_key: key.into(),
             ..Outgoing::default()
         }
+    }
+
+    fn message(html: String) -> Outgoing {
+        Outgoing {
+            from_header: "Shop <news@shop.example>".into(),
+            to_header: "Ann <ann@example.com>".into(),
+            subject: "Hi".into(),
+            html,
+            text: Some("Hi\nthere".into()),
+            list_unsubscribe: "<https://m.example/u/1>".into(),
+            ..Outgoing::default()
+        }
+    }
+
+    #[test]
+    fn the_request_body_is_the_emails_json_in_one_buffer_of_about_its_size() {
+        let m = message("<p>Hello there, a line of text.</p>\n".repeat(300));
+        let emails: Vec<Email<'_>> = std::iter::repeat_n(&m, 3).map(email).collect();
+        let body = request_body(&emails).unwrap();
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed, serde_json::to_value(&emails).unwrap());
+        assert_eq!(parsed[2]["html"], m.html.as_str());
+        assert_eq!(
+            parsed[0]["headers"]["List-Unsubscribe-Post"],
+            "List-Unsubscribe=One-Click"
+        );
+        // Sized up front: a buffer grown by doubling would be a power of two (32 KiB).
+        assert!(
+            body.capacity() <= body.len() + body.len() / 8,
+            "{} bytes of capacity for {}",
+            body.capacity(),
+            body.len()
+        );
+    }
+
+    #[test]
+    fn a_body_with_more_escapes_than_the_estimate_is_still_whole() {
+        // A fifth of this HTML is quotes and newlines, each escaped with a backslash.
+        let m = message("<p class=\"x\">\"quoted\"\n</p>".repeat(200));
+        let emails: Vec<Email<'_>> = std::iter::repeat_n(&m, 2).map(email).collect();
+        let body = request_body(&emails).unwrap();
+        let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(parsed[1]["html"], m.html.as_str());
     }
 
     #[test]

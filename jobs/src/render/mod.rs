@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use liquid::model::{KString, Object, Value};
+use liquid::model::{
+    DisplayCow, KString, KStringCow, Object, ObjectView, ScalarCow, State, Value, ValueView,
+};
 use serde::Serialize;
 
 /// The most bytes of one template part (subject, HTML or text).
@@ -278,7 +280,7 @@ pub struct RenderContext {
     /// `subscriber.attributes`.
     pub attributes: serde_json::Map<String, serde_json::Value>,
     /// `campaign.*`.
-    pub campaign: serde_json::Value,
+    pub campaign: CampaignVars,
     /// `unsubscribe_url`.
     pub unsubscribe_url: String,
     /// Variables plugins or the caller add at the top level.
@@ -326,64 +328,267 @@ fn to_liquid(v: &serde_json::Value, escaped: bool) -> Value {
     }
 }
 
-fn text(s: &str, escaped: bool) -> Value {
-    if escaped {
-        Value::scalar(escape_html(s))
-    } else {
-        Value::scalar(s.to_owned())
+/// `campaign.*` as templates see it: converted to Liquid once and shared by every
+/// recipient of a batch, instead of once per recipient and part.
+#[derive(Debug, Clone)]
+pub struct CampaignVars(Arc<Value>);
+
+impl CampaignVars {
+    /// The campaign's variables (a JSON object, e.g. `{"id": 1, "name": "Spring"}`).
+    pub fn new(vars: &serde_json::Value) -> Self {
+        CampaignVars(Arc::new(to_liquid(vars, false)))
     }
 }
 
-impl RenderContext {
-    fn subscriber(&self, escaped: bool) -> Value {
-        let mut subscriber = Object::new();
-        subscriber.insert("email".into(), text(&self.email, escaped));
-        subscriber.insert(
-            "name".into(),
-            text(self.name.as_deref().unwrap_or_default(), escaped),
-        );
-        subscriber.insert(
-            "attributes".into(),
-            Value::Object(
-                self.attributes
+impl Default for CampaignVars {
+    fn default() -> Self {
+        CampaignVars(Arc::new(Value::Object(Object::new())))
+    }
+}
+
+/// The names the engine sets at the top level; a plugin's variable of the same name is
+/// hidden by them.
+const ENGINE_GLOBALS: [&str; 4] = [
+    "subscriber",
+    "subscriber_raw",
+    "campaign",
+    "unsubscribe_url",
+];
+
+/// `subscriber` (or `subscriber_raw`) as templates see it: a view over one recipient's
+/// values, borrowed when raw, escaped copies when not. Built per recipient and part
+/// without a hash map of its own.
+#[derive(Debug)]
+struct SubscriberView<'a> {
+    email: ScalarCow<'a>,
+    name: ScalarCow<'a>,
+    attributes: Value,
+}
+
+impl<'a> SubscriberView<'a> {
+    fn new(ctx: &'a RenderContext, escaped: bool) -> Self {
+        let name = ctx.name.as_deref().unwrap_or_default();
+        let (email, name) = if escaped {
+            (
+                ScalarCow::new(escape_html(&ctx.email)),
+                ScalarCow::new(escape_html(name)),
+            )
+        } else {
+            (ScalarCow::new(ctx.email.as_str()), ScalarCow::new(name))
+        };
+        SubscriberView {
+            email,
+            name,
+            attributes: Value::Object(
+                ctx.attributes
                     .iter()
                     .map(|(k, v)| (KString::from_ref(k), to_liquid(v, escaped)))
                     .collect(),
             ),
-        );
-        Value::Object(subscriber)
+        }
     }
 
-    /// The template's globals: `extra` at the top level, `subscriber` (escaped when
-    /// `escaped`), `subscriber_raw`, `campaign` and `unsubscribe_url`.
-    fn object(&self, escaped: bool) -> Object {
-        let mut root: Object = self
-            .extra
-            .iter()
-            .map(|(k, v)| (KString::from_ref(k), to_liquid(v, escaped)))
-            .collect();
-        let raw = self.subscriber(false);
-        let subscriber = if escaped {
-            self.subscriber(true)
-        } else {
-            raw.clone()
-        };
-        root.insert("subscriber".into(), subscriber);
-        root.insert("subscriber_raw".into(), raw);
-        root.insert("campaign".into(), to_liquid(&self.campaign, false));
-        root.insert(
-            "unsubscribe_url".into(),
-            Value::scalar(self.unsubscribe_url.clone()),
-        );
-        root
+    fn fields(&self) -> [(&'static str, &dyn ValueView); 3] {
+        [
+            ("email", &self.email),
+            ("name", &self.name),
+            ("attributes", &self.attributes),
+        ]
     }
+}
+
+/// A template's globals: the engine's four names over the plugins' top-level variables.
+#[derive(Debug)]
+struct Globals<'a> {
+    subscriber: &'a SubscriberView<'a>,
+    subscriber_raw: &'a SubscriberView<'a>,
+    campaign: &'a Value,
+    unsubscribe_url: ScalarCow<'a>,
+    extra: &'a Object,
+}
+
+impl Globals<'_> {
+    fn engine(&self) -> [(&'static str, &dyn ValueView); 4] {
+        [
+            ("subscriber", self.subscriber),
+            ("subscriber_raw", self.subscriber_raw),
+            ("campaign", self.campaign),
+            ("unsubscribe_url", &self.unsubscribe_url),
+        ]
+    }
+
+    fn plugin_vars(&self) -> impl Iterator<Item = (&str, &dyn ValueView)> {
+        self.extra
+            .iter()
+            .filter(|(k, _)| !ENGINE_GLOBALS.contains(&k.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_view()))
+    }
+}
+
+/// The parts of [`ValueView`] that a view over named fields shares: printing the whole
+/// object (rare: `{{ subscriber }}`) goes through an owned [`Object`].
+fn owned_object<'k>(fields: impl Iterator<Item = (KStringCow<'k>, &'k dyn ValueView)>) -> Value {
+    Value::Object(
+        fields
+            .map(|(k, v)| (KString::from_ref(&k), v.to_value()))
+            .collect(),
+    )
+}
+
+impl ValueView for SubscriberView<'_> {
+    fn as_debug(&self) -> &dyn std::fmt::Debug {
+        self
+    }
+    fn render(&self) -> DisplayCow<'_> {
+        DisplayCow::Owned(Box::new(self.to_value().render().to_string()))
+    }
+    fn source(&self) -> DisplayCow<'_> {
+        DisplayCow::Owned(Box::new(self.to_value().source().to_string()))
+    }
+    fn type_name(&self) -> &'static str {
+        "object"
+    }
+    fn query_state(&self, state: State) -> bool {
+        // Never empty: it always has its three fields.
+        matches!(state, State::Truthy)
+    }
+    fn to_kstr(&self) -> KStringCow<'_> {
+        KStringCow::from_string(self.to_value().render().to_string())
+    }
+    fn to_value(&self) -> Value {
+        owned_object(self.iter())
+    }
+    fn as_object(&self) -> Option<&dyn ObjectView> {
+        Some(self)
+    }
+}
+
+impl ObjectView for SubscriberView<'_> {
+    fn as_value(&self) -> &dyn ValueView {
+        self
+    }
+    fn size(&self) -> i64 {
+        self.fields().len() as i64
+    }
+    fn keys<'k>(&'k self) -> Box<dyn Iterator<Item = KStringCow<'k>> + 'k> {
+        Box::new(self.iter().map(|(k, _)| k))
+    }
+    fn values<'k>(&'k self) -> Box<dyn Iterator<Item = &'k dyn ValueView> + 'k> {
+        Box::new(self.fields().into_iter().map(|(_, v)| v))
+    }
+    fn iter<'k>(&'k self) -> Box<dyn Iterator<Item = (KStringCow<'k>, &'k dyn ValueView)> + 'k> {
+        Box::new(
+            self.fields()
+                .into_iter()
+                .map(|(k, v)| (KStringCow::from_static(k), v)),
+        )
+    }
+    fn contains_key(&self, index: &str) -> bool {
+        self.get(index).is_some()
+    }
+    fn get<'s>(&'s self, index: &str) -> Option<&'s dyn ValueView> {
+        match index {
+            "email" => Some(&self.email),
+            "name" => Some(&self.name),
+            "attributes" => Some(&self.attributes),
+            _ => None,
+        }
+    }
+}
+
+impl ValueView for Globals<'_> {
+    fn as_debug(&self) -> &dyn std::fmt::Debug {
+        self
+    }
+    fn render(&self) -> DisplayCow<'_> {
+        DisplayCow::Owned(Box::new(self.to_value().render().to_string()))
+    }
+    fn source(&self) -> DisplayCow<'_> {
+        DisplayCow::Owned(Box::new(self.to_value().source().to_string()))
+    }
+    fn type_name(&self) -> &'static str {
+        "object"
+    }
+    fn query_state(&self, state: State) -> bool {
+        // Never empty: the engine's names are always there.
+        matches!(state, State::Truthy)
+    }
+    fn to_kstr(&self) -> KStringCow<'_> {
+        KStringCow::from_string(self.to_value().render().to_string())
+    }
+    fn to_value(&self) -> Value {
+        owned_object(self.iter())
+    }
+    fn as_object(&self) -> Option<&dyn ObjectView> {
+        Some(self)
+    }
+}
+
+impl ObjectView for Globals<'_> {
+    fn as_value(&self) -> &dyn ValueView {
+        self
+    }
+    fn size(&self) -> i64 {
+        (ENGINE_GLOBALS.len() + self.plugin_vars().count()) as i64
+    }
+    fn keys<'k>(&'k self) -> Box<dyn Iterator<Item = KStringCow<'k>> + 'k> {
+        Box::new(self.iter().map(|(k, _)| k))
+    }
+    fn values<'k>(&'k self) -> Box<dyn Iterator<Item = &'k dyn ValueView> + 'k> {
+        Box::new(self.iter().map(|(_, v)| v))
+    }
+    fn iter<'k>(&'k self) -> Box<dyn Iterator<Item = (KStringCow<'k>, &'k dyn ValueView)> + 'k> {
+        Box::new(
+            self.engine()
+                .into_iter()
+                .chain(self.plugin_vars())
+                .map(|(k, v)| (KStringCow::from_ref(k), v)),
+        )
+    }
+    fn contains_key(&self, index: &str) -> bool {
+        self.get(index).is_some()
+    }
+    fn get<'s>(&'s self, index: &str) -> Option<&'s dyn ValueView> {
+        match index {
+            "subscriber" => Some(self.subscriber),
+            "subscriber_raw" => Some(self.subscriber_raw),
+            "campaign" => Some(self.campaign),
+            "unsubscribe_url" => Some(&self.unsubscribe_url),
+            _ => self.extra.get(index).map(|v| v.as_view()),
+        }
+    }
+}
+
+fn plugin_vars(extra: &serde_json::Map<String, serde_json::Value>, escaped: bool) -> Object {
+    extra
+        .iter()
+        .map(|(k, v)| (KString::from_ref(k), to_liquid(v, escaped)))
+        .collect()
 }
 
 impl CompiledTemplate {
     /// Renders subject, HTML and text for one recipient.
+    ///
+    /// The HTML body sees `subscriber` and the plugins' variables HTML-escaped; the
+    /// subject and text see them raw. `subscriber_raw` is raw everywhere.
     pub fn render(&self, ctx: &RenderContext) -> Result<Rendered, RenderError> {
-        let plain = ctx.object(false);
-        let escaped = ctx.object(true);
+        let raw = SubscriberView::new(ctx, false);
+        let escaped = SubscriberView::new(ctx, true);
+        let extra_raw = plugin_vars(&ctx.extra, false);
+        let extra_escaped = if ctx.extra.is_empty() {
+            Object::new()
+        } else {
+            plugin_vars(&ctx.extra, true)
+        };
+        let globals = |subscriber, extra| Globals {
+            subscriber,
+            subscriber_raw: &raw,
+            campaign: &ctx.campaign.0,
+            unsubscribe_url: ScalarCow::new(ctx.unsubscribe_url.as_str()),
+            extra,
+        };
+        let plain = globals(&raw, &extra_raw);
+        let html_globals = globals(&escaped, &extra_escaped);
         let fail = |field| {
             move |e: liquid::Error| RenderError::Render {
                 field,
@@ -393,7 +598,7 @@ impl CompiledTemplate {
         let subject = self.subject.render(&plain).map_err(fail("subject"))?;
         Ok(Rendered {
             subject: subject.replace(['\r', '\n'], " ").trim().to_owned(),
-            html: self.html.render(&escaped).map_err(fail("html"))?,
+            html: self.html.render(&html_globals).map_err(fail("html"))?,
             text: self
                 .text
                 .as_ref()
@@ -420,7 +625,7 @@ mod tests {
             email: "ann@example.com".into(),
             name: Some(name.into()),
             attributes: serde_json::Map::new(),
-            campaign: serde_json::json!({"id": 1, "name": "Spring"}),
+            campaign: CampaignVars::new(&serde_json::json!({"id": 1, "name": "Spring"})),
             unsubscribe_url: "https://m.example/unsubscribe/t".into(),
             extra: serde_json::Map::new(),
         }
@@ -486,7 +691,7 @@ mod tests {
         .cloned()
         .unwrap();
         c.extra.insert("offer".into(), "<20%>".into());
-        c.campaign = serde_json::json!({"id": 1, "name": "A & B"});
+        c.campaign = CampaignVars::new(&serde_json::json!({"id": 1, "name": "A & B"}));
         let out = t.render(&c).unwrap();
         assert_eq!(out.subject, "<y>");
         assert_eq!(
@@ -494,6 +699,39 @@ mod tests {
             "18446744073709552000|-3|true|nil|&lt;y&gt;|&quot;q&quot;|a&amp;b@example.com|&lt;20%&gt;|A & B"
         );
         assert_eq!(out.text.as_deref(), Some("\"q\"|<20%>"));
+    }
+
+    #[test]
+    fn the_globals_and_the_subscriber_behave_as_objects_in_loops_filters_and_conditions() {
+        let t = renderer(true)
+            .compile(TemplateSource {
+                subject: "{{ subscriber | size }}|{{ subscriber_raw.attributes.city }}",
+                html: "{% for field in subscriber %}{{ field[0] }},{% endfor %}|\
+                       {% if subscriber.nope %}yes{% else %}no{% endif %}|\
+                       {% if subscriber.attributes.city == 'Oslo' %}oslo{% endif %}|\
+                       {{ offer }}|\
+                       {% if campaign %}{{ campaign.id | plus: 1 }}{% endif %}",
+                text: Some("{{ subscriber.attributes }}|{{ subscriber_raw }}"),
+            })
+            .unwrap();
+        let mut c = ctx("Ann");
+        c.attributes.insert("city".into(), "Oslo".into());
+        c.extra.insert("offer".into(), 5.into());
+        let out = t.render(&c).unwrap();
+        assert_eq!(out.subject, "3|Oslo");
+        let (fields, rest) = out.html.split_once('|').unwrap();
+        let mut fields: Vec<&str> = fields.split_terminator(',').collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["attributes", "email", "name"]);
+        assert_eq!(rest, "no|oslo|5|2");
+        // Printed whole, an object is its keys and values run together (Liquid's own
+        // rendering of an object, in its own order).
+        let text = out.text.unwrap();
+        let (attributes, whole) = text.split_once('|').unwrap();
+        assert_eq!(attributes, "cityOslo");
+        for part in ["emailann@example.com", "nameAnn", "attributescityOslo"] {
+            assert!(whole.contains(part), "{part} in {whole}");
+        }
     }
 
     #[test]
