@@ -136,7 +136,7 @@ pub fn sha256_file(path: &Path) -> Result<String, BackupError> {
         std::fs::File::open(path).map_err(io(format!("cannot open {}", path.display())))?;
     let mut hash = Sha256::new();
     std::io::copy(&mut file, &mut hash).map_err(io(format!("cannot read {}", path.display())))?;
-    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(hash.finalize()))
 }
 
 fn manifest_path(dir: &Path) -> PathBuf {
