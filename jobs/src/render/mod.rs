@@ -320,12 +320,15 @@ fn to_liquid(v: &serde_json::Value, escaped: bool) -> Value {
         serde_json::Value::Array(a) => {
             Value::Array(a.iter().map(|v| to_liquid(v, escaped)).collect())
         }
-        serde_json::Value::Object(o) => Value::Object(
-            o.iter()
-                .map(|(k, v)| (KString::from_ref(k), to_liquid(v, escaped)))
-                .collect(),
-        ),
+        serde_json::Value::Object(o) => Value::Object(to_liquid_object(o, escaped)),
     }
+}
+
+/// A JSON object as Liquid sees it (see [`to_liquid`]).
+fn to_liquid_object(o: &serde_json::Map<String, serde_json::Value>, escaped: bool) -> Object {
+    o.iter()
+        .map(|(k, v)| (KString::from_ref(k), to_liquid(v, escaped)))
+        .collect()
 }
 
 /// `campaign.*` as templates see it: converted to Liquid once and shared by every
@@ -345,15 +348,6 @@ impl Default for CampaignVars {
         CampaignVars(Arc::new(Value::Object(Object::new())))
     }
 }
-
-/// The names the engine sets at the top level; a plugin's variable of the same name is
-/// hidden by them.
-const ENGINE_GLOBALS: [&str; 4] = [
-    "subscriber",
-    "subscriber_raw",
-    "campaign",
-    "unsubscribe_url",
-];
 
 /// `subscriber` (or `subscriber_raw`) as templates see it: a view over one recipient's
 /// values, borrowed when raw, escaped copies when not. Built per recipient and part
@@ -379,12 +373,7 @@ impl<'a> SubscriberView<'a> {
         SubscriberView {
             email,
             name,
-            attributes: Value::Object(
-                ctx.attributes
-                    .iter()
-                    .map(|(k, v)| (KString::from_ref(k), to_liquid(v, escaped)))
-                    .collect(),
-            ),
+            attributes: Value::Object(to_liquid_object(&ctx.attributes, escaped)),
         }
     }
 
@@ -408,6 +397,8 @@ struct Globals<'a> {
 }
 
 impl Globals<'_> {
+    /// The names the engine sets at the top level; a plugin's variable of the same name
+    /// is hidden by them.
     fn engine(&self) -> [(&'static str, &dyn ValueView); 4] {
         [
             ("subscriber", self.subscriber),
@@ -418,15 +409,15 @@ impl Globals<'_> {
     }
 
     fn plugin_vars(&self) -> impl Iterator<Item = (&str, &dyn ValueView)> {
+        let engine = self.engine().map(|(name, _)| name);
         self.extra
             .iter()
-            .filter(|(k, _)| !ENGINE_GLOBALS.contains(&k.as_str()))
+            .filter(move |(k, _)| !engine.contains(&k.as_str()))
             .map(|(k, v)| (k.as_str(), v.as_view()))
     }
 }
 
-/// The parts of [`ValueView`] that a view over named fields shares: printing the whole
-/// object (rare: `{{ subscriber }}`) goes through an owned [`Object`].
+/// Printing a whole view (rare: `{{ subscriber }}`) goes through an owned [`Object`].
 fn owned_object<'k>(fields: impl Iterator<Item = (KStringCow<'k>, &'k dyn ValueView)>) -> Value {
     Value::Object(
         fields
@@ -435,33 +426,40 @@ fn owned_object<'k>(fields: impl Iterator<Item = (KStringCow<'k>, &'k dyn ValueV
     )
 }
 
-impl ValueView for SubscriberView<'_> {
-    fn as_debug(&self) -> &dyn std::fmt::Debug {
-        self
-    }
-    fn render(&self) -> DisplayCow<'_> {
-        DisplayCow::Owned(Box::new(self.to_value().render().to_string()))
-    }
-    fn source(&self) -> DisplayCow<'_> {
-        DisplayCow::Owned(Box::new(self.to_value().source().to_string()))
-    }
-    fn type_name(&self) -> &'static str {
-        "object"
-    }
-    fn query_state(&self, state: State) -> bool {
-        // Never empty: it always has its three fields.
-        matches!(state, State::Truthy)
-    }
-    fn to_kstr(&self) -> KStringCow<'_> {
-        KStringCow::from_string(self.to_value().render().to_string())
-    }
-    fn to_value(&self) -> Value {
-        owned_object(self.iter())
-    }
-    fn as_object(&self) -> Option<&dyn ObjectView> {
-        Some(self)
-    }
+/// The [`ValueView`] of a view over named fields that is never empty (it always has its
+/// own names): an object whose whole-value forms go through [`owned_object`].
+macro_rules! object_value_view {
+    ($($view:ident),+) => {$(
+        impl ValueView for $view<'_> {
+            fn as_debug(&self) -> &dyn std::fmt::Debug {
+                self
+            }
+            fn render(&self) -> DisplayCow<'_> {
+                DisplayCow::Owned(Box::new(self.to_value().render().to_string()))
+            }
+            fn source(&self) -> DisplayCow<'_> {
+                DisplayCow::Owned(Box::new(self.to_value().source().to_string()))
+            }
+            fn type_name(&self) -> &'static str {
+                "object"
+            }
+            fn query_state(&self, state: State) -> bool {
+                matches!(state, State::Truthy)
+            }
+            fn to_kstr(&self) -> KStringCow<'_> {
+                KStringCow::from_string(self.to_value().render().to_string())
+            }
+            fn to_value(&self) -> Value {
+                owned_object(self.iter())
+            }
+            fn as_object(&self) -> Option<&dyn ObjectView> {
+                Some(self)
+            }
+        }
+    )+};
 }
+
+object_value_view!(SubscriberView, Globals);
 
 impl ObjectView for SubscriberView<'_> {
     fn as_value(&self) -> &dyn ValueView {
@@ -487,40 +485,10 @@ impl ObjectView for SubscriberView<'_> {
         self.get(index).is_some()
     }
     fn get<'s>(&'s self, index: &str) -> Option<&'s dyn ValueView> {
-        match index {
-            "email" => Some(&self.email),
-            "name" => Some(&self.name),
-            "attributes" => Some(&self.attributes),
-            _ => None,
-        }
-    }
-}
-
-impl ValueView for Globals<'_> {
-    fn as_debug(&self) -> &dyn std::fmt::Debug {
-        self
-    }
-    fn render(&self) -> DisplayCow<'_> {
-        DisplayCow::Owned(Box::new(self.to_value().render().to_string()))
-    }
-    fn source(&self) -> DisplayCow<'_> {
-        DisplayCow::Owned(Box::new(self.to_value().source().to_string()))
-    }
-    fn type_name(&self) -> &'static str {
-        "object"
-    }
-    fn query_state(&self, state: State) -> bool {
-        // Never empty: the engine's names are always there.
-        matches!(state, State::Truthy)
-    }
-    fn to_kstr(&self) -> KStringCow<'_> {
-        KStringCow::from_string(self.to_value().render().to_string())
-    }
-    fn to_value(&self) -> Value {
-        owned_object(self.iter())
-    }
-    fn as_object(&self) -> Option<&dyn ObjectView> {
-        Some(self)
+        self.fields()
+            .into_iter()
+            .find(|(name, _)| *name == index)
+            .map(|(_, value)| value)
     }
 }
 
@@ -529,7 +497,7 @@ impl ObjectView for Globals<'_> {
         self
     }
     fn size(&self) -> i64 {
-        (ENGINE_GLOBALS.len() + self.plugin_vars().count()) as i64
+        self.iter().count() as i64
     }
     fn keys<'k>(&'k self) -> Box<dyn Iterator<Item = KStringCow<'k>> + 'k> {
         Box::new(self.iter().map(|(k, _)| k))
@@ -549,21 +517,11 @@ impl ObjectView for Globals<'_> {
         self.get(index).is_some()
     }
     fn get<'s>(&'s self, index: &str) -> Option<&'s dyn ValueView> {
-        match index {
-            "subscriber" => Some(self.subscriber),
-            "subscriber_raw" => Some(self.subscriber_raw),
-            "campaign" => Some(self.campaign),
-            "unsubscribe_url" => Some(&self.unsubscribe_url),
-            _ => self.extra.get(index).map(|v| v.as_view()),
+        match self.engine().into_iter().find(|(name, _)| *name == index) {
+            Some((_, value)) => Some(value),
+            None => self.extra.get(index).map(|v| v.as_view()),
         }
     }
-}
-
-fn plugin_vars(extra: &serde_json::Map<String, serde_json::Value>, escaped: bool) -> Object {
-    extra
-        .iter()
-        .map(|(k, v)| (KString::from_ref(k), to_liquid(v, escaped)))
-        .collect()
 }
 
 impl CompiledTemplate {
@@ -574,12 +532,8 @@ impl CompiledTemplate {
     pub fn render(&self, ctx: &RenderContext) -> Result<Rendered, RenderError> {
         let raw = SubscriberView::new(ctx, false);
         let escaped = SubscriberView::new(ctx, true);
-        let extra_raw = plugin_vars(&ctx.extra, false);
-        let extra_escaped = if ctx.extra.is_empty() {
-            Object::new()
-        } else {
-            plugin_vars(&ctx.extra, true)
-        };
+        let extra_raw = to_liquid_object(&ctx.extra, false);
+        let extra_escaped = to_liquid_object(&ctx.extra, true);
         let globals = |subscriber, extra| Globals {
             subscriber,
             subscriber_raw: &raw,
