@@ -10,10 +10,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use liquid::model::{
+use liquid_core::Language;
+use liquid_core::model::{
     DisplayCow, KString, KStringCow, Object, ObjectView, ScalarCow, State, Value, ValueView,
 };
 use serde::Serialize;
+
+mod runtime;
+use runtime::Part;
 
 /// The most bytes of one template part (subject, HTML or text).
 pub const MAX_TEMPLATE_BYTES: usize = 512 * 1024;
@@ -60,9 +64,9 @@ pub struct TemplateSource<'a> {
 
 /// A parsed template, ready to render many times.
 pub struct CompiledTemplate {
-    subject: liquid::Template,
-    html: liquid::Template,
-    text: Option<liquid::Template>,
+    subject: Part,
+    html: Part,
+    text: Option<Part>,
 }
 
 impl std::fmt::Debug for CompiledTemplate {
@@ -119,7 +123,7 @@ pub struct CacheConfig {
 /// Parses templates and caches the compiled ones. Cheap to clone.
 #[derive(Clone)]
 pub struct Renderer {
-    parser: Arc<liquid::Parser>,
+    language: Arc<Language>,
     cache: moka::sync::Cache<(i64, i64), Arc<CompiledTemplate>>,
     config: CacheConfig,
     hits: Arc<AtomicU64>,
@@ -159,11 +163,8 @@ impl Renderer {
                 }
             })
             .build();
-        let parser = liquid::ParserBuilder::with_stdlib()
-            .build()
-            .unwrap_or_else(|_| liquid::Parser::new());
         Renderer {
-            parser: Arc::new(parser),
+            language: Arc::new(runtime::stdlib()),
             cache,
             config,
             hits: Arc::new(AtomicU64::new(0)),
@@ -172,15 +173,11 @@ impl Renderer {
         }
     }
 
-    fn parse_part(
-        &self,
-        field: &'static str,
-        source: &str,
-    ) -> Result<liquid::Template, RenderError> {
+    fn parse_part(&self, field: &'static str, source: &str) -> Result<Part, RenderError> {
         if source.len() > MAX_TEMPLATE_BYTES {
             return Err(RenderError::TooLarge { field });
         }
-        self.parser.parse(source).map_err(|e| {
+        Part::parse(source, &self.language).map_err(|e| {
             let full = e.to_string();
             // liquid's message is a pest diagram; its `= ...` lines say what is wrong.
             let reason: Vec<&str> = full
@@ -544,7 +541,7 @@ impl CompiledTemplate {
         let plain = globals(&raw, &extra_raw);
         let html_globals = globals(&escaped, &extra_escaped);
         let fail = |field| {
-            move |e: liquid::Error| RenderError::Render {
+            move |e: liquid_core::Error| RenderError::Render {
                 field,
                 message: e.to_string(),
             }
