@@ -3,6 +3,7 @@
 //! the schema; `config check` prints the effective configuration with secrets masked;
 //! `bench` measures the engine end to end.
 
+mod allocator;
 mod app;
 mod bench;
 mod config;
@@ -30,8 +31,8 @@ use crate::config::Config;
 ///   resident after they are freed; a fixed threshold maps and unmaps them.
 ///
 /// `mailing bench --recipients 1000000`, alternated with the two-arena setting on one
-/// machine: see BENCHMARKS.md (eighth stop). mimalloc, tried earlier, was fast but
-/// peaked at 198 MiB at 100k.
+/// machine: see BENCHMARKS.md (eighth stop). Rust's own allocations go to mimalloc
+/// (`allocator.rs`); these settings are for SQLite's, which call glibc's `malloc`.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn tune_malloc() {
