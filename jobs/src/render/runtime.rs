@@ -3,10 +3,10 @@
 //!
 //! liquid's own runtime (`liquid::Template::render`) keeps the globals in a frame that
 //! hands out an owned copy of every variable it finds, so each `{{ subscriber.name }}`
-//! allocates and copies the value before printing it. [`render`] builds the same stack
-//! of frames, but its globals frame ([`Lending`]) lends the recipient's values to the
-//! template instead. What a template can do and what it prints are unchanged: the tests
-//! below render the same templates through both runtimes and compare.
+//! allocates and copies the value before printing it. [`Part::render`] builds the same
+//! stack of frames, but its globals frame ([`Lending`]) lends the recipient's values to
+//! the template instead. What a template can do and what it prints are unchanged: the
+//! tests below render the same templates through both runtimes and compare.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
