@@ -374,12 +374,19 @@ impl<'a> SubscriberView<'a> {
         }
     }
 
-    fn fields(&self) -> [(&'static str, &dyn ValueView); 3] {
+    fn entries(&self) -> impl Iterator<Item = (&str, &dyn ValueView)> {
         [
-            ("email", &self.email),
+            ("email", &self.email as &dyn ValueView),
             ("name", &self.name),
             ("attributes", &self.attributes),
         ]
+        .into_iter()
+    }
+
+    fn lookup(&self, index: &str) -> Option<&dyn ValueView> {
+        self.entries()
+            .find(|(name, _)| *name == index)
+            .map(|(_, value)| value)
     }
 }
 
@@ -405,12 +412,22 @@ impl Globals<'_> {
         ]
     }
 
-    fn plugin_vars(&self) -> impl Iterator<Item = (&str, &dyn ValueView)> {
+    /// The engine's names, then the plugins' variables that they do not hide.
+    fn entries(&self) -> impl Iterator<Item = (&str, &dyn ValueView)> {
         let engine = self.engine().map(|(name, _)| name);
-        self.extra
+        let plugin_vars = self
+            .extra
             .iter()
             .filter(move |(k, _)| !engine.contains(&k.as_str()))
-            .map(|(k, v)| (k.as_str(), v.as_view()))
+            .map(|(k, v)| (k.as_str(), v.as_view()));
+        self.engine().into_iter().chain(plugin_vars)
+    }
+
+    fn lookup(&self, index: &str) -> Option<&dyn ValueView> {
+        match self.engine().into_iter().find(|(name, _)| *name == index) {
+            Some((_, value)) => Some(value),
+            None => self.extra.get(index).map(|v| v.as_view()),
+        }
     }
 }
 
@@ -423,9 +440,10 @@ fn owned_object<'k>(fields: impl Iterator<Item = (KStringCow<'k>, &'k dyn ValueV
     )
 }
 
-/// The [`ValueView`] of a view over named fields that is never empty (it always has its
-/// own names): an object whose whole-value forms go through [`owned_object`].
-macro_rules! object_value_view {
+/// The [`ValueView`] and [`ObjectView`] of a view over named fields that is never empty
+/// (it always has its own names), from its `entries()` and `lookup()`: an object whose
+/// whole-value forms go through [`owned_object`].
+macro_rules! object_view {
     ($($view:ident),+) => {$(
         impl ValueView for $view<'_> {
             fn as_debug(&self) -> &dyn std::fmt::Debug {
@@ -453,73 +471,36 @@ macro_rules! object_value_view {
                 Some(self)
             }
         }
+
+        impl ObjectView for $view<'_> {
+            fn as_value(&self) -> &dyn ValueView {
+                self
+            }
+            fn size(&self) -> i64 {
+                self.entries().count() as i64
+            }
+            fn keys<'k>(&'k self) -> Box<dyn Iterator<Item = KStringCow<'k>> + 'k> {
+                Box::new(self.entries().map(|(k, _)| KStringCow::from_ref(k)))
+            }
+            fn values<'k>(&'k self) -> Box<dyn Iterator<Item = &'k dyn ValueView> + 'k> {
+                Box::new(self.entries().map(|(_, v)| v))
+            }
+            fn iter<'k>(
+                &'k self,
+            ) -> Box<dyn Iterator<Item = (KStringCow<'k>, &'k dyn ValueView)> + 'k> {
+                Box::new(self.entries().map(|(k, v)| (KStringCow::from_ref(k), v)))
+            }
+            fn contains_key(&self, index: &str) -> bool {
+                self.lookup(index).is_some()
+            }
+            fn get<'s>(&'s self, index: &str) -> Option<&'s dyn ValueView> {
+                self.lookup(index)
+            }
+        }
     )+};
 }
 
-object_value_view!(SubscriberView, Globals);
-
-impl ObjectView for SubscriberView<'_> {
-    fn as_value(&self) -> &dyn ValueView {
-        self
-    }
-    fn size(&self) -> i64 {
-        self.fields().len() as i64
-    }
-    fn keys<'k>(&'k self) -> Box<dyn Iterator<Item = KStringCow<'k>> + 'k> {
-        Box::new(self.iter().map(|(k, _)| k))
-    }
-    fn values<'k>(&'k self) -> Box<dyn Iterator<Item = &'k dyn ValueView> + 'k> {
-        Box::new(self.fields().into_iter().map(|(_, v)| v))
-    }
-    fn iter<'k>(&'k self) -> Box<dyn Iterator<Item = (KStringCow<'k>, &'k dyn ValueView)> + 'k> {
-        Box::new(
-            self.fields()
-                .into_iter()
-                .map(|(k, v)| (KStringCow::from_static(k), v)),
-        )
-    }
-    fn contains_key(&self, index: &str) -> bool {
-        self.get(index).is_some()
-    }
-    fn get<'s>(&'s self, index: &str) -> Option<&'s dyn ValueView> {
-        self.fields()
-            .into_iter()
-            .find(|(name, _)| *name == index)
-            .map(|(_, value)| value)
-    }
-}
-
-impl ObjectView for Globals<'_> {
-    fn as_value(&self) -> &dyn ValueView {
-        self
-    }
-    fn size(&self) -> i64 {
-        self.iter().count() as i64
-    }
-    fn keys<'k>(&'k self) -> Box<dyn Iterator<Item = KStringCow<'k>> + 'k> {
-        Box::new(self.iter().map(|(k, _)| k))
-    }
-    fn values<'k>(&'k self) -> Box<dyn Iterator<Item = &'k dyn ValueView> + 'k> {
-        Box::new(self.iter().map(|(_, v)| v))
-    }
-    fn iter<'k>(&'k self) -> Box<dyn Iterator<Item = (KStringCow<'k>, &'k dyn ValueView)> + 'k> {
-        Box::new(
-            self.engine()
-                .into_iter()
-                .chain(self.plugin_vars())
-                .map(|(k, v)| (KStringCow::from_ref(k), v)),
-        )
-    }
-    fn contains_key(&self, index: &str) -> bool {
-        self.get(index).is_some()
-    }
-    fn get<'s>(&'s self, index: &str) -> Option<&'s dyn ValueView> {
-        match self.engine().into_iter().find(|(name, _)| *name == index) {
-            Some((_, value)) => Some(value),
-            None => self.extra.get(index).map(|v| v.as_view()),
-        }
-    }
-}
+object_view!(SubscriberView, Globals);
 
 impl CompiledTemplate {
     /// Renders subject, HTML and text for one recipient.

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use liquid_core::model::{
     KString, KStringCow, KStringRef, Object, ObjectView, ScalarCow, Value, ValueCow, ValueView,
 };
-use liquid_core::parser::{ParseBlock, ParseFilter, ParseTag};
+use liquid_core::parser::{ParseBlock, ParseFilter, ParseTag, PluginRegistry};
 use liquid_core::runtime::{GlobalFrame, PartialStore, Registers, RuntimeCore};
 use liquid_core::{Error, Language, Renderable, Runtime, Template};
 
@@ -33,11 +33,7 @@ pub(super) fn stdlib() -> Language {
         Box::new(std::DecrementTag),
         Box::new(std::RenderTag),
     ];
-    for tag in tags {
-        language
-            .tags
-            .register(tag.reflection().tag().to_owned(), tag);
-    }
+    register(&mut language.tags, tags, |t| t.reflection().tag());
     let blocks: [Box<dyn ParseBlock>; 9] = [
         Box::new(std::RawBlock),
         Box::new(std::IfBlock),
@@ -49,11 +45,7 @@ pub(super) fn stdlib() -> Language {
         Box::new(std::CaptureBlock),
         Box::new(std::CaseBlock),
     ];
-    for block in blocks {
-        language
-            .blocks
-            .register(block.reflection().start_tag().to_owned(), block);
-    }
+    register(&mut language.blocks, blocks, |b| b.reflection().start_tag());
     let filters: [Box<dyn ParseFilter>; 48] = [
         Box::new(std::Abs),
         Box::new(std::Append),
@@ -104,12 +96,20 @@ pub(super) fn stdlib() -> Language {
         Box::new(std::UrlEncode),
         Box::new(std::Where),
     ];
-    for filter in filters {
-        language
-            .filters
-            .register(filter.reflection().name().to_owned(), filter);
-    }
+    register(&mut language.filters, filters, |f| f.reflection().name());
     language
+}
+
+/// Registers each plugin under the name its reflection gives, as liquid's
+/// `ParserBuilder` does.
+fn register<P>(
+    registry: &mut PluginRegistry<P>,
+    plugins: impl IntoIterator<Item = P>,
+    name: fn(&P) -> &str,
+) {
+    for plugin in plugins {
+        registry.register(name(&plugin).to_owned(), plugin);
+    }
 }
 
 /// A compiled template part and the size its output is expected to have.
