@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the send stage's hot paths: rendering a realistic template with
-//! and without the compiled-template cache, building the MIME message, and the ledger's
+//! and without the compiled-template cache, building the MIME message, encoding a Resend
+//! batch request (against serde_json's encoding of the same objects), and the ledger's
 //! claim + record round trip for one batch on SQLite.
 //!
 //! Run: `cargo bench -p mailing-jobs --bench hot_paths`.
@@ -8,6 +9,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use mailing_jobs::message::{Envelope, build};
+use mailing_jobs::provider::Outgoing;
+use mailing_jobs::provider::resend::batch_body;
 use mailing_jobs::render::{CacheConfig, CampaignVars, RenderContext, Renderer, TemplateSource};
 use mailing_jobs::store::deliveries::{AudienceMember, Outcome};
 use mailing_jobs::store::subscribers::NewSubscriber;
@@ -110,6 +113,64 @@ fn render(c: &mut Criterion) {
             .map(|m| m.formatted().len())
         })
     });
+
+    // A Resend batch request of 100 of these messages.
+    let message = Outgoing {
+        from_header: "Shop <news@shop.example>".into(),
+        to_header: "Subscriber 7 <user7@example.com>".into(),
+        subject: body.subject.clone(),
+        html: body.html.clone(),
+        text: body.text.clone(),
+        list_unsubscribe: "<https://mail.example/unsubscribe/abc.def>".into(),
+        ..Outgoing::default()
+    };
+    let messages: Vec<&Outgoing> = std::iter::repeat_n(&message, 100).collect();
+    let emails: Vec<SerdeEmail<'_>> = messages.iter().map(|m| SerdeEmail::of(m)).collect();
+    let expected = batch_body(&messages);
+    assert_eq!(
+        expected,
+        serde_json::to_vec(&emails).expect("encodes"),
+        "the two encodings agree"
+    );
+    let mut group = c.benchmark_group("resend_body_100");
+    group.bench_function("batch_body", |b| b.iter(|| batch_body(&messages).len()));
+    // Into a buffer of the body's size, as `batch_body` allocates.
+    group.bench_function("serde_json", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(expected.capacity());
+            serde_json::to_writer(&mut out, &emails).map(|()| out.len())
+        })
+    });
+    group.finish();
+}
+
+/// The Resend email object encoded by serde_json, the reference for `batch_body`.
+#[derive(serde::Serialize)]
+struct SerdeEmail<'a> {
+    from: &'a str,
+    to: [&'a str; 1],
+    subject: &'a str,
+    html: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<&'a str>,
+    headers: std::collections::BTreeMap<&'static str, &'a str>,
+}
+
+impl<'a> SerdeEmail<'a> {
+    fn of(m: &'a Outgoing) -> Self {
+        SerdeEmail {
+            from: &m.from_header,
+            to: [&m.to_header],
+            subject: &m.subject,
+            html: &m.html,
+            text: m.text.as_deref(),
+            headers: [
+                ("List-Unsubscribe", m.list_unsubscribe.as_str()),
+                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+            ]
+            .into(),
+        }
+    }
 }
 
 fn ledger(c: &mut Criterion) {

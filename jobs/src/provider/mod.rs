@@ -10,6 +10,7 @@
 //! the recipient for good, [`ProviderError::Transient`] puts it back for another attempt.
 
 pub mod file;
+mod json;
 pub mod resend;
 pub mod smtp;
 
