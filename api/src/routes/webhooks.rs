@@ -113,8 +113,9 @@ struct ResendAnswer {
 
 /// `POST /webhooks/resend`: a Resend event, signed the Svix way. `email.delivered`,
 /// `email.delivery_delayed`, `email.bounced` and `email.complained` update the delivery
-/// record (found by `data.email_id`, else by the first `data.to` address); hard bounces
-/// and complaints suppress the address. Other types are acknowledged and ignored.
+/// record (the message `data.email_id` among those sent to the first `data.to` address,
+/// or without an id the newest one sent to it); hard bounces and complaints suppress the
+/// address. Other types are acknowledged and ignored.
 /// 401 for a missing header or a signature that does not match; 404 when
 /// `RESEND_WEBHOOK_SECRET` is not set.
 #[endpoint(
@@ -227,8 +228,8 @@ struct BounceReport {
     /// true when absent.
     #[serde(default)]
     permanent: Option<bool>,
-    /// The provider's message id, to find the delivery record; without it, the newest
-    /// sent message to the address.
+    /// The provider's message id, to find the delivery record among the messages sent to
+    /// `email`; without it, the newest sent message to the address.
     #[serde(default)]
     message_id: Option<String>,
     /// The provider's explanation, kept on the delivery record.

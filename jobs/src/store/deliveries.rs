@@ -906,7 +906,7 @@ mod tests {
                 let found = store
                     .apply_provider_event(
                         Some("pm-before-upgrade"),
-                        None,
+                        Some(&claimed[0].email),
                         crate::store::suppressions::ProviderEvent::Complained,
                         "complaint",
                     )
@@ -914,12 +914,15 @@ mod tests {
                     .unwrap();
                 assert!(found);
                 if store.backend() == Backend::Sqlite {
-                    let plan = query_plan(
-                        store,
-                        "SELECT id, email FROM deliveries WHERE provider_message_id = 'x' LIMIT 1",
-                    )
-                    .await;
-                    assert!(plan.contains("deliveries_provider_message"), "{plan}");
+                    let plan =
+                        query_plan(store, crate::store::suppressions::SENT_ROW_BY_MESSAGE_ID)
+                            .await;
+                    assert!(
+                        plan.contains(
+                            "INDEX deliveries_subscriber (subscriber_id=? AND provider_message_id=?)"
+                        ),
+                        "{plan}"
+                    );
                 }
             },
         )
@@ -1245,6 +1248,86 @@ mod tests {
             );
             assert!(!plan.contains("SCAN"), "{sql}\n{plan}");
         }
+        let sql = crate::store::suppressions::SENT_ROW_BY_MESSAGE_ID;
+        let plan = query_plan(&store, sql).await;
+        assert!(
+            plan.contains(
+                "INDEX deliveries_subscriber (subscriber_id=? AND provider_message_id=?)"
+            ),
+            "{sql}\n{plan}"
+        );
+        assert!(!plan.contains("SCAN"), "{sql}\n{plan}");
+    }
+
+    #[tokio::test]
+    async fn a_provider_event_finds_its_row_by_message_id_under_the_address() {
+        on_both_databases(
+            "a_provider_event_finds_its_row_by_message_id_under_the_address",
+            async |store: &Store| {
+                let campaign = plan_on(store, 3, 3, 1).await;
+                let claimed = store.claim_batch(campaign, 0, None).await.unwrap();
+                let pm = |r: &Recipient| format!("pm-{}", r.delivery_id);
+                let outcomes: Vec<(i64, Outcome)> = claimed
+                    .iter()
+                    .map(|r| {
+                        let provider_message_id = Some(pm(r));
+                        (
+                            r.delivery_id,
+                            Outcome::Sent {
+                                provider_message_id,
+                            },
+                        )
+                    })
+                    .collect();
+                store.record_outcomes(&outcomes, 3).await.unwrap();
+                let event = crate::store::suppressions::ProviderEvent::Bounced { permanent: false };
+                let (first, second) = (&claimed[0], &claimed[1]);
+                // Another recipient's id under this address, and an id with no address,
+                // change nothing.
+                for (id, address) in [(pm(second), Some(first.email.as_str())), (pm(first), None)] {
+                    assert!(
+                        !store
+                            .apply_provider_event(Some(&id), address, event, "450 later")
+                            .await
+                            .unwrap(),
+                        "{id} {address:?}"
+                    );
+                }
+                assert!(
+                    store
+                        .apply_provider_event(Some(&pm(second)), Some(&second.email), event, "450")
+                        .await
+                        .unwrap()
+                );
+                let rows = store
+                    .deliveries(campaign, None, None, 0, 100)
+                    .await
+                    .unwrap()
+                    .items;
+                for row in rows {
+                    let expected = if row.id == second.delivery_id {
+                        "bounced"
+                    } else {
+                        "sent"
+                    };
+                    assert_eq!(row.status, expected, "{row:?}");
+                }
+                // The id is indexed under its subscriber only.
+                let standalone: i64 = sqlx::query_scalar(match store.backend() {
+                    Backend::Sqlite => {
+                        "SELECT COUNT(*) FROM sqlite_master WHERE name = 'deliveries_provider_message'"
+                    }
+                    Backend::Postgres => {
+                        "SELECT COUNT(*) FROM pg_indexes WHERE indexname = 'deliveries_provider_message'"
+                    }
+                })
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+                assert_eq!(standalone, 0);
+            },
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -34,6 +34,15 @@ pub enum ProviderEvent {
     Complained,
 }
 
+/// The ledger row with a provider message id, among the rows of the subscriber with an
+/// address: `$1` the id, `$2` the address, `$3` the workspace. Message ids are indexed
+/// under their subscriber only (migration 0009: providers' ids are random, and an index
+/// on them alone cost every sent message a random B-tree leaf). As for an address alone,
+/// a row sent to an address its subscriber has since changed is not found.
+pub(crate) const SENT_ROW_BY_MESSAGE_ID: &str = "SELECT d.id, d.email FROM deliveries d \
+     WHERE d.subscriber_id IN (SELECT s.id FROM subscribers s WHERE s.workspace_id = $3 AND s.email = $2) \
+     AND d.provider_message_id = $1 LIMIT 1";
+
 /// The newest sent ledger row for address `$1` in workspace `$2`, for a bounce reported
 /// by address alone. Found through the subscriber with that address (the ledger is
 /// indexed by subscriber, not by address): a row sent to an address its subscriber has
@@ -134,9 +143,10 @@ impl Store {
             == 1)
     }
 
-    /// Applies a provider event to the ledger row with this provider message id (or,
-    /// without one, to the newest sent row for the address), and suppresses the address
-    /// for hard bounces and complaints. Returns whether a ledger row changed.
+    /// Applies a provider event to the ledger row with this provider message id among the
+    /// address's rows (or, without an id, to the newest sent row for the address), and
+    /// suppresses the address for hard bounces and complaints. An id without an address
+    /// matches no row. Returns whether a ledger row changed.
     pub async fn apply_provider_event(
         &self,
         provider_message_id: Option<&str>,
@@ -146,14 +156,16 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let now = now_ms();
         let id: Option<(i64, String)> = match (provider_message_id, email) {
-            (Some(pid), _) => {
-                sqlx::query_as(
-                    "SELECT id, email FROM deliveries WHERE provider_message_id = $1 LIMIT 1",
-                )
-                .bind(pid)
-                .fetch_optional(self.pool())
-                .await?
+            (Some(pid), Some(e)) => {
+                sqlx::query_as(SENT_ROW_BY_MESSAGE_ID)
+                    .bind(pid)
+                    .bind(e)
+                    .bind(DEFAULT_WORKSPACE)
+                    .fetch_optional(self.pool())
+                    .await?
             }
+            // An id without an address: no index leads to it (see SENT_ROW_BY_MESSAGE_ID).
+            (Some(_), None) => None,
             (None, Some(e)) => {
                 sqlx::query_as(SENT_ROW_BY_ADDRESS)
                     .bind(e)
