@@ -1259,27 +1259,52 @@ mod tests {
         assert!(!plan.contains("SCAN"), "{sql}\n{plan}");
     }
 
+    /// A campaign of three recipients in one batch, claimed and recorded sent with the
+    /// provider message id `pm-{delivery_id}` each; returns the campaign and its rows.
+    async fn sent_with_message_ids(store: &Store) -> (i64, Vec<Recipient>) {
+        let campaign = plan_on(store, 3, 3, 1).await;
+        let claimed = store.claim_batch(campaign, 0, None).await.unwrap();
+        let outcomes: Vec<(i64, Outcome)> = claimed
+            .iter()
+            .map(|r| {
+                let provider_message_id = Some(format!("pm-{}", r.delivery_id));
+                (
+                    r.delivery_id,
+                    Outcome::Sent {
+                        provider_message_id,
+                    },
+                )
+            })
+            .collect();
+        store.record_outcomes(&outcomes, 3).await.unwrap();
+        (campaign, claimed)
+    }
+
+    /// Asserts that the campaign's only row not `sent` is `changed`'s, now `status`.
+    async fn only_row_changed(store: &Store, campaign: i64, changed: &Recipient, status: &str) {
+        let rows = store
+            .deliveries(campaign, None, None, 0, 100)
+            .await
+            .unwrap()
+            .items;
+        assert_eq!(rows.len(), 3);
+        for row in rows {
+            let expected = if row.id == changed.delivery_id {
+                status
+            } else {
+                "sent"
+            };
+            assert_eq!(row.status, expected, "{row:?}");
+        }
+    }
+
     #[tokio::test]
     async fn a_provider_event_finds_its_row_by_message_id_under_the_address() {
         on_both_databases(
             "a_provider_event_finds_its_row_by_message_id_under_the_address",
             async |store: &Store| {
-                let campaign = plan_on(store, 3, 3, 1).await;
-                let claimed = store.claim_batch(campaign, 0, None).await.unwrap();
+                let (campaign, claimed) = sent_with_message_ids(store).await;
                 let pm = |r: &Recipient| format!("pm-{}", r.delivery_id);
-                let outcomes: Vec<(i64, Outcome)> = claimed
-                    .iter()
-                    .map(|r| {
-                        let provider_message_id = Some(pm(r));
-                        (
-                            r.delivery_id,
-                            Outcome::Sent {
-                                provider_message_id,
-                            },
-                        )
-                    })
-                    .collect();
-                store.record_outcomes(&outcomes, 3).await.unwrap();
                 let event = crate::store::suppressions::ProviderEvent::Bounced { permanent: false };
                 let (first, second) = (&claimed[0], &claimed[1]);
                 // Another recipient's id under this address, and an id with no address,
@@ -1299,19 +1324,7 @@ mod tests {
                         .await
                         .unwrap()
                 );
-                let rows = store
-                    .deliveries(campaign, None, None, 0, 100)
-                    .await
-                    .unwrap()
-                    .items;
-                for row in rows {
-                    let expected = if row.id == second.delivery_id {
-                        "bounced"
-                    } else {
-                        "sent"
-                    };
-                    assert_eq!(row.status, expected, "{row:?}");
-                }
+                only_row_changed(store, campaign, second, "bounced").await;
                 // The id is indexed under its subscriber only.
                 let standalone: i64 = sqlx::query_scalar(match store.backend() {
                     Backend::Sqlite => {
@@ -1335,21 +1348,7 @@ mod tests {
         on_both_databases(
             "a_bounce_reported_by_address_alone_marks_that_recipient_s_row",
             async |store: &Store| {
-                let campaign = plan_on(store, 3, 3, 1).await;
-                let claimed = store.claim_batch(campaign, 0, None).await.unwrap();
-                let outcomes: Vec<(i64, Outcome)> = claimed
-                    .iter()
-                    .map(|r| {
-                        let provider_message_id = Some(format!("pm-{}", r.delivery_id));
-                        (
-                            r.delivery_id,
-                            Outcome::Sent {
-                                provider_message_id,
-                            },
-                        )
-                    })
-                    .collect();
-                store.record_outcomes(&outcomes, 3).await.unwrap();
+                let (campaign, claimed) = sent_with_message_ids(store).await;
                 let bounced = &claimed[1];
                 let event = crate::store::suppressions::ProviderEvent::Bounced { permanent: true };
                 assert!(
@@ -1358,20 +1357,7 @@ mod tests {
                         .await
                         .unwrap()
                 );
-                let rows = store
-                    .deliveries(campaign, None, None, 0, 100)
-                    .await
-                    .unwrap()
-                    .items;
-                assert_eq!(rows.len(), 3);
-                for row in rows {
-                    let expected = if row.id == bounced.delivery_id {
-                        "bounced"
-                    } else {
-                        "sent"
-                    };
-                    assert_eq!(row.status, expected, "{row:?}");
-                }
+                only_row_changed(store, campaign, bounced, "bounced").await;
                 // An address that no subscriber has changes no row.
                 assert!(
                     !store
