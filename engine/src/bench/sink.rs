@@ -131,6 +131,8 @@ impl Handler for BatchHandler {
             .record(emails.into_iter().filter_map(|e| e.to.into_iter().next()));
         // Random ids, as Resend's are (UUIDs): the ledger indexes them, and ids that
         // sort in sending order would make that index cheaper than it is in production.
+        // From the thread's generator: `Uuid::new_v4` asks the kernel for every id, a
+        // system call per message on the cores the measured `serve` shares.
         let mut body = String::with_capacity(48 * count + 16);
         body.push_str("{\"data\":[");
         for i in 0..count {
@@ -139,7 +141,8 @@ impl Handler for BatchHandler {
             }
             body.push_str("{\"id\":\"");
             body.push_str(
-                uuid::Uuid::new_v4()
+                uuid::Builder::from_random_bytes(rand::random())
+                    .into_uuid()
                     .hyphenated()
                     .encode_lower(&mut uuid::Uuid::encode_buffer()),
             );
