@@ -6,6 +6,7 @@
 //! `subscriber` object; the unescaped values are under `subscriber_raw` for templates
 //! that need them. Subject and text bodies get the raw values.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -284,10 +285,15 @@ pub struct RenderContext {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Escapes the five HTML-significant characters.
-pub fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
+/// Escapes the five HTML-significant characters; borrows `s` when it has none, as
+/// most names, addresses and attributes do.
+pub fn escape_html(s: &str) -> Cow<'_, str> {
+    let Some(first) = s.find(['&', '<', '>', '"', '\'']) else {
+        return Cow::Borrowed(s);
+    };
+    let mut out = String::with_capacity(s.len() + 16);
+    out.push_str(&s[..first]);
+    for c in s[first..].chars() {
         match c {
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
@@ -297,7 +303,15 @@ pub fn escape_html(s: &str) -> String {
             c => out.push(c),
         }
     }
-    out
+    Cow::Owned(out)
+}
+
+/// A string as a Liquid scalar, borrowed when it is.
+fn scalar(s: Cow<'_, str>) -> ScalarCow<'_> {
+    match s {
+        Cow::Borrowed(s) => ScalarCow::new(s),
+        Cow::Owned(s) => ScalarCow::new(s),
+    }
 }
 
 /// A JSON value as Liquid sees it, its strings HTML-escaped when `escaped`. Built
@@ -312,7 +326,7 @@ fn to_liquid(v: &serde_json::Value, escaped: bool) -> Value {
             Some(i) => Value::scalar(i),
             None => n.as_f64().map_or(Value::Nil, Value::scalar),
         },
-        serde_json::Value::String(s) if escaped => Value::scalar(escape_html(s)),
+        serde_json::Value::String(s) if escaped => Value::scalar(escape_html(s).into_owned()),
         serde_json::Value::String(s) => Value::scalar(s.clone()),
         serde_json::Value::Array(a) => {
             Value::Array(a.iter().map(|v| to_liquid(v, escaped)).collect())
@@ -326,6 +340,65 @@ fn to_liquid_object(o: &serde_json::Map<String, serde_json::Value>, escaped: boo
     o.iter()
         .map(|(k, v)| (KString::from_ref(k), to_liquid(v, escaped)))
         .collect()
+}
+
+/// A JSON object's members as Liquid values (see [`to_liquid`]), kept in key order
+/// and found by binary search on keys borrowed from the recipient: the per-recipient
+/// objects (`subscriber.attributes`, the plugins' variables) no longer build a liquid
+/// [`Object`], a hash map that owned a copy of every key and hashed each one (SipHash)
+/// once when built and again at every lookup.
+#[derive(Debug)]
+struct Members<'a>(Vec<(&'a str, Member<'a>)>);
+
+/// One member's value: a string lent to the template (escaped copies only where
+/// escaping changes it), anything else converted.
+#[derive(Debug)]
+enum Member<'a> {
+    Str(ScalarCow<'a>),
+    Other(Value),
+}
+
+impl<'a> Member<'a> {
+    fn new(v: &'a serde_json::Value, escaped: bool) -> Self {
+        match v {
+            serde_json::Value::String(s) if escaped => Member::Str(scalar(escape_html(s))),
+            serde_json::Value::String(s) => Member::Str(ScalarCow::new(s.as_str())),
+            other => Member::Other(to_liquid(other, escaped)),
+        }
+    }
+
+    fn view(&self) -> &dyn ValueView {
+        match self {
+            Member::Str(s) => s,
+            Member::Other(v) => v,
+        }
+    }
+}
+
+impl<'a> Members<'a> {
+    fn new(o: &'a serde_json::Map<String, serde_json::Value>, escaped: bool) -> Self {
+        let mut members: Vec<(&str, Member<'_>)> = o
+            .iter()
+            .map(|(k, v)| (k.as_str(), Member::new(v, escaped)))
+            .collect();
+        // serde_json's map iterates in key order unless its `preserve_order` feature is
+        // on somewhere in the build; binary search needs the order either way.
+        if !members.is_sorted_by(|a, b| a.0 <= b.0) {
+            members.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        }
+        Members(members)
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (&str, &dyn ValueView)> {
+        self.0.iter().map(|(k, v)| (*k, v.view()))
+    }
+
+    fn lookup(&self, index: &str) -> Option<&dyn ValueView> {
+        self.0
+            .binary_search_by(|(k, _)| (*k).cmp(index))
+            .ok()
+            .map(|i| self.0[i].1.view())
+    }
 }
 
 /// `campaign.*` as templates see it: converted to Liquid once and shared by every
@@ -347,30 +420,27 @@ impl Default for CampaignVars {
 }
 
 /// `subscriber` (or `subscriber_raw`) as templates see it: a view over one recipient's
-/// values, borrowed when raw, escaped copies when not. Built per recipient and part
-/// without a hash map of its own.
+/// values, borrowed, except escaped copies of the strings that escaping changes. Built
+/// per recipient and part without a hash map of its own.
 #[derive(Debug)]
 struct SubscriberView<'a> {
     email: ScalarCow<'a>,
     name: ScalarCow<'a>,
-    attributes: Value,
+    attributes: Members<'a>,
 }
 
 impl<'a> SubscriberView<'a> {
     fn new(ctx: &'a RenderContext, escaped: bool) -> Self {
         let name = ctx.name.as_deref().unwrap_or_default();
         let (email, name) = if escaped {
-            (
-                ScalarCow::new(escape_html(&ctx.email)),
-                ScalarCow::new(escape_html(name)),
-            )
+            (scalar(escape_html(&ctx.email)), scalar(escape_html(name)))
         } else {
             (ScalarCow::new(ctx.email.as_str()), ScalarCow::new(name))
         };
         SubscriberView {
             email,
             name,
-            attributes: Value::Object(to_liquid_object(&ctx.attributes, escaped)),
+            attributes: Members::new(&ctx.attributes, escaped),
         }
     }
 
@@ -384,9 +454,12 @@ impl<'a> SubscriberView<'a> {
     }
 
     fn lookup(&self, index: &str) -> Option<&dyn ValueView> {
-        self.entries()
-            .find(|(name, _)| *name == index)
-            .map(|(_, value)| value)
+        match index {
+            "email" => Some(&self.email),
+            "name" => Some(&self.name),
+            "attributes" => Some(&self.attributes),
+            _ => None,
+        }
     }
 }
 
@@ -397,7 +470,7 @@ struct Globals<'a> {
     subscriber_raw: &'a SubscriberView<'a>,
     campaign: &'a Value,
     unsubscribe_url: ScalarCow<'a>,
-    extra: &'a Object,
+    extra: &'a Members<'a>,
 }
 
 impl Globals<'_> {
@@ -417,16 +490,18 @@ impl Globals<'_> {
         let engine = self.engine().map(|(name, _)| name);
         let plugin_vars = self
             .extra
-            .iter()
-            .filter(move |(k, _)| !engine.contains(&k.as_str()))
-            .map(|(k, v)| (k.as_str(), v.as_view()));
+            .entries()
+            .filter(move |(k, _)| !engine.contains(k));
         self.engine().into_iter().chain(plugin_vars)
     }
 
     fn lookup(&self, index: &str) -> Option<&dyn ValueView> {
-        match self.engine().into_iter().find(|(name, _)| *name == index) {
-            Some((_, value)) => Some(value),
-            None => self.extra.get(index).map(|v| v.as_view()),
+        match index {
+            "subscriber" => Some(self.subscriber),
+            "subscriber_raw" => Some(self.subscriber_raw),
+            "campaign" => Some(self.campaign),
+            "unsubscribe_url" => Some(&self.unsubscribe_url),
+            _ => self.extra.lookup(index),
         }
     }
 }
@@ -440,8 +515,8 @@ fn owned_object<'k>(fields: impl Iterator<Item = (KStringCow<'k>, &'k dyn ValueV
     )
 }
 
-/// The [`ValueView`] and [`ObjectView`] of a view over named fields that is never empty
-/// (it always has its own names), from its `entries()` and `lookup()`: an object whose
+/// The [`ValueView`] and [`ObjectView`] of a view over named fields, from its
+/// `entries()` and `lookup()`: an object, empty when it has no entries, whose
 /// whole-value forms go through [`owned_object`].
 macro_rules! object_view {
     ($($view:ident),+) => {$(
@@ -459,7 +534,13 @@ macro_rules! object_view {
                 "object"
             }
             fn query_state(&self, state: State) -> bool {
-                matches!(state, State::Truthy)
+                // As liquid's own objects: always truthy, blank only when empty.
+                match state {
+                    State::Truthy => true,
+                    State::DefaultValue | State::Empty | State::Blank => {
+                        self.entries().next().is_none()
+                    }
+                }
             }
             fn to_kstr(&self) -> KStringCow<'_> {
                 KStringCow::from_string(self.to_value().render().to_string())
@@ -500,7 +581,7 @@ macro_rules! object_view {
     )+};
 }
 
-object_view!(SubscriberView, Globals);
+object_view!(Members, SubscriberView, Globals);
 
 impl CompiledTemplate {
     /// Renders subject, HTML and text for one recipient.
@@ -510,8 +591,8 @@ impl CompiledTemplate {
     pub fn render(&self, ctx: &RenderContext) -> Result<Rendered, RenderError> {
         let raw = SubscriberView::new(ctx, false);
         let escaped = SubscriberView::new(ctx, true);
-        let extra_raw = to_liquid_object(&ctx.extra, false);
-        let extra_escaped = to_liquid_object(&ctx.extra, true);
+        let extra_raw = Members::new(&ctx.extra, false);
+        let extra_escaped = Members::new(&ctx.extra, true);
         let globals = |subscriber, extra| Globals {
             subscriber,
             subscriber_raw: &raw,
@@ -663,6 +744,112 @@ mod tests {
         assert_eq!(attributes, "cityOslo");
         for part in ["emailann@example.com", "nameAnn", "attributescityOslo"] {
             assert!(whole.contains(part), "{part} in {whole}");
+        }
+    }
+
+    #[test]
+    fn escaping_copies_only_strings_it_changes() {
+        assert!(matches!(escape_html("ann@example.com"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_html("Zoë & \"Jo's\" <b>"),
+            "Zoë &amp; &quot;Jo&#39;s&quot; &lt;b&gt;"
+        );
+        let t = renderer(true)
+            .compile(TemplateSource {
+                subject: "{{ subscriber.attributes.q }}",
+                html: "{{ subscriber.attributes.q }}|{{ subscriber.attributes.q | upcase }}|\
+                       {{ subscriber.attributes.plain | upcase }}",
+                text: None,
+            })
+            .unwrap();
+        let mut c = ctx("Ann");
+        c.attributes.insert("q".into(), "Tom & <Jerry>".into());
+        c.attributes.insert("plain".into(), "oslo".into());
+        let out = t.render(&c).unwrap();
+        assert_eq!(out.subject, "Tom & <Jerry>");
+        assert_eq!(
+            out.html,
+            "Tom &amp; &lt;Jerry&gt;|TOM &AMP; &LT;JERRY&GT;|OSLO"
+        );
+    }
+
+    /// An unknown-index error with its list of available indexes sorted (liquid's own
+    /// objects list them in their hash map's order).
+    fn sorted_indexes(message: String) -> String {
+        message
+            .lines()
+            .map(|line| match line.split_once("available indexes=") {
+                Some((head, list)) => {
+                    let mut names: Vec<&str> = list.split(", ").collect();
+                    names.sort_unstable();
+                    format!("{head}available indexes={}", names.join(", "))
+                }
+                None => line.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Attributes reach templates through [`Members`], not a liquid object: every way
+    /// a template can read them prints what liquid's own objects print.
+    #[test]
+    fn attributes_read_as_liquid_s_own_objects_read() {
+        let cases = [
+            serde_json::json!({}),
+            serde_json::json!({"city": "Oslo"}),
+            serde_json::json!({
+                "b": 2, "a": "x", "tags": ["t1", "t2", "t3"], "nested": {"k": [1, 2]},
+                "none": null, "yes": true, "empty": "", "list": [], "obj": {}
+            }),
+        ];
+        // `@` stands for `subscriber.attributes`.
+        let templates = [
+            "{{ @.size }}|{{ @ | size }}|{% if @ %}t{% else %}f{% endif %}",
+            "{% if @ == empty %}e{% endif %}{% if @ == blank %}b{% endif %}{{ @ | default: 'd' | size }}",
+            "{{ @.city | default: 'nowhere' }}|{{ @.tags.first }}{{ @.tags.last }}{{ @.tags.size }}",
+            "{{ @.tags[1] }}|{{ @.nested.k[0] }}{{ @.nested.k.size }}|{{ @.nested.nope }}",
+            "{% for t in @.tags %}{{ t }}{% endfor %}|{{ @.b | plus: 1 }}|{{ @.zzz }}",
+            "{% if @.none %}n{% endif %}{% if @.yes %}y{% endif %}{{ @.empty | default: 'E' }}",
+            "{{ @.list | default: 'L' }}|{{ @.obj | default: 'O' }}|{% if @.obj == empty %}oe{% endif %}",
+            "{% assign c = @ %}{{ c.a }}{{ c.size }}|{% if @.a == 'x' %}x{% endif %}{% if @.b > 1 %}g{% endif %}",
+            "{{ @.a.size }}|{{ @.tags | join: ',' }}|{{ @['a'] }}{{ @.nested['k'].last }}",
+        ];
+        let parser = liquid::ParserBuilder::with_stdlib()
+            .build()
+            .expect("the standard library builds");
+        for attributes in cases {
+            let map = attributes.as_object().cloned().unwrap_or_default();
+            let theirs_globals = liquid::object!({
+                "subscriber": {"attributes": liquid::model::to_value(&attributes).unwrap()}
+            });
+            let mut c = ctx("Ann");
+            c.attributes = map;
+            for template in templates {
+                let source = template.replace('@', "subscriber.attributes");
+                let theirs = parser
+                    .parse(&source)
+                    .expect("the template parses")
+                    .render(&theirs_globals)
+                    .map_err(|e| e.to_string());
+                let ours = renderer(false)
+                    .compile(TemplateSource {
+                        subject: "s",
+                        html: "h",
+                        text: Some(&source),
+                    })
+                    .expect("the template compiles")
+                    .render(&c)
+                    .map(|r| r.text.unwrap_or_default())
+                    .map_err(|e| match e {
+                        RenderError::Render { message, .. } => message,
+                        other => other.to_string(),
+                    });
+                assert_eq!(
+                    ours.map_err(sorted_indexes),
+                    theirs.map_err(sorted_indexes),
+                    "{source} with {attributes}"
+                );
+            }
         }
     }
 

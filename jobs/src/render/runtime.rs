@@ -177,9 +177,10 @@ impl Runtime for Lending<'_> {
     }
 
     fn try_get(&self, path: &[ScalarCow<'_>]) -> Option<ValueCow<'_>> {
-        let key = path.first()?.to_kstr();
-        if self.globals.contains_key(key.as_str()) {
-            return liquid_core::model::try_find(self.globals.as_value(), path);
+        let (first, rest) = path.split_first()?;
+        let key = first.to_kstr();
+        if let Some(root) = self.globals.get(key.as_str()) {
+            return liquid_core::model::try_find(root, rest);
         }
         let indexes = self.indexes.borrow();
         if indexes.contains_key(key.as_str()) {
@@ -190,11 +191,17 @@ impl Runtime for Lending<'_> {
     }
 
     fn get(&self, path: &[ScalarCow<'_>]) -> liquid_core::Result<ValueCow<'_>> {
-        let Some(key) = path.first().map(ValueView::to_kstr) else {
+        let Some((first, rest)) = path.split_first() else {
             return self.core.get(path);
         };
-        if self.globals.contains_key(key.as_str()) {
-            return liquid_core::model::find(self.globals.as_value(), path);
+        let key = first.to_kstr();
+        // The root found once, the rest walked from it; a miss is looked up again from
+        // the top so that the error names the whole path, as liquid's own does.
+        if let Some(root) = self.globals.get(key.as_str()) {
+            return match liquid_core::model::try_find(root, rest) {
+                Some(found) => Ok(found),
+                None => liquid_core::model::find(self.globals.as_value(), path),
+            };
         }
         let indexes = self.indexes.borrow();
         if indexes.contains_key(key.as_str()) {
