@@ -747,6 +747,46 @@ mod tests {
         }
     }
 
+    /// `lookup` matches names for speed beside `entries`, which lists them: a name in
+    /// one and not the other would make an object that lists what it cannot find.
+    #[test]
+    fn the_views_find_every_name_they_list() {
+        let mut c = ctx("Ann");
+        c.attributes.insert("city".into(), "Oslo".into());
+        c.extra.insert("offer".into(), 5.into());
+        let subscriber = SubscriberView::new(&c, false);
+        let extra = Members::new(&c.extra, false);
+        let globals = Globals {
+            subscriber: &subscriber,
+            subscriber_raw: &subscriber,
+            campaign: &c.campaign.0,
+            unsubscribe_url: ScalarCow::new(c.unsubscribe_url.as_str()),
+            extra: &extra,
+        };
+        let mut listed: Vec<&str> = subscriber.entries().map(|(k, _)| k).collect();
+        listed.sort_unstable();
+        assert_eq!(listed, ["attributes", "email", "name"]);
+        for name in listed {
+            assert!(subscriber.lookup(name).is_some(), "{name}");
+        }
+        let mut listed: Vec<&str> = globals.entries().map(|(k, _)| k).collect();
+        listed.sort_unstable();
+        assert_eq!(
+            listed,
+            [
+                "campaign",
+                "offer",
+                "subscriber",
+                "subscriber_raw",
+                "unsubscribe_url"
+            ]
+        );
+        for name in listed {
+            assert!(globals.lookup(name).is_some(), "{name}");
+        }
+        assert!(subscriber.attributes.lookup("city").is_some());
+    }
+
     #[test]
     fn escaping_copies_only_strings_it_changes() {
         assert!(matches!(escape_html("ann@example.com"), Cow::Borrowed(_)));
