@@ -255,7 +255,11 @@ impl Store {
         }
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
+        // Two foreign-key checks per ledger row: planned once for the page
+        // (`fk_checks_keep_plans`), so the page's own query goes unprepared.
+        self.fk_checks_keep_plans(&mut tx).await?;
         let (recipients, last): (i64, Option<i64>) = sqlx::query_as(PLAN_PAGE_POSTGRES)
+            .persistent(false)
             .bind(DEFAULT_WORKSPACE)
             .bind(after)
             .bind(campaign_id)
@@ -265,6 +269,7 @@ impl Store {
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
+        self.plan_every_execution(&mut tx).await?;
         if recipients > 0 {
             super::campaigns::touch(&mut *tx, campaign_id, now).await?;
         }
@@ -1468,6 +1473,33 @@ mod tests {
                 "subscriber {subscriber}"
             );
         }
+    }
+
+    /// The import's chunks and the plan's pages let PostgreSQL's foreign-key checks keep
+    /// a generic plan for their own statements only (`Store::fk_checks_keep_plans`): on
+    /// every pooled connection, the planning the store set up holds again after them.
+    #[tokio::test]
+    async fn the_plan_leaves_its_connections_planning_every_execution() {
+        on_both_databases(
+            "the_plan_leaves_its_connections_planning_every_execution",
+            async |store: &Store| {
+                plan_in_pages(store).await;
+                if store.backend() != Backend::Postgres {
+                    return;
+                }
+                let mut held = Vec::new();
+                for _ in 0..store.pool().options().get_max_connections() {
+                    let mut conn = store.pool().acquire().await.expect("a connection");
+                    let mode: String = sqlx::query_scalar("SHOW plan_cache_mode")
+                        .fetch_one(&mut *conn)
+                        .await
+                        .unwrap();
+                    assert_eq!(mode, "force_custom_plan");
+                    held.push(conn);
+                }
+            },
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -380,6 +380,12 @@ impl Store {
                     // (`mailing bench --backend redis`), 1.7 ms with a fresh plan.
                     conn.execute("SET plan_cache_mode = force_custom_plan")
                         .await?;
+                    // No JIT compilation: the ledger's rates (`ledger_rates`, sampled
+                    // every 15 s over the whole ledger) crossed its cost threshold at
+                    // 300,000 rows and spent 275 of their 307 ms compiling (`mailing
+                    // bench --backend redis`, pg_stat_statements). The store runs
+                    // short statements, planned afresh every time.
+                    conn.execute("SET jit = off").await?;
                     Ok(())
                 })
             });
@@ -438,6 +444,45 @@ impl Store {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         })
+    }
+
+    /// Lets PostgreSQL's foreign-key checks keep a generic plan for the statements that
+    /// follow in `tx`, until [`Store::plan_every_execution`] (or the transaction's end).
+    /// Nothing on SQLite.
+    ///
+    /// The store's connections plan every execution afresh (`plan_cache_mode =
+    /// force_custom_plan`, set in [`Store::open`]), and that setting reaches the checks
+    /// PostgreSQL runs for every row a statement inserts (`SELECT 1 FROM subscribers
+    /// WHERE id = $1 FOR KEY SHARE`): a plan per check. Writing the ledger, its two
+    /// checks took 26 µs per row, 21 of them planning (`mailing bench --backend redis`,
+    /// pg_stat_statements). `DISCARD PLANS` first drops any generic plan the connection
+    /// made before, so the one the checks keep is made now, at the tables' present
+    /// sizes: one made while `subscribers` was nearly empty would scan it row by row
+    /// once an import has filled it. Statements sent in between must be unprepared
+    /// (`persistent(false)`), so that they are planned with their own parameters.
+    pub(crate) async fn fk_checks_keep_plans(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::raw_sql("DISCARD PLANS; SET LOCAL plan_cache_mode = auto")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends [`Store::fk_checks_keep_plans`] before the end of `tx`.
+    pub(crate) async fn plan_every_execution(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    ) -> Result<(), StoreError> {
+        if self.backend == Backend::Postgres {
+            sqlx::raw_sql("SET LOCAL plan_cache_mode = force_custom_plan")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Which database engine this is.
@@ -513,6 +558,11 @@ mod tests {
                 .await
                 .expect("SHOW");
             assert_eq!(mode, "force_custom_plan");
+            let jit: String = sqlx::query_scalar("SHOW jit")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("SHOW");
+            assert_eq!(jit, "off");
             // sqlx 0.9.0 leaves Nagle on; the pool turns it off on every connection
             // (`nodelay.rs`). The server reports the client's port, which is this
             // connection's local port on loopback.

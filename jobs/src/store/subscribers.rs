@@ -212,7 +212,11 @@ impl Store {
                 " ON CONFLICT (workspace_id, email) DO UPDATE SET name = COALESCE(excluded.name, subscribers.name), \
                  attributes = excluded.attributes, updated_at = excluded.updated_at RETURNING id",
             );
+            // Three foreign-key checks per new subscriber and its membership, planned
+            // once for the chunk (`fk_checks_keep_plans`).
+            self.fk_checks_keep_plans(&mut tx).await?;
             let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(upsert))
+                .persistent(false)
                 .bind(DEFAULT_WORKSPACE)
                 .bind(now);
             for (email, name, attributes) in chunk {
@@ -229,12 +233,14 @@ impl Store {
             }
             members.push_str(" ON CONFLICT (list_id, subscriber_id) DO NOTHING");
             let mut query = sqlx::query(sqlx::AssertSqlSafe(members))
+                .persistent(false)
                 .bind(list_id)
                 .bind(now);
             for id in ids {
                 query = query.bind(id);
             }
             query.execute(&mut *tx).await?;
+            self.plan_every_execution(&mut tx).await?;
         }
         tx.commit().await?;
         Ok(report)
