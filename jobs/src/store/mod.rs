@@ -464,12 +464,8 @@ impl Store {
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     ) -> Result<(), StoreError> {
-        if self.backend == Backend::Postgres {
-            sqlx::raw_sql("DISCARD PLANS; SET LOCAL plan_cache_mode = auto")
-                .execute(&mut **tx)
-                .await?;
-        }
-        Ok(())
+        self.on_postgres(tx, "DISCARD PLANS; SET LOCAL plan_cache_mode = auto")
+            .await
     }
 
     /// Ends [`Store::fk_checks_keep_plans`] before the end of `tx`.
@@ -477,10 +473,18 @@ impl Store {
         &self,
         tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     ) -> Result<(), StoreError> {
+        self.on_postgres(tx, "SET LOCAL plan_cache_mode = force_custom_plan")
+            .await
+    }
+
+    /// Runs `sql` in `tx` on PostgreSQL; nothing on SQLite.
+    async fn on_postgres(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        sql: &'static str,
+    ) -> Result<(), StoreError> {
         if self.backend == Backend::Postgres {
-            sqlx::raw_sql("SET LOCAL plan_cache_mode = force_custom_plan")
-                .execute(&mut **tx)
-                .await?;
+            sqlx::raw_sql(sql).execute(&mut **tx).await?;
         }
         Ok(())
     }
