@@ -135,7 +135,9 @@ string_enum!(
     DeliveryStatus {
         /// Planned, not yet claimed by a sender.
         Pending => "pending",
-        /// Claimed by a sender; the provider may or may not have it.
+        /// Claimed by a sender; the provider may or may not have it. Stored as `pending`
+        /// with `claimed_at` set since migration 0010 (`store::deliveries`), reported as
+        /// `sending`.
         Sending => "sending",
         /// Accepted by the provider.
         Sent => "sent",

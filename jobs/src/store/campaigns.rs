@@ -159,7 +159,7 @@ macro_rules! summarize_campaigns {
             select_campaign!(),
             $filter,
             "), counted AS MATERIALIZED (SELECT page.*, \
-             (SELECT COUNT(*) FROM deliveries d WHERE d.campaign_id = page.id AND d.status IN ('pending', 'sending')) AS pending, \
+             (SELECT COUNT(*) FROM deliveries d WHERE d.campaign_id = page.id AND d.status = 'pending') AS pending, \
              (SELECT COUNT(*) FROM deliveries d WHERE d.campaign_id = page.id AND d.status = 'sent') AS sent, \
              (SELECT COUNT(*) FROM deliveries d WHERE d.campaign_id = page.id AND d.status = 'failed') AS failed, \
              (SELECT COUNT(*) FROM deliveries d WHERE d.campaign_id = page.id AND d.status = 'skipped') AS skipped, \
@@ -456,7 +456,7 @@ impl Store {
         let done = sqlx::query(
             "UPDATE campaigns SET status = 'done', finished_at = $1, updated_at = $1 \
              WHERE id = $2 AND status = 'running' AND planned = 1 AND NOT EXISTS \
-             (SELECT 1 FROM deliveries d WHERE d.campaign_id = $2 AND d.status IN ('pending', 'sending'))",
+             (SELECT 1 FROM deliveries d WHERE d.campaign_id = $2 AND d.status = 'pending')",
         )
         .bind(now)
         .bind(id)
@@ -593,8 +593,8 @@ impl Store {
     /// Recipients of running campaigns: (still to send, finished).
     pub async fn running_progress(&self) -> Result<(i64, i64), StoreError> {
         Ok(sqlx::query_as(
-            "SELECT COUNT(*) FILTER (WHERE d.status IN ('pending', 'sending')), \
-             COUNT(*) FILTER (WHERE d.status NOT IN ('pending', 'sending')) \
+            "SELECT COUNT(*) FILTER (WHERE d.status = 'pending'), \
+             COUNT(*) FILTER (WHERE d.status <> 'pending') \
              FROM deliveries d JOIN campaigns c ON c.id = d.campaign_id WHERE c.status = 'running'",
         )
         .fetch_one(self.pool())
@@ -703,14 +703,18 @@ mod tests {
             ("r3@example.com", "skipped"),
             ("r4@example.com", "bounced"),
             ("r5@example.com", "complained"),
-            ("r6@example.com", "sending"),
+            ("r6@example.com", "pending"),
         ] {
-            sqlx::query("UPDATE deliveries SET status = $1 WHERE email = $2")
-                .bind(status)
-                .bind(email)
-                .execute(store.pool())
-                .await
-                .unwrap();
+            // r6 claimed by a sender (stored as pending with a claim, migration 0010).
+            sqlx::query(
+                "UPDATE deliveries SET status = $1, \
+                 claimed_at = CASE WHEN $1 = 'pending' THEN 1 END WHERE email = $2",
+            )
+            .bind(status)
+            .bind(email)
+            .execute(store.pool())
+            .await
+            .unwrap();
         }
         sqlx::query(
             "UPDATE subscribers SET status = 'unsubscribed' WHERE email = 'r1@example.com'",

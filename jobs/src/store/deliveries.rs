@@ -4,6 +4,12 @@
 //! outcome. A live sender renews its claims; one older than the lease (its sender died)
 //! is found by [`Store::recover_stale_claims`] and taken over by the batch's next send
 //! job, or failed where resending could deliver twice.
+//!
+//! A claimed row ([`DeliveryStatus::Sending`] to readers) is stored as `status =
+//! 'pending'` with `claimed_at` set (migration 0010): the claim then changes no indexed
+//! column, so PostgreSQL writes it in place (a HOT update, into no index) and SQLite
+//! leaves the status index alone. Every query of the send stage tells the two apart by
+//! `claimed_at`; [`claim_filter`] does it for the readers' statuses.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -90,17 +96,41 @@ pub enum Outcome {
     },
 }
 
-/// Counts the enqueued batches of campaign `$1` with a row pending or sending. After
+/// Counts the enqueued batches of campaign `$1` with a row pending or claimed. After
 /// every batch: it must read only the window's rows (see the query-plan test).
 const OUTSTANDING_BATCHES: &str = "SELECT COUNT(DISTINCT batch_no) FROM deliveries \
-     WHERE campaign_id = $1 AND status IN ('pending', 'sending') \
+     WHERE campaign_id = $1 AND status = 'pending' \
      AND batch_no <= (SELECT enqueued_through FROM campaigns WHERE id = $1)";
 
-/// Touches and returns the enqueued batches of campaign `$2` with pending rows untouched
-/// since `$3`. Every ten seconds: it must read only the window's rows.
+/// Touches and returns the enqueued batches of campaign `$2` with unclaimed pending rows
+/// untouched since `$3`. Every ten seconds: it must read only the window's rows.
 const STALLED_BATCHES: &str = "UPDATE deliveries SET updated_at = $1 \
-     WHERE campaign_id = $2 AND status = 'pending' AND updated_at < $3 \
+     WHERE campaign_id = $2 AND status = 'pending' AND claimed_at IS NULL AND updated_at < $3 \
      AND batch_no <= (SELECT enqueued_through FROM campaigns WHERE id = $2) RETURNING batch_no";
+
+/// The enqueued batches of campaign `$1` holding claims older than `$2`. Every ten
+/// seconds: claims exist only in enqueued batches, so it reads only the window's rows.
+const STALE_CLAIMED_BATCHES: &str = "SELECT DISTINCT batch_no FROM deliveries \
+     WHERE campaign_id = $1 AND status = 'pending' AND claimed_at < $2 \
+     AND batch_no <= (SELECT enqueued_through FROM campaigns WHERE id = $1) ORDER BY batch_no";
+
+/// Fails the claims of campaign `$2` older than `$3` (at `$1`), where resending could
+/// deliver twice. Reads only the window's rows, as [`STALE_CLAIMED_BATCHES`].
+const FAIL_STALE_CLAIMS: &str = "UPDATE deliveries SET status = 'failed', claimed_at = NULL, updated_at = $1, \
+     last_error = 'worker stopped while sending; outcome unknown, not resent to avoid a duplicate' \
+     WHERE campaign_id = $2 AND status = 'pending' AND claimed_at < $3 \
+     AND batch_no <= (SELECT enqueued_through FROM campaigns WHERE id = $2)";
+
+/// How readers' statuses are stored: `(status, condition on the claim)`. A claimed row
+/// ([`DeliveryStatus::Sending`]) is `pending` with `claimed_at` set (see the module's
+/// documentation); every other status is stored as itself.
+pub(crate) fn claim_filter(status: DeliveryStatus) -> (&'static str, &'static str) {
+    match status {
+        DeliveryStatus::Pending => ("pending", " AND claimed_at IS NULL"),
+        DeliveryStatus::Sending => ("pending", " AND claimed_at IS NOT NULL"),
+        other => (other.as_str(), ""),
+    }
+}
 
 /// The audience of campaign `$3` in workspace `$1` after subscriber `$2`, `$4` at most,
 /// in subscriber order: members of the campaign's lists, enabled, not suppressed, each
@@ -189,11 +219,11 @@ impl Store {
         Ok((last.unwrap_or(0), batch.unwrap_or(-1)))
     }
 
-    /// Batches of a campaign that still have pending recipients.
+    /// Batches of a campaign that still have pending recipients nobody has claimed.
     pub async fn pending_batches(&self, campaign_id: i64) -> Result<Vec<i64>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT DISTINCT batch_no FROM deliveries WHERE campaign_id = $1 AND status = 'pending' \
-             ORDER BY batch_no",
+             AND claimed_at IS NULL ORDER BY batch_no",
         )
         .bind(campaign_id)
         .fetch_all(self.pool())
@@ -330,7 +360,7 @@ impl Store {
         sqlx::query(
             "UPDATE deliveries SET status = 'skipped', updated_at = $1, \
              last_error = 'unsubscribed or suppressed after the campaign was planned' \
-             WHERE campaign_id = $2 AND batch_no = $3 AND status = 'pending' AND (\
+             WHERE campaign_id = $2 AND batch_no = $3 AND status = 'pending' AND claimed_at IS NULL AND (\
                EXISTS (SELECT 1 FROM subscribers s WHERE s.id = deliveries.subscriber_id AND s.status <> 'enabled') \
                OR EXISTS (SELECT 1 FROM suppressions x WHERE x.email = deliveries.email \
                           AND x.workspace_id = (SELECT workspace_id FROM campaigns WHERE id = $2)))",
@@ -341,11 +371,11 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         let ids: Vec<i64> = sqlx::query_scalar(
-            "UPDATE deliveries SET status = 'sending', attempts = attempts + 1, claimed_at = $1, \
-             updated_at = $1, last_error = CASE WHEN status = 'sending' \
+            "UPDATE deliveries SET attempts = attempts + 1, claimed_at = $1, \
+             updated_at = $1, last_error = CASE WHEN claimed_at IS NOT NULL \
                THEN 'the sender stopped mid-batch; taken over by another' ELSE last_error END \
-             WHERE campaign_id = $2 AND batch_no = $3 AND status IN ('pending', 'sending') \
-             AND (status = 'pending' OR claimed_at < $4) RETURNING id",
+             WHERE campaign_id = $2 AND batch_no = $3 AND status = 'pending' \
+             AND (claimed_at IS NULL OR claimed_at < $4) RETURNING id",
         )
         .bind(now)
         .bind(campaign_id)
@@ -362,8 +392,8 @@ impl Store {
         let mut recipients = sqlx::query_as::<_, Recipient>(
             "SELECT d.id AS delivery_id, d.subscriber_id, d.email, s.name, s.attributes, \
              d.delivery_key, d.attempts FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
-             WHERE d.campaign_id = $1 AND d.batch_no = $2 AND d.status = 'sending' \
-             ORDER BY d.id",
+             WHERE d.campaign_id = $1 AND d.batch_no = $2 AND d.status = 'pending' \
+             AND d.claimed_at IS NOT NULL ORDER BY d.id",
         )
         .bind(campaign_id)
         .bind(batch_no)
@@ -378,7 +408,8 @@ impl Store {
     /// for a dead one. Returns how many rows were renewed.
     pub async fn renew_claims(&self, campaign_id: i64, batch_no: i64) -> Result<u64, StoreError> {
         Ok(sqlx::query(
-            "UPDATE deliveries SET claimed_at = $1 WHERE campaign_id = $2 AND batch_no = $3 AND status = 'sending'",
+            "UPDATE deliveries SET claimed_at = $1 WHERE campaign_id = $2 AND batch_no = $3 \
+             AND status = 'pending' AND claimed_at IS NOT NULL",
         )
         .bind(now_ms())
         .bind(campaign_id)
@@ -389,7 +420,7 @@ impl Store {
     }
 
     /// Records the outcomes of claimed recipients in one transaction. Only rows still
-    /// in `sending` change, so a late duplicate cannot overwrite a recorded outcome.
+    /// claimed change, so a late duplicate cannot overwrite a recorded outcome.
     /// A recipient put back for a retry that has had `max_attempts` attempts is failed
     /// instead, keeping its last error.
     pub async fn record_outcomes(
@@ -434,7 +465,8 @@ impl Store {
                 }
             }
             sql.push_str(
-                ") AS v WHERE deliveries.id = v.column1 AND deliveries.status = 'sending'",
+                ") AS v WHERE deliveries.id = v.column1 AND deliveries.status = 'pending' \
+                 AND deliveries.claimed_at IS NOT NULL",
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(i64::from(max_attempts))
@@ -488,34 +520,28 @@ impl Store {
         let now = now_ms();
         let cutoff = now - lease_ms;
         if resend_safe {
-            Ok(sqlx::query_scalar::<_, i64>(
-                "SELECT DISTINCT batch_no FROM deliveries \
-                 WHERE campaign_id = $1 AND status = 'sending' AND claimed_at < $2 ORDER BY batch_no",
-            )
-            .bind(campaign_id)
-            .bind(cutoff)
-            .fetch_all(self.pool())
-            .await?)
+            Ok(sqlx::query_scalar::<_, i64>(STALE_CLAIMED_BATCHES)
+                .bind(campaign_id)
+                .bind(cutoff)
+                .fetch_all(self.pool())
+                .await?)
         } else {
-            sqlx::query(
-                "UPDATE deliveries SET status = 'failed', claimed_at = NULL, updated_at = $1, \
-                 last_error = 'worker stopped while sending; outcome unknown, not resent to avoid a duplicate' \
-                 WHERE campaign_id = $2 AND status = 'sending' AND claimed_at < $3",
-            )
-            .bind(now)
-            .bind(campaign_id)
-            .bind(cutoff)
-            .execute(self.pool())
-            .await?;
+            sqlx::query(FAIL_STALE_CLAIMS)
+                .bind(now)
+                .bind(campaign_id)
+                .bind(cutoff)
+                .execute(self.pool())
+                .await?;
             Ok(Vec::new())
         }
     }
 
-    /// Marks every pending recipient of a campaign skipped (a cancelled campaign).
+    /// Marks every pending recipient of a campaign skipped (a cancelled campaign); those
+    /// a sender holds keep their claim, and the sender records their outcome.
     pub async fn skip_pending(&self, campaign_id: i64, reason: &str) -> Result<u64, StoreError> {
         Ok(sqlx::query(
             "UPDATE deliveries SET status = 'skipped', last_error = $1, updated_at = $2 \
-             WHERE campaign_id = $3 AND status = 'pending'",
+             WHERE campaign_id = $3 AND status = 'pending' AND claimed_at IS NULL",
         )
         .bind(reason)
         .bind(now_ms())
@@ -594,14 +620,17 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<super::Page<DeliveryRow>, StoreError> {
-        let rows = sqlx::query_as::<_, DeliveryRow>(
-            "SELECT id, subscriber_id, email, status, attempts, provider_message_id, last_error, batch_no, \
+        let (stored, claim) = status.map(claim_filter).unwrap_or(("", ""));
+        let rows = sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT id, subscriber_id, email, \
+             CASE WHEN claimed_at IS NOT NULL AND status = 'pending' THEN 'sending' ELSE status END AS status, \
+             attempts, provider_message_id, last_error, batch_no, \
              updated_at, sent_at FROM deliveries WHERE campaign_id = $1 AND id > $2 \
-             AND ($3 IS NULL OR status = $3) AND ($4 IS NULL OR email = $4) ORDER BY id LIMIT CAST($5 AS BIGINT)",
-        )
+             AND ($3 IS NULL OR status = $3){claim} AND ($4 IS NULL OR email = $4) ORDER BY id LIMIT CAST($5 AS BIGINT)",
+        )))
         .bind(campaign_id)
         .bind(after)
-        .bind(status.map(|s| s.as_str()))
+        .bind(status.map(|_| stored))
         .bind(email)
         .bind(i64::from(limit) + 1)
         .fetch_all(self.pool())
@@ -639,18 +668,21 @@ impl Store {
 
     /// Counts a campaign's rows in one status, stopping at `limit`: a range of the
     /// `(campaign_id, status, batch_no)` index, so it reads at most `limit` index
-    /// entries however large the ledger is.
+    /// entries however large the ledger is (and, for pending and sending, the rows'
+    /// claims).
     pub async fn count_deliveries_up_to(
         &self,
         campaign_id: i64,
         status: DeliveryStatus,
         limit: i64,
     ) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE campaign_id = $1 AND status = $2 LIMIT CAST($3 AS BIGINT)) AS bounded",
-        )
+        let (stored, claim) = claim_filter(status);
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM deliveries WHERE campaign_id = $1 AND status = $2{claim} \
+             LIMIT CAST($3 AS BIGINT)) AS bounded",
+        )))
         .bind(campaign_id)
-        .bind(status.as_str())
+        .bind(stored)
         .bind(limit)
         .fetch_one(self.pool())
         .await?)
@@ -989,7 +1021,7 @@ mod tests {
                 }
             }
         }
-        // A late duplicate changes nothing: only rows still `sending` are written.
+        // A late duplicate changes nothing: only rows still claimed are written.
         let late: Vec<(i64, Outcome)> = outcomes
             .iter()
             .map(|(id, _)| {
@@ -1065,7 +1097,7 @@ mod tests {
         assert_eq!(store.outstanding_batches(campaign).await.unwrap(), 3);
     }
 
-    /// Claims of a sender that died stay `sending`; the scheduler finds their batch
+    /// Claims of a sender that died stay claimed; the scheduler finds their batch
     /// without changing a row, and the batch's next job takes them over, but only once
     /// they are older than the lease and only where resending is safe.
     #[tokio::test]
@@ -1232,7 +1264,12 @@ mod tests {
         // as in a fresh deployment).
         let (store, _) = planned(50, 10, 2).await;
         let window_range = "deliveries_status (campaign_id=? AND status=? AND batch_no<?)";
-        for sql in [OUTSTANDING_BATCHES, STALLED_BATCHES] {
+        for sql in [
+            OUTSTANDING_BATCHES,
+            STALLED_BATCHES,
+            STALE_CLAIMED_BATCHES,
+            FAIL_STALE_CLAIMS,
+        ] {
             let plan = query_plan(&store, sql).await;
             assert!(plan.contains(window_range), "{sql}\n{plan}");
             assert!(!plan.contains("SCAN deliveries"), "{sql}\n{plan}");
@@ -1497,6 +1534,98 @@ mod tests {
                     assert_eq!(mode, "force_custom_plan");
                     held.push(conn);
                 }
+            },
+        )
+        .await;
+    }
+
+    /// Rows stored by status: `(status, claimed)` for each row of the campaign.
+    async fn stored_claims(store: &Store, campaign: i64) -> Vec<(String, bool)> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, CAST(CASE WHEN claimed_at IS NULL THEN 0 ELSE 1 END AS BIGINT) \
+             FROM deliveries WHERE campaign_id = $1 ORDER BY id",
+        )
+        .bind(campaign)
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        rows.into_iter().map(|(s, c)| (s, c == 1)).collect()
+    }
+
+    /// A claim changes no indexed column (migration 0010): the row stays `pending` with
+    /// `claimed_at` set, and every reader still tells it apart as `sending`.
+    #[tokio::test]
+    async fn a_claim_is_written_in_place_and_read_as_sending() {
+        on_both_databases(
+            "a_claim_is_written_in_place_and_read_as_sending",
+            async |store: &Store| {
+                let campaign = plan_on(store, 10, 5, 2).await;
+                let claimed = store.claim_batch(campaign, 0, None).await.unwrap();
+                assert_eq!(claimed.len(), 5);
+                let stored = stored_claims(store, campaign).await;
+                assert!(stored[..5].iter().all(|(s, c)| s == "pending" && *c), "{stored:?}");
+                assert!(stored[5..].iter().all(|(s, c)| s == "pending" && !*c), "{stored:?}");
+
+                for (status, n) in [(DeliveryStatus::Sending, 5), (DeliveryStatus::Pending, 5)] {
+                    assert_eq!(store.count_deliveries(campaign, status).await.unwrap(), n);
+                    let page = store
+                        .deliveries(campaign, Some(status), None, 0, 100)
+                        .await
+                        .unwrap()
+                        .items;
+                    assert_eq!(page.len(), n as usize, "{status}");
+                    assert!(page.iter().all(|d| d.status == status.as_str()), "{page:?}");
+                }
+                let all = store.deliveries(campaign, None, None, 0, 100).await.unwrap().items;
+                let shown: Vec<&str> = all.iter().map(|d| d.status.as_str()).collect();
+                assert_eq!(shown, [["sending"; 5], ["pending"; 5]].concat());
+                // A claimed row is neither claimed again nor skipped by a cancellation.
+                assert!(store.claim_batch(campaign, 0, None).await.unwrap().is_empty());
+                assert_eq!(store.skip_pending(campaign, "cancelled").await.unwrap(), 5);
+                record_sent(store, &claimed).await;
+                assert_eq!(
+                    store.count_deliveries(campaign, DeliveryStatus::Sent).await.unwrap(),
+                    5
+                );
+                assert_eq!(store.count_deliveries(campaign, DeliveryStatus::Sending).await.unwrap(), 0);
+                if store.backend() == Backend::Postgres {
+                    // Room on each page for the claims' row versions (HOT updates).
+                    let options: Option<String> = sqlx::query_scalar(
+                        "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE relname = 'deliveries'",
+                    )
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+                    assert_eq!(options.as_deref(), Some("fillfactor=50"));
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Rows that a sender claimed under the old representation (`status = 'sending'`)
+    /// are claims after migration 0010: their sender's outcomes are recorded, and they
+    /// are recovered as stale claims if it died.
+    #[tokio::test]
+    async fn claims_made_before_the_upgrade_stay_claims() {
+        on_both_databases_at(
+            "claims_made_before_the_upgrade_stay_claims",
+            9,
+            async |store: &Store| {
+                let campaign = plan_on(store, 10, 5, 2).await;
+                let claimed = store.claim_batch(campaign, 0, None).await.unwrap();
+                sqlx::query("UPDATE deliveries SET status = 'sending', claimed_at = 1 WHERE claimed_at IS NOT NULL")
+                    .execute(store.pool())
+                    .await
+                    .unwrap();
+                store.migrate_to(i64::MAX).await.unwrap();
+                assert_eq!(store.count_deliveries(campaign, DeliveryStatus::Sending).await.unwrap(), 5);
+                assert_eq!(store.count_deliveries(campaign, DeliveryStatus::Pending).await.unwrap(), 5);
+                assert_eq!(store.recover_stale_claims(campaign, 1_000, true).await.unwrap(), [0]);
+                record_sent(store, &claimed[..2]).await;
+                assert_eq!(store.count_deliveries(campaign, DeliveryStatus::Sent).await.unwrap(), 2);
+                let taken = store.claim_batch(campaign, 0, Some(now_ms())).await.unwrap();
+                assert_eq!(taken.len(), 3, "the stale claims are taken over");
             },
         )
         .await;
