@@ -644,7 +644,7 @@ impl Store {
         let now = now_ms();
         let mut tx = self.pool().begin().await?;
         let n = sqlx::query(
-            "UPDATE deliveries SET status = 'pending', attempts = 0, updated_at = $1, \
+            "UPDATE deliveries SET status = 'pending', attempts = 0, updated_at = $1, claimed_at = NULL, \
              last_error = 'retry requested' WHERE campaign_id = $2 AND status = 'failed'",
         )
         .bind(now)
