@@ -9,7 +9,7 @@
 //! 'pending'` with `claimed_at` set (migration 0010): the claim then changes no indexed
 //! column, so PostgreSQL writes it in place (a HOT update, into no index) and SQLite
 //! leaves the status index alone. Every query of the send stage tells the two apart by
-//! `claimed_at`; [`claim_filter`] does it for the readers' statuses.
+//! `claimed_at`; `claim_filter` does it for the readers' statuses.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -124,7 +124,7 @@ const FAIL_STALE_CLAIMS: &str = "UPDATE deliveries SET status = 'failed', claime
 /// How readers' statuses are stored: `(status, condition on the claim)`. A claimed row
 /// ([`DeliveryStatus::Sending`]) is `pending` with `claimed_at` set (see the module's
 /// documentation); every other status is stored as itself.
-pub(crate) fn claim_filter(status: DeliveryStatus) -> (&'static str, &'static str) {
+fn claim_filter(status: DeliveryStatus) -> (&'static str, &'static str) {
     match status {
         DeliveryStatus::Pending => ("pending", " AND claimed_at IS NULL"),
         DeliveryStatus::Sending => ("pending", " AND claimed_at IS NOT NULL"),
@@ -620,7 +620,9 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> Result<super::Page<DeliveryRow>, StoreError> {
-        let (stored, claim) = status.map(claim_filter).unwrap_or(("", ""));
+        let (stored, claim) = status
+            .map(claim_filter)
+            .map_or((None, ""), |(stored, claim)| (Some(stored), claim));
         let rows = sqlx::query_as::<_, DeliveryRow>(sqlx::AssertSqlSafe(format!(
             "SELECT id, subscriber_id, email, \
              CASE WHEN claimed_at IS NOT NULL AND status = 'pending' THEN 'sending' ELSE status END AS status, \
@@ -630,7 +632,7 @@ impl Store {
         )))
         .bind(campaign_id)
         .bind(after)
-        .bind(status.map(|_| stored))
+        .bind(stored)
         .bind(email)
         .bind(i64::from(limit) + 1)
         .fetch_all(self.pool())
