@@ -7,6 +7,7 @@
 //! every component takes its configuration as a typed struct.
 
 pub mod backup;
+pub mod buffers;
 pub mod health;
 pub mod message;
 pub mod model;
