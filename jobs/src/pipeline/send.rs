@@ -27,6 +27,7 @@ use tracing::{Instrument, info, warn};
 
 use super::personalize::{self, Plan};
 use super::{PipelineContext, SendBatch, StageError, window};
+use crate::buffers::BufferPool;
 use crate::message::{self, Envelope};
 use crate::model::CampaignStatus;
 use crate::model::DeliveryStatus;
@@ -79,6 +80,8 @@ struct Preparation {
     dkim: Option<message::DkimSigner>,
     /// What the provider takes.
     form: message::MessageForm,
+    /// Where the bodies are rendered; [`deliver`] gives them back once sent.
+    buffers: Arc<BufferPool>,
 }
 
 /// Renders the recipients' messages in order and hands them to `emit` in parts of
@@ -194,7 +197,7 @@ fn prepare_one(
     };
     let message = job
         .template
-        .render(&ctx)
+        .render_with(&ctx, &job.buffers)
         .map_err(|e| e.to_string())
         .and_then(|mut body| {
             if let Some(subject) = subject {
@@ -220,8 +223,13 @@ fn prepare_one(
 }
 
 /// Sends one provider request's worth of prepared messages; recipients whose message
-/// could not be built keep the outcome already decided.
-async fn deliver(provider: &Provider, prepared: Vec<Prepared>) -> Vec<(i64, Outcome)> {
+/// could not be built keep the outcome already decided. The rendered bodies go back to
+/// `buffers` once the provider has answered.
+async fn deliver(
+    provider: &Provider,
+    prepared: Vec<Prepared>,
+    buffers: &BufferPool,
+) -> Vec<(i64, Outcome)> {
     let mut outcomes = Vec::with_capacity(prepared.len());
     let mut ids = Vec::with_capacity(prepared.len());
     let mut messages = Vec::with_capacity(prepared.len());
@@ -238,6 +246,13 @@ async fn deliver(provider: &Provider, prepared: Vec<Prepared>) -> Vec<(i64, Outc
         return outcomes;
     }
     let results = provider.send_request(&messages).await;
+    buffers.give_all(
+        messages
+            .into_iter()
+            .flat_map(|m| [Some(m.html), m.text])
+            .flatten()
+            .map(String::into_bytes),
+    );
     for (id, result) in ids.into_iter().zip(results) {
         let outcome = match result {
             Ok(provider_message_id) => Outcome::Sent {
@@ -439,12 +454,13 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         mailto,
         dkim,
         form: provider.message_form(),
+        buffers: ctx.renderer.buffers().clone(),
     };
     let (mut parts_rx, render) = render_in_parts(preparation, recipients, plans, part_size);
     let parts = futures::stream::poll_fn(move |cx| parts_rx.poll_recv(cx));
     let delivery = parts
         .flat_map(|part| futures::stream::iter(requests(part, per_request)))
-        .map(|request| deliver(&provider, request))
+        .map(|request| deliver(&provider, request, ctx.renderer.buffers()))
         .buffered(requests_in_flight(ctx.config.send_concurrency, per_request))
         .collect::<Vec<Vec<(i64, Outcome)>>>()
         .instrument(tracing::info_span!("deliver", provider = %campaign.provider));
@@ -533,10 +549,11 @@ mod tests {
     use std::time::Duration;
 
     use super::{
-        Plan, Preparation, Prepared, render_in_parts, requests, requests_in_flight,
+        Plan, Preparation, Prepared, deliver, render_in_parts, requests, requests_in_flight,
         sent_rows_that_decide,
     };
     use crate::message::MessageForm;
+    use crate::provider::{Provider, Transport};
     use crate::render::{CacheConfig, Renderer, TemplateSource};
     use crate::store::campaigns::CampaignRow;
     use crate::store::deliveries::{Outcome, Recipient};
@@ -582,6 +599,7 @@ mod tests {
             mailto: None,
             dkim: None,
             form: MessageForm::Parts,
+            buffers: renderer.buffers().clone(),
         }
     }
 
@@ -655,6 +673,44 @@ mod tests {
         }
         assert_eq!(all, vec![2, 2, 1]);
         assert_eq!(render.await.unwrap().0, 5);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delivered_bodies_go_back_to_the_renderer_s_buffers() {
+        let outbox = std::env::temp_dir().join(format!(
+            "mailing-send-buffers-{}-{}",
+            std::process::id(),
+            crate::now_ms()
+        ));
+        let provider = Provider::unlimited(Transport::File(
+            crate::provider::file::FileProvider::new(&outbox),
+        ));
+        let mut job = preparation();
+        job.form = provider.message_form();
+        let buffers = job.buffers.clone();
+        let (mut parts, render) = render_in_parts(job, recipients(3), Vec::new(), 3);
+        let part = parts.recv().await.expect("a part");
+        assert_eq!(buffers.kept_buffers(), 0);
+        let outcomes = deliver(&provider, part, &buffers).await;
+        assert!(
+            outcomes
+                .iter()
+                .all(|(_, o)| matches!(o, Outcome::Sent { .. })),
+            "{outcomes:?}"
+        );
+        // Each message's HTML and text, kept for the next messages.
+        assert_eq!(buffers.kept_buffers(), 6);
+        render.await.unwrap();
+        // The next part is written into them.
+        let mut job = preparation();
+        job.buffers = buffers.clone();
+        let (mut parts, render) = render_in_parts(job, recipients(3), Vec::new(), 3);
+        let part = parts.recv().await.expect("a part");
+        assert_eq!(buffers.kept_buffers(), 0);
+        let html = &part[0].message.as_ref().expect("rendered").html;
+        assert_eq!(html, "<p>r1@example.com in Lyon</p>");
+        render.await.unwrap();
+        let _ = std::fs::remove_dir_all(&outbox);
     }
 
     #[test]

@@ -20,8 +20,19 @@ use serde::Serialize;
 mod runtime;
 use runtime::Part;
 
+use crate::buffers::BufferPool;
+
 /// The most bytes of one template part (subject, HTML or text).
 pub const MAX_TEMPLATE_BYTES: usize = 512 * 1024;
+
+/// The bytes of rendered-body buffers a renderer keeps between messages
+/// ([`Renderer::buffers`]): about a part's worth of HTML and text bodies (~12 KB per
+/// message of the bench's template). 8 MiB saved no more CPU and raised `serve`'s peak
+/// RSS by as much (`mailing bench --recipients 1000000`, BENCHMARKS.md, twentieth stop).
+const RENDERED_BUFFERS_BUDGET: usize = 3 << 20;
+
+/// A rendered body larger than this is freed rather than kept.
+const RENDERED_BUFFER_MAX: usize = 1 << 20;
 
 /// Errors of rendering.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -125,6 +136,9 @@ pub struct CacheConfig {
 #[derive(Clone)]
 pub struct Renderer {
     language: Arc<Language>,
+    /// Buffers for rendered bodies, given back by the send stage once the provider has
+    /// taken them ([`CompiledTemplate::render_with`]).
+    buffers: Arc<BufferPool>,
     cache: moka::sync::Cache<(i64, i64), Arc<CompiledTemplate>>,
     config: CacheConfig,
     hits: Arc<AtomicU64>,
@@ -166,12 +180,22 @@ impl Renderer {
             .build();
         Renderer {
             language: Arc::new(runtime::stdlib()),
+            buffers: Arc::new(BufferPool::new(
+                RENDERED_BUFFERS_BUDGET,
+                RENDERED_BUFFER_MAX,
+            )),
             cache,
             config,
             hits: Arc::new(AtomicU64::new(0)),
             misses: Arc::new(AtomicU64::new(0)),
             evictions,
         }
+    }
+
+    /// The buffers rendered bodies are written into by [`CompiledTemplate::render_with`],
+    /// to be given back once sent.
+    pub fn buffers(&self) -> &Arc<BufferPool> {
+        &self.buffers
     }
 
     fn parse_part(&self, field: &'static str, source: &str) -> Result<Part, RenderError> {
@@ -589,6 +613,25 @@ impl CompiledTemplate {
     /// The HTML body sees `subscriber` and the plugins' variables HTML-escaped; the
     /// subject and text see them raw. `subscriber_raw` is raw everywhere.
     pub fn render(&self, ctx: &RenderContext) -> Result<Rendered, RenderError> {
+        self.render_into(ctx, Vec::new, Vec::new)
+    }
+
+    /// [`CompiledTemplate::render`], writing the HTML and text bodies into buffers taken
+    /// from `buffers`; give them back ([`BufferPool::give_all`]) once they are sent.
+    pub fn render_with(
+        &self,
+        ctx: &RenderContext,
+        buffers: &BufferPool,
+    ) -> Result<Rendered, RenderError> {
+        self.render_into(ctx, || buffers.take(), || buffers.take())
+    }
+
+    fn render_into(
+        &self,
+        ctx: &RenderContext,
+        html_buffer: impl FnOnce() -> Vec<u8>,
+        text_buffer: impl FnOnce() -> Vec<u8>,
+    ) -> Result<Rendered, RenderError> {
         let raw = SubscriberView::new(ctx, false);
         let escaped = SubscriberView::new(ctx, true);
         let extra_raw = Members::new(&ctx.extra, false);
@@ -608,14 +651,20 @@ impl CompiledTemplate {
                 message: e.to_string(),
             }
         };
-        let subject = self.subject.render(&plain).map_err(fail("subject"))?;
+        let subject = self
+            .subject
+            .render(&plain, Vec::new())
+            .map_err(fail("subject"))?;
         Ok(Rendered {
             subject: subject.replace(['\r', '\n'], " ").trim().to_owned(),
-            html: self.html.render(&html_globals).map_err(fail("html"))?,
+            html: self
+                .html
+                .render(&html_globals, html_buffer())
+                .map_err(fail("html"))?,
             text: self
                 .text
                 .as_ref()
-                .map(|t| t.render(&plain).map_err(fail("text")))
+                .map(|t| t.render(&plain, text_buffer()).map_err(fail("text")))
                 .transpose()?,
         })
     }
@@ -660,6 +709,34 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_body_rendered_into_a_kept_buffer_is_the_body_rendered_afresh() {
+        let renderer = renderer(true);
+        let t = renderer
+            .compile(TemplateSource {
+                subject: "Hi {{ subscriber.name }}",
+                html: "<p>Hello {{ subscriber.name }}, {{ campaign.name }}</p>",
+                text: Some("Hello {{ subscriber.name }}"),
+            })
+            .unwrap();
+        let pool = renderer.buffers();
+        // Buffers another message left, longer than this one's bodies.
+        let mut kept = Vec::with_capacity(4096);
+        kept.extend_from_slice("<p>the body of another recipient</p>".repeat(20).as_bytes());
+        let kept_at = kept.as_ptr();
+        pool.give_all([b"another text".to_vec(), kept]);
+        let afresh = t.render(&ctx("<b>Ann</b>")).unwrap();
+        let reused = t.render_with(&ctx("<b>Ann</b>"), pool).unwrap();
+        assert_eq!(reused.subject, afresh.subject);
+        assert_eq!(reused.html, afresh.html);
+        assert_eq!(reused.text, afresh.text);
+        // The HTML went into the last buffer given back, the text into the other one.
+        assert_eq!(reused.html.as_ptr(), kept_at);
+        assert_eq!(pool.kept_buffers(), 0);
+        pool.give_all([reused.html.into_bytes()]);
+        assert_eq!(pool.kept_buffers(), 1);
     }
 
     #[test]

@@ -130,10 +130,16 @@ impl Part {
         })
     }
 
-    /// Renders the part with `globals` as its top-level variables.
-    pub(super) fn render(&self, globals: &dyn ObjectView) -> Result<String, Error> {
+    /// Renders the part with `globals` as its top-level variables into `out` (cleared
+    /// first; a kept buffer or a new one).
+    pub(super) fn render(
+        &self,
+        globals: &dyn ObjectView,
+        mut out: Vec<u8>,
+    ) -> Result<String, Error> {
         let runtime = GlobalFrame::new(Lending::new(globals));
-        let mut out = Vec::with_capacity(self.source_len + self.source_len / 4);
+        out.clear();
+        out.reserve(self.source_len + self.source_len / 4);
         self.template.render_to(&mut out, &runtime)?;
         // Every input and filter of the standard library keeps UTF-8; this only turns
         // a broken promise into an error instead of a bad message.
@@ -269,7 +275,7 @@ mod tests {
             .map_err(|e| e.to_string());
         let ours = Part::parse(source, &stdlib())
             .expect("the template parses")
-            .render(globals)
+            .render(globals, b"left over from another message".to_vec())
             .map_err(|e| e.to_string());
         (theirs, ours)
     }
