@@ -78,12 +78,14 @@ impl BufferPool {
     }
 
     /// The bytes of capacity kept now.
-    pub fn kept_bytes(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn kept_bytes(&self) -> usize {
         self.kept().bytes
     }
 
     /// How many buffers are kept now.
-    pub fn kept_buffers(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn kept_buffers(&self) -> usize {
         self.kept().buffers.len()
     }
 }

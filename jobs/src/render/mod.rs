@@ -613,7 +613,7 @@ impl CompiledTemplate {
     /// The HTML body sees `subscriber` and the plugins' variables HTML-escaped; the
     /// subject and text see them raw. `subscriber_raw` is raw everywhere.
     pub fn render(&self, ctx: &RenderContext) -> Result<Rendered, RenderError> {
-        self.render_into(ctx, Vec::new, Vec::new)
+        self.render_into(ctx, None)
     }
 
     /// [`CompiledTemplate::render`], writing the HTML and text bodies into buffers taken
@@ -623,15 +623,15 @@ impl CompiledTemplate {
         ctx: &RenderContext,
         buffers: &BufferPool,
     ) -> Result<Rendered, RenderError> {
-        self.render_into(ctx, || buffers.take(), || buffers.take())
+        self.render_into(ctx, Some(buffers))
     }
 
     fn render_into(
         &self,
         ctx: &RenderContext,
-        html_buffer: impl FnOnce() -> Vec<u8>,
-        text_buffer: impl FnOnce() -> Vec<u8>,
+        buffers: Option<&BufferPool>,
     ) -> Result<Rendered, RenderError> {
+        let buffer = || buffers.map_or_else(Vec::new, BufferPool::take);
         let raw = SubscriberView::new(ctx, false);
         let escaped = SubscriberView::new(ctx, true);
         let extra_raw = Members::new(&ctx.extra, false);
@@ -659,12 +659,12 @@ impl CompiledTemplate {
             subject: subject.replace(['\r', '\n'], " ").trim().to_owned(),
             html: self
                 .html
-                .render(&html_globals, html_buffer())
+                .render(&html_globals, buffer())
                 .map_err(fail("html"))?,
             text: self
                 .text
                 .as_ref()
-                .map(|t| t.render(&plain, text_buffer()).map_err(fail("text")))
+                .map(|t| t.render(&plain, buffer()).map_err(fail("text")))
                 .transpose()?,
         })
     }
