@@ -74,9 +74,20 @@ fn check_report(output: &Output, report: &Value, plugin: &str) {
         "queue_noop_emails_per_sec",
         "sink_accept_per_sec",
         "engine_fraction_of_slowest_limit",
+        "cpu_per_message_in_renders",
     ] {
         positive(report, key);
     }
+    let in_renders = |r: &Value| {
+        r["cpu_ms_per_1k"].as_f64().unwrap_or(0.0)
+            * r["render_only_per_sec"].as_f64().unwrap_or(0.0)
+            / 1e6
+    };
+    assert!(
+        (report["cpu_per_message_in_renders"].as_f64().unwrap_or(0.0) - in_renders(report)).abs()
+            < 1e-9 * in_renders(report).max(1.0),
+        "{report}"
+    );
     // Read during the send, so at most the mark at the end.
     let half = report["peak_rss_at_half_bytes"].as_u64();
     assert!(

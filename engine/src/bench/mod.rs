@@ -783,6 +783,7 @@ async fn pipeline_in(
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap_or(("none", f64::INFINITY));
     let total_cpu: u64 = cpu_ms.iter().sum();
+    let cpu_ms_per_1k = total_cpu as f64 / (n as f64 / 1000.0);
     Ok(PipelineReport {
         status: if failures.is_empty() { "ok" } else { "FAILED" },
         failures,
@@ -798,7 +799,7 @@ async fn pipeline_in(
         seed_seconds,
         seconds,
         emails_per_sec,
-        cpu_ms_per_1k: total_cpu as f64 / (n as f64 / 1000.0),
+        cpu_ms_per_1k,
         peak_rss_bytes: processes
             .iter()
             .map(|p| p.peak_rss_bytes)
@@ -817,6 +818,7 @@ async fn pipeline_in(
         sink_accept_per_sec: sink_accept,
         slowest_limit: slowest_name.to_owned(),
         engine_fraction_of_slowest_limit: emails_per_sec / slowest,
+        cpu_per_message_in_renders: cpu_ms_per_1k * render_only / 1e6,
         ledger,
     })
 }

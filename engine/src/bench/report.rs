@@ -99,6 +99,11 @@ pub struct PipelineReport {
     pub slowest_limit: String,
     /// emails_per_sec / the slowest limit.
     pub engine_fraction_of_slowest_limit: f64,
+    /// The engine processes' CPU time per message in units of one render on one core
+    /// (`cpu_ms_per_1k` × `render_only_per_sec` / 10⁶). A machine whose speed drifts
+    /// slows both halves together, so this compares runs and builds more steadily than
+    /// emails/s or CPU ms alone.
+    pub cpu_per_message_in_renders: f64,
     /// The ledger check.
     pub ledger: Ledger,
 }
@@ -196,6 +201,10 @@ impl PipelineReport {
                 self.engine_fraction_of_slowest_limit * 100.0,
                 self.slowest_limit
             ),
+        );
+        row(
+            "CPU per message, in renders",
+            format!("{:.2}", self.cpu_per_message_in_renders),
         );
         row(
             "ledger",
