@@ -101,8 +101,8 @@ pub struct PipelineReport {
     pub engine_fraction_of_slowest_limit: f64,
     /// The engine processes' CPU time per message in units of one render on one core
     /// (`cpu_ms_per_1k` × `render_only_per_sec` / 10⁶). A machine whose speed drifts
-    /// slows both halves together, so this compares runs and builds more steadily than
-    /// emails/s or CPU ms alone.
+    /// mostly slows both halves together, so this compares runs and builds less
+    /// sensitively to the machine than emails/s or CPU ms alone.
     pub cpu_per_message_in_renders: f64,
     /// The ledger check.
     pub ledger: Ledger,
