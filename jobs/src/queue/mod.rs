@@ -435,8 +435,8 @@ fn push_error(e: impl std::fmt::Display) -> QueueError {
 mod tests {
     use super::*;
 
-    /// Every connection that serves the SQLite queue syncs its WAL as the store does,
-    /// including the one that ran apalis's setup before.
+    /// Every connection that serves the SQLite queue syncs its WAL as the store does;
+    /// none is left with the pragmas apalis's setup sets (it once ran on one of them).
     #[tokio::test]
     async fn every_sqlite_queue_connection_has_the_queue_s_settings() {
         let dir = std::env::temp_dir().join(format!(
