@@ -370,12 +370,21 @@ impl Store {
         .bind(batch_no)
         .execute(&mut *tx)
         .await?;
-        let ids: Vec<i64> = sqlx::query_scalar(
+        // The claim returns what rendering needs, so a batch's rows cross from SQLite's
+        // connection thread once: sqlx hands every row over a channel, a wake-up each,
+        // and reading them back in a second statement doubled that. The rows are exactly
+        // the ones this claim took (another sender of the same batch may hold others).
+        // Subqueries, not a join: SQLite's RETURNING reads only the updated table.
+        let mut recipients = sqlx::query_as::<_, Recipient>(
             "UPDATE deliveries SET attempts = attempts + 1, claimed_at = $1, \
              updated_at = $1, last_error = CASE WHEN claimed_at IS NOT NULL \
                THEN 'the sender stopped mid-batch; taken over by another' ELSE last_error END \
              WHERE campaign_id = $2 AND batch_no = $3 AND status = 'pending' \
-             AND (claimed_at IS NULL OR claimed_at < $4) RETURNING id",
+             AND (claimed_at IS NULL OR claimed_at < $4) \
+             RETURNING id AS delivery_id, subscriber_id, email, \
+               (SELECT s.name FROM subscribers s WHERE s.id = deliveries.subscriber_id) AS name, \
+               (SELECT s.attributes FROM subscribers s WHERE s.id = deliveries.subscriber_id) AS attributes, \
+               delivery_key, attempts",
         )
         .bind(now)
         .bind(campaign_id)
@@ -384,23 +393,8 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        // Read back by id, not by claim time: another sender of the same batch renews
-        // every claim of the batch, so the time may already have moved on.
-        let mut recipients = sqlx::query_as::<_, Recipient>(
-            "SELECT d.id AS delivery_id, d.subscriber_id, d.email, s.name, s.attributes, \
-             d.delivery_key, d.attempts FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
-             WHERE d.campaign_id = $1 AND d.batch_no = $2 AND d.status = 'pending' \
-             AND d.claimed_at IS NOT NULL ORDER BY d.id",
-        )
-        .bind(campaign_id)
-        .bind(batch_no)
-        .fetch_all(self.pool())
-        .await?;
-        let claimed: std::collections::HashSet<i64> = ids.into_iter().collect();
-        recipients.retain(|r| claimed.contains(&r.delivery_id));
+        // RETURNING gives rows in no particular order; a batch is sent in ledger order.
+        recipients.sort_unstable_by_key(|r| r.delivery_id);
         Ok(recipients)
     }
 
@@ -1600,6 +1594,74 @@ mod tests {
                     .unwrap();
                     assert_eq!(options.as_deref(), Some("fillfactor=50"));
                 }
+            },
+        )
+        .await;
+    }
+
+    /// The claim returns what rendering needs (the subscriber's name and attributes, the
+    /// row's key and attempt count) in ledger order, for the rows this claim took only.
+    #[tokio::test]
+    async fn a_claim_returns_its_rows_with_their_subscribers_in_ledger_order() {
+        on_both_databases(
+            "a_claim_returns_its_rows_with_their_subscribers_in_ledger_order",
+            async |store: &Store| {
+                let campaign = plan_on(store, 12, 6, 2).await;
+                // Names and attributes set after planning: the claim reads them now.
+                sqlx::query(
+                    "UPDATE subscribers SET name = 'Name ' || id, \
+                     attributes = '{\"n\":' || id || '}' WHERE email <> 'r3@example.com'",
+                )
+                .execute(store.pool())
+                .await
+                .unwrap();
+                // Another sender holds one row of batch 0.
+                let held: i64 = sqlx::query_scalar(
+                    "UPDATE deliveries SET claimed_at = $1 WHERE campaign_id = $2 \
+                     AND email = 'r2@example.com' RETURNING id",
+                )
+                .bind(now_ms())
+                .bind(campaign)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+                let claimed = store.claim_batch(campaign, 0, None).await.unwrap();
+                let expected: Vec<(i64, i64, String, Option<String>, String, String)> =
+                    sqlx::query_as(
+                        "SELECT d.id, d.subscriber_id, d.email, s.name, s.attributes, d.delivery_key \
+                         FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id \
+                         WHERE d.campaign_id = $1 AND d.batch_no = 0 AND d.id <> $2 ORDER BY d.id",
+                    )
+                    .bind(campaign)
+                    .bind(held)
+                    .fetch_all(store.pool())
+                    .await
+                    .unwrap();
+                assert_eq!(expected.len(), 5);
+                let got: Vec<(i64, i64, String, Option<String>, String, String)> = claimed
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.delivery_id,
+                            r.subscriber_id,
+                            r.email.clone(),
+                            r.name.clone(),
+                            r.attributes.clone(),
+                            r.delivery_key.clone(),
+                        )
+                    })
+                    .collect();
+                assert_eq!(got, expected);
+                assert!(claimed.iter().all(|r| r.attempts == 1), "{claimed:?}");
+                assert!(
+                    claimed
+                        .iter()
+                        .all(|r| r.delivery_key == delivery_key(campaign, r.subscriber_id))
+                );
+                // The subscriber left without a name or attributes reads as stored.
+                let plain = claimed.iter().find(|r| r.email == "r3@example.com").unwrap();
+                assert_eq!((plain.name.as_deref(), plain.attributes.as_str()), (None, "{}"));
+                assert!(claimed.iter().any(|r| r.name.is_some()));
             },
         )
         .await;
