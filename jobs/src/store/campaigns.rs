@@ -453,7 +453,6 @@ impl Store {
     /// Returns whether this call finished it.
     pub async fn finish_campaign_if_complete(&self, id: i64) -> Result<bool, StoreError> {
         let now = now_ms();
-        let turn = self.write_turn().await;
         let done = sqlx::query(
             "UPDATE campaigns SET status = 'done', finished_at = $1, updated_at = $1 \
              WHERE id = $2 AND status = 'running' AND planned = 1 AND NOT EXISTS \
@@ -463,7 +462,6 @@ impl Store {
         .bind(id)
         .execute(self.pool())
         .await?;
-        drop(turn);
         let finished = done.rows_affected() == 1;
         if finished {
             crate::telemetry::CampaignFinished {

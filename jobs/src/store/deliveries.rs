@@ -323,7 +323,6 @@ impl Store {
         members: &[AudienceMember],
     ) -> Result<i64, StoreError> {
         let now = now_ms();
-        let _turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
         let mut batches = 0;
         for (i, batch) in members.chunks(batch_size.max(1)).enumerate() {
@@ -357,7 +356,6 @@ impl Store {
         take_over_before: Option<i64>,
     ) -> Result<Vec<Recipient>, StoreError> {
         let now = now_ms();
-        let _turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
         sqlx::query(
             "UPDATE deliveries SET status = 'skipped', updated_at = $1, \
@@ -403,7 +401,6 @@ impl Store {
     /// Renews the claims this sender holds on a batch, so a slow batch is not mistaken
     /// for a dead one. Returns how many rows were renewed.
     pub async fn renew_claims(&self, campaign_id: i64, batch_no: i64) -> Result<u64, StoreError> {
-        let _turn = self.write_turn().await;
         Ok(sqlx::query(
             "UPDATE deliveries SET claimed_at = $1 WHERE campaign_id = $2 AND batch_no = $3 \
              AND status = 'pending' AND claimed_at IS NOT NULL",
@@ -426,7 +423,6 @@ impl Store {
         max_attempts: u32,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        let _turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
         // One statement per chunk of rows (a VALUES list joined by id) instead of one
         // per row: on PostgreSQL each statement is a network round trip.
@@ -574,7 +570,6 @@ impl Store {
         &self,
         campaign_id: i64,
     ) -> Result<Option<WindowAdvance>, StoreError> {
-        let turn = self.write_turn().await;
         let mut tx = self.pool().begin().await?;
         let batch_no: Option<i64> = sqlx::query_scalar(
             "UPDATE campaigns SET enqueued_through = enqueued_through + 1 WHERE id = $1 AND EXISTS \
@@ -585,11 +580,7 @@ impl Store {
         .bind(campaign_id)
         .fetch_optional(&mut *tx)
         .await?;
-        Ok(batch_no.map(|batch_no| WindowAdvance {
-            tx,
-            batch_no,
-            _turn: turn,
-        }))
+        Ok(batch_no.map(|batch_no| WindowAdvance { tx, batch_no }))
     }
 
     /// Enqueued batches whose pending rows nobody touched for `idle_ms` (their job was
@@ -778,8 +769,6 @@ async fn insert_batch(
 pub struct WindowAdvance {
     tx: sqlx::Transaction<'static, sqlx::Any>,
     batch_no: i64,
-    /// Held until the move commits or is dropped (after `tx`, fields drop in order).
-    _turn: super::WriteTurn,
 }
 
 impl WindowAdvance {
@@ -1237,41 +1226,6 @@ mod tests {
                 .is_none(),
             "nothing beyond the last batch"
         );
-    }
-
-    /// A window move holds this process's turn at SQLite's write lock until it commits
-    /// or is dropped (the send path's other writes wait for it there, not in SQLite's
-    /// busy handler). PostgreSQL has no turns.
-    #[tokio::test]
-    async fn a_window_move_holds_the_write_turn_until_it_ends() {
-        let (store, campaign) = planned(30, 10, 1).await;
-        let turns = store.write_turns.clone().expect("SQLite takes turns");
-        let advance = store.begin_window_advance(campaign).await.unwrap().unwrap();
-        assert!(turns.try_lock().is_err(), "held by the move");
-        advance.commit().await.unwrap();
-        assert!(turns.try_lock().is_ok(), "given back after the commit");
-        // The claim takes its turn and gives it back.
-        assert_eq!(
-            store.claim_batch(campaign, 0, None).await.unwrap().len(),
-            10
-        );
-        assert!(turns.try_lock().is_ok());
-        let dropped = store.begin_window_advance(campaign).await.unwrap().unwrap();
-        assert!(turns.try_lock().is_err());
-        drop(dropped);
-        assert!(
-            turns.try_lock().is_ok(),
-            "given back when the move is dropped"
-        );
-        if let Some((pg, admin, name)) = crate::store::postgres_scratch(
-            "a_window_move_holds_the_write_turn_until_it_ends",
-            i64::MAX,
-        )
-        .await
-        {
-            assert!(pg.write_turns.is_none());
-            crate::store::drop_scratch(pg, &admin, &name).await;
-        }
     }
 
     #[tokio::test]

@@ -28,7 +28,6 @@ pub mod transactional;
 pub mod users;
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -138,15 +137,6 @@ pub(crate) fn ping_when_idle<DB: sqlx::Database>(
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// On SQLite, the turns at the database's one write lock ([`Store::write_turn`]).
-    write_turns: Option<Arc<tokio::sync::Mutex<()>>>,
-}
-
-/// This process's turn at SQLite's write lock ([`Store::write_turn`]); held until the
-/// write's transaction ends. Nothing on PostgreSQL.
-#[derive(Debug)]
-pub(crate) struct WriteTurn {
-    _held: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// A fresh in-memory SQLite store with every migration, for unit tests.
@@ -401,13 +391,7 @@ impl Store {
             });
         }
         let pool = pool.connect_with(options).await?;
-        let write_turns =
-            (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
-        Ok(Store {
-            pool,
-            backend,
-            write_turns,
-        })
+        Ok(Store { pool, backend })
     }
 
     /// Opens the store and applies pending migrations.
@@ -446,26 +430,6 @@ impl Store {
     /// The pool, for queries of this crate and health checks.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
-    }
-
-    /// Waits for this process's turn at SQLite's write lock, in arrival order; take it
-    /// before the connection, and hold it until the write's transaction has ended.
-    ///
-    /// SQLite has one writer at a time, and a connection that finds the lock taken
-    /// polls for it, sleeping 1, 2, 5, 10 ms and longer between tries (`busy_timeout`):
-    /// at 1,000,000 recipients the store's four connections slept ~230 times a second,
-    /// and the machine stood ~15% idle while batches waited on those sleeps. Writers of
-    /// the send path (plan, claim, outcomes, the window, a campaign's end) queue here
-    /// instead and start as soon as the previous one has committed. Writes that do not
-    /// take a turn still wait on SQLite's lock as before: turns save time, the lock
-    /// keeps the data safe. Not reentrant: never wait for a turn while holding one.
-    pub(crate) async fn write_turn(&self) -> WriteTurn {
-        match &self.write_turns {
-            Some(turns) => WriteTurn {
-                _held: Some(turns.clone().lock_owned().await),
-            },
-            None => WriteTurn { _held: None },
-        }
     }
 
     /// A transaction that reads before it writes. On SQLite it takes the write lock at
