@@ -117,6 +117,45 @@ fn check_report(output: &Output, report: &Value, plugin: &str) {
             "{s}"
         );
     }
+    // The send jobs' steps, in the order a batch runs them; `personalize` only with a
+    // plugin. Every batch that delivered also recorded and moved the window, and a step
+    // cannot end more often than send jobs ran.
+    let send_jobs = stages
+        .iter()
+        .find(|s| s["stage"] == "send")
+        .and_then(|s| s["batches"].as_u64())
+        .expect("send jobs");
+    let steps = report["send_steps"].as_array().expect("send_steps");
+    let names: Vec<&str> = steps.iter().filter_map(|s| s["step"].as_str()).collect();
+    let expected: &[&str] = if plugin == "none" {
+        &["claim", "deliver", "record", "window"]
+    } else {
+        &["claim", "personalize", "deliver", "record", "window"]
+    };
+    assert_eq!(names, expected, "{report}");
+    let ended = |step: &str| {
+        steps
+            .iter()
+            .find(|s| s["step"] == step)
+            .and_then(|s| s["batches"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(ended("deliver") > 0, "{report}");
+    assert_eq!(ended("deliver"), ended("record"), "{report}");
+    assert_eq!(ended("record"), ended("window"), "{report}");
+    assert!(
+        ended("claim") >= ended("deliver") && ended("claim") <= send_jobs,
+        "{report}"
+    );
+    for s in steps {
+        assert!(
+            s["total_seconds"].as_f64().is_some_and(|t| t > 0.0)
+                && s["p50_ms"].as_f64().is_some_and(|v| v > 0.0),
+            "{s}"
+        );
+    }
+    let shares: f64 = steps.iter().filter_map(|s| s["share"].as_f64()).sum();
+    assert!((shares - 1.0).abs() < 1e-9, "{report}");
     let ledger = &report["ledger"];
     assert_eq!(ledger["campaign_status"], "done", "{report}");
     assert_eq!(ledger["total"], RECIPIENTS, "{report}");

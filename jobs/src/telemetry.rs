@@ -65,6 +65,7 @@ pub struct Instruments {
     plugin_breaker_trips: Counter<u64>,
     plugin_duration: Histogram<f64>,
     batch_duration: Histogram<f64>,
+    batch_step_duration: Histogram<f64>,
     render_duration: Histogram<f64>,
     provider_duration: Histogram<f64>,
     http_duration: Histogram<f64>,
@@ -144,6 +145,10 @@ static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| {
         batch_duration: seconds(
             "mailing_batch_duration_seconds",
             "Time to run one job, by stage",
+        ),
+        batch_step_duration: seconds(
+            "mailing_batch_step_duration_seconds",
+            "Time of one step of a send job (claim, personalize, deliver, record, window), by step",
         ),
         render_duration: seconds(
             "mailing_render_duration_seconds",
@@ -226,6 +231,28 @@ impl JobEnqueued {
     /// Records it.
     pub fn emit(self) {
         INSTRUMENTS.enqueued.add(1, &[kv("stage", self.stage)]);
+    }
+}
+
+/// The steps of a send job that [`BatchStepTimed`] names, in the order a batch runs them.
+pub const SEND_STEPS: [&str; 5] = ["claim", "personalize", "deliver", "record", "window"];
+
+/// One step of a send job finished: where a batch's time goes (its waits for the
+/// database included), so a slow stage can be told apart from a busy store.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchStepTimed {
+    /// One of [`SEND_STEPS`].
+    pub step: &'static str,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+impl BatchStepTimed {
+    /// Records it.
+    pub fn emit(self) {
+        INSTRUMENTS
+            .batch_step_duration
+            .record(self.elapsed.as_secs_f64(), &[kv("step", self.step)]);
     }
 }
 

@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use fleet::{Api, Member};
-use report::{Ledger, PipelineReport, ProcessUsage, StageLatency};
+use report::{Ledger, PipelineReport, ProcessUsage, StageLatency, StepLatency};
 
 /// The most recipients a run accepts.
 pub const MAX_RECIPIENTS: usize = 10_000_000;
@@ -717,6 +717,7 @@ async fn pipeline_in(
             }
         })
         .collect();
+    let send_steps = send_steps(&metrics);
     for m in &mut members {
         m.stop(Duration::from_secs(15));
     }
@@ -811,6 +812,7 @@ async fn pipeline_in(
             .max(),
         processes,
         stages,
+        send_steps,
         render_only_per_sec: render_only,
         plugin_only_per_sec: plugin_only,
         queue_noop_jobs_per_sec: queue_noop,
@@ -821,6 +823,41 @@ async fn pipeline_in(
         cpu_per_message_in_renders: cpu_ms_per_1k * render_only / 1e6,
         ledger,
     })
+}
+
+/// The send jobs' steps from every process's `/metrics`: quantiles from the merged
+/// buckets, shares from the histograms' sums.
+fn send_steps(metrics: &[String]) -> Vec<StepLatency> {
+    const NAME: &str = "mailing_batch_step_duration_seconds";
+    /// A step's name, its merged buckets and its total seconds.
+    type Read = (&'static str, Vec<(f64, f64)>, f64);
+    let steps: Vec<Read> = mailing_jobs::telemetry::SEND_STEPS
+        .into_iter()
+        .map(|step| {
+            let per_process: Vec<_> = metrics
+                .iter()
+                .map(|text| probe::histogram_buckets(text, NAME, "step", step))
+                .collect();
+            let total: f64 = metrics
+                .iter()
+                .map(|text| probe::histogram_sum(text, NAME, "step", step))
+                .sum();
+            (step, probe::merge_buckets(&per_process), total)
+        })
+        .filter(|(_, buckets, _)| buckets.last().is_some_and(|l| l.1 > 0.0))
+        .collect();
+    let all: f64 = steps.iter().map(|s| s.2).sum();
+    steps
+        .into_iter()
+        .map(|(step, buckets, total)| StepLatency {
+            step,
+            batches: buckets.last().map_or(0, |l| l.1 as u64),
+            p50_ms: probe::quantile(&buckets, 0.5).map(|s| s * 1000.0),
+            p99_ms: probe::quantile(&buckets, 0.99).map(|s| s * 1000.0),
+            total_seconds: total,
+            share: if all > 0.0 { total / all } else { 0.0 },
+        })
+        .collect()
 }
 
 /// Reads each process's resident-memory high-water mark into `mark` the first time

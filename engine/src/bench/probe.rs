@@ -1,7 +1,7 @@
 //! What the bench reads from its child processes: CPU time and resident memory from
 //! `/proc/<pid>/stat` and `/proc/<pid>/status` (Linux; zero elsewhere), and batch latency
-//! quantiles estimated from the Prometheus histogram `mailing_batch_duration_seconds`
-//! that a child's `/metrics` serves.
+//! quantiles and totals from the Prometheus histograms `mailing_batch_duration_seconds`
+//! and `mailing_batch_step_duration_seconds` that a child's `/metrics` serves.
 
 /// CPU time (user + system) of a process so far, in milliseconds.
 pub fn cpu_ms(pid: u32) -> u64 {
@@ -61,6 +61,17 @@ pub fn histogram_buckets(metrics: &str, name: &str, label: &str, value: &str) ->
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
     buckets
+}
+
+/// The `_sum` of one histogram series (the total of what it observed), 0 when absent.
+pub fn histogram_sum(metrics: &str, name: &str, label: &str, value: &str) -> f64 {
+    let prefix = format!("{name}_sum{{");
+    let wanted = format!("{label}=\"{value}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains(&wanted))
+        .filter_map(|l| l.rsplit_once('}')?.1.trim().parse::<f64>().ok())
+        .sum()
 }
 
 /// One cumulative histogram from the same histogram read in several processes (the
@@ -125,6 +136,18 @@ mod tests {
         assert!((p80 - 0.4).abs() < 1e-9, "{p80}");
         assert_eq!(quantile(&b, 0.99), Some(0.5));
         assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn reads_a_histogram_sum_by_label() {
+        let text = "mailing_batch_step_duration_seconds_sum{step=\"claim\"} 1.25\n\
+            mailing_batch_step_duration_seconds_sum{step=\"claim_more\"} 7\n\
+            mailing_batch_step_duration_seconds_sum{otel_scope_name=\"mailing\",step=\"record\"} 0.5\n\
+            mailing_batch_step_duration_seconds_count{step=\"claim\"} 3\n";
+        let sum = |step| histogram_sum(text, "mailing_batch_step_duration_seconds", "step", step);
+        assert_eq!(sum("claim"), 1.25);
+        assert_eq!(sum("record"), 0.5);
+        assert_eq!(sum("window"), 0.0);
     }
 
     #[test]

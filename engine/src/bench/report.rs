@@ -17,6 +17,24 @@ pub struct StageLatency {
     pub p99_ms: Option<f64>,
 }
 
+/// One step of the send jobs (`mailing_batch_step_duration_seconds`): where a batch's
+/// time went, its waits for the database included.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepLatency {
+    /// `claim`, `personalize`, `deliver`, `record` or `window`.
+    pub step: &'static str,
+    /// Times the step ended (a batch that claimed nothing ends after `claim`).
+    pub batches: u64,
+    /// Median, milliseconds (a bucket estimate).
+    pub p50_ms: Option<f64>,
+    /// 99th percentile, milliseconds (a bucket estimate).
+    pub p99_ms: Option<f64>,
+    /// Its time summed over every batch of every process, seconds.
+    pub total_seconds: f64,
+    /// That total over the total of every step: the step's share of the send jobs' time.
+    pub share: f64,
+}
+
 /// One child process's resources.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessUsage {
@@ -85,6 +103,9 @@ pub struct PipelineReport {
     /// Per-stage batch latency (bucket estimates over every process's `/metrics`,
     /// workers included; `null` when no process ran a batch of that stage).
     pub stages: Vec<StageLatency>,
+    /// The send jobs' steps, in the order a batch runs them (a step no batch ran, such
+    /// as `personalize` without a plugin, is left out).
+    pub send_steps: Vec<StepLatency>,
     /// Liquid alone on one core, messages/s.
     pub render_only_per_sec: f64,
     /// The plugin alone on one core in batches of 500, recipients/s (`null`: no plugin).
@@ -172,6 +193,17 @@ impl PipelineReport {
                     opt(s.p50_ms, " ms"),
                     opt(s.p99_ms, " ms"),
                     s.batches
+                ),
+            );
+        }
+        for s in &self.send_steps {
+            row(
+                &format!("  send step {} p50 / p99", s.step),
+                format!(
+                    "{} / {}, {:.0}% of the send jobs' time",
+                    opt(s.p50_ms, " ms"),
+                    opt(s.p99_ms, " ms"),
+                    s.share * 100.0
                 ),
             );
         }
