@@ -230,6 +230,30 @@ fn the_file_provider_is_counted_by_its_outbox() {
 }
 
 #[test]
+fn a_send_that_outlives_the_access_token_is_watched_to_its_end() {
+    // Access tokens live one second here. The outbox is counted every 2 s, so the
+    // first look at the campaign already comes after the token's half-life: the bench
+    // must log in again, and the run must still end with its ledger check.
+    let (output, report) = bench(
+        &[
+            "--backend",
+            "sqlite",
+            "--plugin",
+            "none",
+            "--provider",
+            "file",
+        ],
+        &[("ACCESS_TOKEN_TTL".into(), "1".into())],
+    );
+    check_report(&output, &report, "none");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("bench: logged in again"),
+        "no new login in:\n{stderr}"
+    );
+}
+
+#[test]
 fn a_missing_plugin_says_how_to_build_it() {
     let empty = tempfile::tempdir().expect("a temp dir");
     let output = Command::new(binary())

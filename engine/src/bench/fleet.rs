@@ -143,6 +143,8 @@ pub struct Api {
     pub base: String,
     http: reqwest::Client,
     token: Option<String>,
+    /// When the token was issued and how long the server said it lives.
+    issued: Option<(Instant, Duration)>,
 }
 
 impl Api {
@@ -155,6 +157,7 @@ impl Api {
             base,
             http,
             token: None,
+            issued: None,
         })
     }
 
@@ -197,8 +200,24 @@ impl Api {
             .as_str()
             .context("the login answer has no access_token")?
             .to_owned();
+        let lifetime = body["expires_in"]
+            .as_u64()
+            .context("the login answer has no expires_in")?;
         self.token = Some(token.clone());
+        self.issued = Some((Instant::now(), Duration::from_secs(lifetime)));
         Ok(token)
+    }
+
+    /// Logs in again once the token has lived half its lifetime (`ACCESS_TOKEN_TTL`),
+    /// so a send that outlasts it is still watched to its end. True when it did.
+    pub async fn keep_logged_in(&mut self) -> anyhow::Result<bool> {
+        match self.issued {
+            Some((at, lifetime)) if at.elapsed() >= lifetime / 2 => {
+                self.login().await?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     /// A JSON call that must answer `expect`; returns the body.

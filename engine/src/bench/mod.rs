@@ -616,6 +616,9 @@ async fn pipeline_in(
             continue;
         }
         last_poll = Instant::now();
+        if api.keep_logged_in().await? {
+            quiet("logged in again: the access token had lived half its lifetime");
+        }
         let body = api
             .call(
                 reqwest::Method::GET,
