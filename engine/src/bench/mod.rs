@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use fleet::{Api, Member};
-use report::{Ledger, PipelineReport, ProcessUsage, StageLatency, StepLatency};
+use report::{Latency, Ledger, PipelineReport, ProcessUsage, StageLatency, StepLatency};
 
 /// The most recipients a run accepts.
 pub const MAX_RECIPIENTS: usize = 10_000_000;
@@ -704,20 +704,14 @@ async fn pipeline_in(
     }
     let stages = ["plan", "send"]
         .into_iter()
-        .map(|stage| {
-            let per_process: Vec<_> = metrics
-                .iter()
-                .map(|text| {
-                    probe::histogram_buckets(text, "mailing_batch_duration_seconds", "stage", stage)
-                })
-                .collect();
-            let b = probe::merge_buckets(&per_process);
-            StageLatency {
+        .map(|stage| StageLatency {
+            stage,
+            latency: Latency::of(&probe::merged_buckets(
+                &metrics,
+                "mailing_batch_duration_seconds",
+                "stage",
                 stage,
-                batches: b.last().map_or(0, |l| l.1 as u64),
-                p50_ms: probe::quantile(&b, 0.5).map(|s| s * 1000.0),
-                p99_ms: probe::quantile(&b, 0.99).map(|s| s * 1000.0),
-            }
+            )),
         })
         .collect();
     let send_steps = send_steps(&metrics);
@@ -832,35 +826,28 @@ async fn pipeline_in(
 /// buckets, shares from the histograms' sums.
 fn send_steps(metrics: &[String]) -> Vec<StepLatency> {
     const NAME: &str = "mailing_batch_step_duration_seconds";
-    /// A step's name, its merged buckets and its total seconds.
-    type Read = (&'static str, Vec<(f64, f64)>, f64);
-    let steps: Vec<Read> = mailing_jobs::telemetry::SEND_STEPS
+    let mut steps: Vec<StepLatency> = mailing_jobs::telemetry::SEND_STEPS
         .into_iter()
-        .map(|step| {
-            let per_process: Vec<_> = metrics
-                .iter()
-                .map(|text| probe::histogram_buckets(text, NAME, "step", step))
-                .collect();
-            let total: f64 = metrics
+        .map(|step| StepLatency {
+            step,
+            latency: Latency::of(&probe::merged_buckets(metrics, NAME, "step", step)),
+            total_seconds: metrics
                 .iter()
                 .map(|text| probe::histogram_sum(text, NAME, "step", step))
-                .sum();
-            (step, probe::merge_buckets(&per_process), total)
+                .sum(),
+            share: 0.0,
         })
-        .filter(|(_, buckets, _)| buckets.last().is_some_and(|l| l.1 > 0.0))
+        .filter(|s| s.latency.batches > 0)
         .collect();
-    let all: f64 = steps.iter().map(|s| s.2).sum();
+    let all: f64 = steps.iter().map(|s| s.total_seconds).sum();
+    for s in &mut steps {
+        s.share = if all > 0.0 {
+            s.total_seconds / all
+        } else {
+            0.0
+        };
+    }
     steps
-        .into_iter()
-        .map(|(step, buckets, total)| StepLatency {
-            step,
-            batches: buckets.last().map_or(0, |l| l.1 as u64),
-            p50_ms: probe::quantile(&buckets, 0.5).map(|s| s * 1000.0),
-            p99_ms: probe::quantile(&buckets, 0.99).map(|s| s * 1000.0),
-            total_seconds: total,
-            share: if all > 0.0 { total / all } else { 0.0 },
-        })
-        .collect()
 }
 
 /// Reads each process's resident-memory high-water mark into `mark` the first time

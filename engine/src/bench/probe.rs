@@ -74,6 +74,16 @@ pub fn histogram_sum(metrics: &str, name: &str, label: &str, value: &str) -> f64
         .sum()
 }
 
+/// One series of a histogram (`label` = `value`) read in every process's metrics text,
+/// merged ([`merge_buckets`]).
+pub fn merged_buckets(metrics: &[String], name: &str, label: &str, value: &str) -> Vec<(f64, f64)> {
+    let per_process: Vec<_> = metrics
+        .iter()
+        .map(|text| histogram_buckets(text, name, label, value))
+        .collect();
+    merge_buckets(&per_process)
+}
+
 /// One cumulative histogram from the same histogram read in several processes (the
 /// members of a fleet): the counts of equal upper bounds added, sorted by bound. The
 /// processes share the bucket bounds, which are fixed in the binary.

@@ -4,17 +4,39 @@
 
 use serde::Serialize;
 
-/// Batch latency of one pipeline stage, estimated from histogram buckets.
+use super::probe;
+
+/// How many times something was timed and its quantiles, estimated from the buckets
+/// of one histogram (merged over every process).
 #[derive(Debug, Clone, Serialize)]
-pub struct StageLatency {
-    /// `plan` or `send`.
-    pub stage: &'static str,
-    /// Jobs the histogram counted.
+pub struct Latency {
+    /// Observations the histogram counted.
     pub batches: u64,
     /// Median, milliseconds (a bucket estimate).
     pub p50_ms: Option<f64>,
     /// 99th percentile, milliseconds (a bucket estimate).
     pub p99_ms: Option<f64>,
+}
+
+impl Latency {
+    /// From cumulative buckets in seconds.
+    pub fn of(buckets: &[(f64, f64)]) -> Self {
+        Latency {
+            batches: buckets.last().map_or(0, |l| l.1 as u64),
+            p50_ms: probe::quantile(buckets, 0.5).map(|s| s * 1000.0),
+            p99_ms: probe::quantile(buckets, 0.99).map(|s| s * 1000.0),
+        }
+    }
+}
+
+/// Batch latency of one pipeline stage (`mailing_batch_duration_seconds`): jobs counted.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageLatency {
+    /// `plan` or `send`.
+    pub stage: &'static str,
+    /// Its jobs and their quantiles.
+    #[serde(flatten)]
+    pub latency: Latency,
 }
 
 /// One step of the send jobs (`mailing_batch_step_duration_seconds`): where a batch's
@@ -23,12 +45,10 @@ pub struct StageLatency {
 pub struct StepLatency {
     /// `claim`, `personalize`, `deliver`, `record` or `window`.
     pub step: &'static str,
-    /// Times the step ended (a batch that claimed nothing ends after `claim`).
-    pub batches: u64,
-    /// Median, milliseconds (a bucket estimate).
-    pub p50_ms: Option<f64>,
-    /// 99th percentile, milliseconds (a bucket estimate).
-    pub p99_ms: Option<f64>,
+    /// Times the step ended (a batch that claimed nothing ends after `claim`) and
+    /// their quantiles.
+    #[serde(flatten)]
+    pub latency: Latency,
     /// Its time summed over every batch of every process, seconds.
     pub total_seconds: f64,
     /// That total over the total of every step: the step's share of the send jobs' time.
@@ -190,9 +210,9 @@ impl PipelineReport {
                 &format!("{} batch p50 / p99 (est.)", s.stage),
                 format!(
                     "{} / {} over {} jobs",
-                    opt(s.p50_ms, " ms"),
-                    opt(s.p99_ms, " ms"),
-                    s.batches
+                    opt(s.latency.p50_ms, " ms"),
+                    opt(s.latency.p99_ms, " ms"),
+                    s.latency.batches
                 ),
             );
         }
@@ -201,8 +221,8 @@ impl PipelineReport {
                 &format!("  send step {} p50 / p99", s.step),
                 format!(
                     "{} / {}, {:.0}% of the send jobs' time",
-                    opt(s.p50_ms, " ms"),
-                    opt(s.p99_ms, " ms"),
+                    opt(s.latency.p50_ms, " ms"),
+                    opt(s.latency.p99_ms, " ms"),
                     s.share * 100.0
                 ),
             );

@@ -470,7 +470,6 @@ pub async fn send_batch(ctx: &PipelineContext, job: &SendBatch) -> Result<BatchR
         clock.lap("personalize");
         personalized
     };
-
     // Rendering runs ahead of the provider by at most one part: a batch's memory is the
     // parts in flight, not the whole batch rendered at once.
     let per_request = provider.messages_per_request();
