@@ -27,6 +27,11 @@ impl Latency {
             p99_ms: probe::quantile(buckets, 0.99).map(|s| s * 1000.0),
         }
     }
+
+    /// `p50 / p99` for the table.
+    fn quantiles(&self) -> String {
+        format!("{} / {}", opt(self.p50_ms, " ms"), opt(self.p99_ms, " ms"))
+    }
 }
 
 /// Batch latency of one pipeline stage (`mailing_batch_duration_seconds`): jobs counted.
@@ -208,21 +213,15 @@ impl PipelineReport {
         for s in &self.stages {
             row(
                 &format!("{} batch p50 / p99 (est.)", s.stage),
-                format!(
-                    "{} / {} over {} jobs",
-                    opt(s.latency.p50_ms, " ms"),
-                    opt(s.latency.p99_ms, " ms"),
-                    s.latency.batches
-                ),
+                format!("{} over {} jobs", s.latency.quantiles(), s.latency.batches),
             );
         }
         for s in &self.send_steps {
             row(
                 &format!("  send step {} p50 / p99", s.step),
                 format!(
-                    "{} / {}, {:.0}% of the send jobs' time",
-                    opt(s.latency.p50_ms, " ms"),
-                    opt(s.latency.p99_ms, " ms"),
+                    "{}, {:.0}% of the send jobs' time",
+                    s.latency.quantiles(),
                     s.share * 100.0
                 ),
             );
