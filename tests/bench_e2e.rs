@@ -237,6 +237,112 @@ fn the_file_provider_is_counted_by_its_outbox_past_the_access_tokens_lifetime() 
     );
 }
 
+/// The ids of `parent`'s child processes whose command line contains `word`.
+fn children_running(parent: u32, word: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // The parent's id is the fourth field of `stat`, after the command in
+            // parentheses (which may itself hold spaces).
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.split(' ').nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(parent) && cmdline.split(|b| *b == 0).any(|arg| arg == word.as_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn an_engine_that_stops_is_reported_as_stalled_with_its_log() {
+    // `mailing serve` is stopped (SIGSTOP) as the campaign is sent: nothing moves and
+    // its API never answers. The bench must say so after --stall-seconds, with the
+    // process's log, instead of waiting for the run's time limit (over 3 minutes).
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut bench = Command::new(binary())
+        .args([
+            "bench",
+            "--recipients",
+            "2000",
+            "--json",
+            "--stall-seconds",
+            "3",
+        ])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("TMPDIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mailing bench starts");
+    let stderr = bench.stderr.take().expect("stderr");
+    let bench_pid = bench.id();
+    let watcher = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut stopped = Vec::new();
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if stopped.is_empty() && line.contains("sending campaign") {
+                stopped = children_running(bench_pid, "serve");
+                for pid in &stopped {
+                    let status = Command::new("kill")
+                        .args(["-STOP", &pid.to_string()])
+                        .status()
+                        .expect("kill runs");
+                    assert!(status.success(), "kill -STOP {pid}");
+                }
+            }
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        (stopped, seen)
+    });
+    let output = bench.wait_with_output().expect("mailing bench ends");
+    let (stopped, stderr) = watcher.join().expect("the stderr reader");
+    assert_eq!(
+        stopped.len(),
+        1,
+        "one `mailing serve` to stop; stderr:\n{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {stdout}\nstderr:\n{stderr}"));
+    assert!(!output.status.success(), "{report}");
+    assert_eq!(report["status"], "FAILED", "{report}");
+    let failures: Vec<&str> = report["failures"]
+        .as_array()
+        .expect("failures")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let stall = failures
+        .iter()
+        .find(|f| f.starts_with("the run stalled: "))
+        .unwrap_or_else(|| panic!("no stall among the failures: {failures:#?}"));
+    assert!(stall.contains(" for 3 s ("), "{stall}");
+    assert!(stall.contains("`mailing serve`'s log ends:"), "{stall}");
+    assert!(
+        stderr.contains("the bench run FAILED: the run stalled"),
+        "{stderr}"
+    );
+    // The stopped process was continued and ended, not left behind.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", stopped[0])).exists(),
+        "`mailing serve` ({}) is still there",
+        stopped[0]
+    );
+}
+
 #[test]
 fn a_missing_plugin_says_how_to_build_it() {
     let empty = tempfile::tempdir().expect("a temp dir");

@@ -79,20 +79,27 @@ impl Member {
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
+        if lines.is_empty() {
+            return format!("(nothing in {})", self.log.display());
+        }
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
-    /// SIGTERM, then SIGKILL after `grace`.
+    /// SIGTERM, then SIGKILL after `grace`. A SIGCONT follows the SIGTERM, so that a
+    /// stopped process (a debugger, `kill -STOP`) handles it instead of waiting out the
+    /// grace.
     pub fn stop(&mut self, grace: Duration) {
         if self.exited().is_some() {
             return;
         }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        for signal in ["-TERM", "-CONT"] {
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(self.pid().to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if self.exited().is_some() {
@@ -273,9 +280,13 @@ impl Api {
     }
 }
 
-/// The `/metrics` text a bench process serves on its `PROMETHEUS_PORT`.
+/// The `/metrics` text a bench process serves on its `PROMETHEUS_PORT`, within 10 s (a
+/// stopped process never answers).
 pub async fn metrics_on(port: u16) -> anyhow::Result<String> {
-    Ok(reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+    Ok(reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .timeout(Duration::from_secs(10))
+        .send()
         .await?
         .error_for_status()?
         .text()

@@ -13,6 +13,7 @@ mod limits;
 mod probe;
 mod report;
 mod sink;
+mod stall;
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use serde_json::{Value, json};
 use crate::config::Config;
 use fleet::{Api, Member};
 use report::{Latency, Ledger, PipelineReport, ProcessUsage, StageLatency, StepLatency};
+use stall::StallClock;
 
 /// The most recipients a run accepts.
 pub const MAX_RECIPIENTS: usize = 10_000_000;
@@ -124,6 +126,13 @@ pub struct BenchArgs {
     /// with an `OTEL_EXPORTER_OTLP_ENDPOINT` set measures the engine exporting traces.
     #[arg(long, default_value = "warn")]
     pub log_level: String,
+    /// Report the run as FAILED once the campaign has stood still this many seconds (no
+    /// recipient accepted, none newly recorded in the ledger, or the API unanswered),
+    /// with each process's log tail, instead of waiting for the run's time limit (180 s
+    /// and 1 s per 500 recipients). Keep it above the engine's retry backoff (30 s,
+    /// doubling), which a provider's outage rightly waits out.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub stall_seconds: u64,
 }
 
 /// Runs `mailing bench`.
@@ -565,17 +574,12 @@ async fn pipeline_in(
         }
     }
 
-    // 5. Send, and watch.
+    // 5. Send, and watch. From here on every request is bounded by the stall clock: an
+    // engine that stops answering is reported as stalled, not waited for.
     quiet(&format!("sending campaign {id} to {n} recipients ..."));
     let cpu_before: Vec<u64> = members.iter().map(|m| probe::cpu_ms(m.pid())).collect();
     let started = Instant::now();
-    api.call(
-        reqwest::Method::POST,
-        &format!("/api/v1/campaigns/{id}/send"),
-        None,
-        202,
-    )
-    .await?;
+    let mut stall = StallClock::new(Duration::from_secs(args.stall_seconds));
     let timeout = Duration::from_secs(180 + (n / 500) as u64);
     let outbox = dir.join("data/outbox");
     let progress = Progress::new(n);
@@ -585,16 +589,29 @@ async fn pipeline_in(
     // accepted (by the sink, or without one as the ledger counts it): against the mark
     // at the end, whether memory grew with the second half.
     let mut peak_rss_at_half: Option<Vec<u64>> = None;
-    let mut ledger_sent = 0u64;
-    let final_campaign: Value = loop {
+    let mut seen = stall::Progress::default();
+    let send_path = format!("/api/v1/campaigns/{id}/send");
+    let answered = stall
+        .bound(api.call(reqwest::Method::POST, &send_path, None, 202))
+        .await;
+    let mut stalled = match answered {
+        Some(answer) => {
+            answer?;
+            None
+        }
+        None => Some(format!("POST {send_path} went unanswered")),
+    };
+    let mut final_campaign = Value::Null;
+    while stalled.is_none() {
         tokio::time::sleep(Duration::from_millis(100)).await;
         // Without a sink, the progress is the ledger's count, read every 2 s below.
-        let accepted = match &sink {
+        seen.accepted = match &sink {
             Some(s) => s.tally.accepted(),
-            None => ledger_sent,
+            None => seen.recorded,
         };
-        progress.show(accepted, started.elapsed());
-        mark_half_way(&mut peak_rss_at_half, accepted, n, &members);
+        stall.note(seen);
+        progress.show(seen.accepted, started.elapsed());
+        mark_half_way(&mut peak_rss_at_half, seen.accepted, n, &members);
         for m in &mut members {
             if let Some(status) = m.exited() {
                 bail!(
@@ -604,11 +621,15 @@ async fn pipeline_in(
                 );
             }
         }
+        if stall.left().is_none() {
+            stalled = Some("nothing moved".to_owned());
+            break;
+        }
         // The campaign answer counts the campaign's ledger (a scan of N rows), which would
         // load the engine we measure: with a sink, ask once it has everything (and every
         // 15 s, to notice a paused or failed campaign); with the outbox, every 2 s.
         let every = match &sink {
-            Some(_) if accepted >= n as u64 => Duration::from_millis(100),
+            Some(_) if seen.accepted >= n as u64 => Duration::from_millis(100),
             Some(_) => Duration::from_secs(15),
             None => Duration::from_secs(2),
         };
@@ -616,35 +637,64 @@ async fn pipeline_in(
             continue;
         }
         last_poll = Instant::now();
-        if api.keep_logged_in().await? {
-            quiet("logged in again: the access token had lived half its lifetime");
-        }
-        let body = api
-            .call(
-                reqwest::Method::GET,
-                &format!("/api/v1/campaigns/{id}"),
-                None,
-                200,
-            )
-            .await?;
-        ledger_sent = body["stats"]["sent"].as_u64().unwrap_or(ledger_sent);
+        let campaign_path = format!("/api/v1/campaigns/{id}");
+        let poll = stall
+            .bound(async {
+                if api.keep_logged_in().await? {
+                    quiet("logged in again: the access token had lived half its lifetime");
+                }
+                api.call(reqwest::Method::GET, &campaign_path, None, 200)
+                    .await
+            })
+            .await;
+        let Some(body) = poll else {
+            stalled = Some(format!("GET {campaign_path} went unanswered"));
+            break;
+        };
+        let body = body?;
+        seen.recorded = body["stats"]["sent"].as_u64().unwrap_or(seen.recorded);
         // The campaign may end at this poll, before the next turn reads the mark.
-        mark_half_way(&mut peak_rss_at_half, ledger_sent, n, &members);
-        match body["status"].as_str().unwrap_or_default() {
-            "done" => break body,
+        mark_half_way(&mut peak_rss_at_half, seen.recorded, n, &members);
+        final_campaign = body;
+        match final_campaign["status"].as_str().unwrap_or_default() {
+            "done" => break,
             "failed" | "cancelled" | "paused" => {
-                failures.push(format!("the campaign ended {}: {}", body["status"], body));
-                break body;
+                failures.push(format!(
+                    "the campaign ended {}: {final_campaign}",
+                    final_campaign["status"]
+                ));
+                break;
             }
             _ => {}
         }
         if started.elapsed() > timeout {
             failures.push(format!(
-                "the campaign did not finish within {timeout:?}: {body}"
+                "the campaign did not finish within {timeout:?}: {final_campaign}"
             ));
-            break body;
+            break;
         }
-    };
+    }
+    if let Some(what) = &stalled {
+        let ledger = if final_campaign.is_null() {
+            "the ledger not read yet".to_owned()
+        } else {
+            format!("{} sent in the ledger at the last look", seen.recorded)
+        };
+        let mut failure = format!(
+            "the run stalled: {what} for {} s ({} of {n} recipients accepted, {ledger}); \
+             raise --stall-seconds if the engine was only waiting out a retry",
+            stall.window().as_secs(),
+            seen.accepted,
+        );
+        for m in &members {
+            failure.push_str(&format!(
+                "\n`mailing {}`'s log ends:\n{}",
+                m.role,
+                m.log_tail()
+            ));
+        }
+        failures.push(failure);
+    }
     let seconds = started.elapsed().as_secs_f64();
     progress.finish();
     let cpu_ms: Vec<u64> = members
@@ -676,7 +726,13 @@ async fn pipeline_in(
     // apart count the same batches, so the last one is not left out.
     let mut metrics: Vec<String> = Vec::new();
     let mut counted = None;
-    for _ in 0..SCRAPES_TO_SETTLE {
+    // A stalled process may not answer at all: one scrape, each bounded, is enough.
+    let scrapes = if stalled.is_some() {
+        1
+    } else {
+        SCRAPES_TO_SETTLE
+    };
+    for _ in 0..scrapes {
         metrics.clear();
         for (m, port) in members.iter().zip(&metrics_ports) {
             match fleet::metrics_on(*port).await {
@@ -746,7 +802,9 @@ async fn pipeline_in(
             .to_owned(),
     };
     let n64 = n as i64;
-    if ledger.total != n64 || ledger.sent != n64 {
+    if final_campaign.is_null() {
+        failures.push("the campaign's ledger was never read: its API did not answer".into());
+    } else if ledger.total != n64 || ledger.sent != n64 {
         failures.push(format!(
             "the campaign's ledger shows sent {} of total {} (expected {n} of {n})",
             ledger.sent, ledger.total

@@ -169,7 +169,8 @@ impl PipelineReport {
         let mut row = |k: &str, v: String| out.push_str(&format!("{k:<34} {v}\n"));
         row("status", self.status.to_owned());
         for f in &self.failures {
-            row("  failure", f.clone());
+            // A failure's later lines (a process's log tail) go under its first.
+            row("  failure", f.replace('\n', &format!("\n{:35}", "")));
         }
         row(
             "run",
