@@ -129,8 +129,9 @@ pub struct BenchArgs {
     /// Report the run as FAILED once the campaign has stood still this many seconds (no
     /// recipient accepted, none newly recorded in the ledger, or the API unanswered),
     /// with each process's log tail, instead of waiting for the run's time limit (180 s
-    /// and 1 s per 500 recipients). Keep it above the engine's retry backoff (30 s,
-    /// doubling), which a provider's outage rightly waits out.
+    /// and 1 s per 500 recipients). Between the engine's retries of a failing provider
+    /// (`RETRY_BACKOFF_SECS`, 30 s doubling up to 600 s) a run stands still: raise it to
+    /// wait those out.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub stall_seconds: u64,
 }
