@@ -70,6 +70,7 @@ fn check_report(output: &Output, report: &Value, plugin: &str) {
         "cpu_ms_per_1k",
         "peak_rss_bytes",
         "render_only_per_sec",
+        "render_only_after_per_sec",
         "queue_noop_jobs_per_sec",
         "queue_noop_emails_per_sec",
         "sink_accept_per_sec",
@@ -331,6 +332,8 @@ fn an_engine_that_stops_is_reported_as_stalled_with_its_log() {
         .unwrap_or_else(|| panic!("no stall among the failures: {failures:#?}"));
     assert!(stall.contains(" for 3 s ("), "{stall}");
     assert!(stall.contains("`mailing serve`'s log ends:"), "{stall}");
+    // Liquid is not measured again after a stalled run.
+    assert!(report["render_only_after_per_sec"].is_null(), "{report}");
     assert!(
         stderr.contains("the bench run FAILED: the run stalled"),
         "{stderr}"

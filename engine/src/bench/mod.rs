@@ -416,10 +416,7 @@ async fn pipeline_in(
 
     // 3. The limits, each alone, before the engine starts.
     quiet("measuring the limits (render, plugin, queue, sink) ...");
-    let render_only = {
-        let nl = audience::Newsletter::new();
-        tokio::task::spawn_blocking(move || limits::render_only_per_sec(&nl)).await??
-    };
+    let render_only = render_only_per_sec().await?;
     let plugin_only = match &wasm {
         Some(bytes) => {
             let (limits, bytes) = (config.plugin_limits.clone(), bytes.clone());
@@ -772,6 +769,11 @@ async fn pipeline_in(
         })
         .collect();
     let send_steps = send_steps(&metrics);
+    // Liquid alone again, the engine idle: how far the machine's speed drifted.
+    let render_only_after = match stalled {
+        None => Some(render_only_per_sec().await?),
+        Some(_) => None,
+    };
     for m in &mut members {
         m.stop(Duration::from_secs(15));
     }
@@ -870,6 +872,7 @@ async fn pipeline_in(
         stages,
         send_steps,
         render_only_per_sec: render_only,
+        render_only_after_per_sec: render_only_after,
         plugin_only_per_sec: plugin_only,
         queue_noop_jobs_per_sec: queue_noop,
         queue_noop_emails_per_sec: queue_noop_emails,
@@ -879,6 +882,12 @@ async fn pipeline_in(
         cpu_per_message_in_renders: cpu_ms_per_1k * render_only / 1e6,
         ledger,
     })
+}
+
+/// Liquid alone on one core (`limits::render_only_per_sec`), off the async threads.
+async fn render_only_per_sec() -> anyhow::Result<f64> {
+    let newsletter = audience::Newsletter::new();
+    tokio::task::spawn_blocking(move || limits::render_only_per_sec(&newsletter)).await?
 }
 
 /// The send jobs' steps from every process's `/metrics`: quantiles from the merged

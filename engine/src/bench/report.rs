@@ -131,8 +131,12 @@ pub struct PipelineReport {
     /// The send jobs' steps, in the order a batch runs them (a step no batch ran, such
     /// as `personalize` without a plugin, is left out).
     pub send_steps: Vec<StepLatency>,
-    /// Liquid alone on one core, messages/s.
+    /// Liquid alone on one core, messages/s, before the engine starts.
     pub render_only_per_sec: f64,
+    /// Liquid alone on one core again once the campaign is done (`null` for a stalled
+    /// run). Far from `render_only_per_sec`, the machine's speed drifted during the
+    /// run, and emails/s with it: compare such runs by `cpu_per_message_in_renders`.
+    pub render_only_after_per_sec: Option<f64>,
     /// The plugin alone on one core in batches of 500, recipients/s (`null`: no plugin).
     pub plugin_only_per_sec: Option<f64>,
     /// Empty jobs pushed and consumed per second on the same queue backend.
@@ -230,6 +234,11 @@ impl PipelineReport {
         row(
             "limit: render only (1 core)",
             format!("{:.0} /s", self.render_only_per_sec),
+        );
+        row(
+            "  the same after the send",
+            self.render_only_after_per_sec
+                .map_or_else(|| "-".into(), |v| format!("{v:.0} /s")),
         );
         row(
             "limit: plugin only (1 core)",
