@@ -769,14 +769,15 @@ async fn pipeline_in(
         })
         .collect();
     let send_steps = send_steps(&metrics);
-    // Liquid alone again, the engine idle: how far the machine's speed drifted.
+    for m in &mut members {
+        m.stop(Duration::from_secs(15));
+    }
+    // Liquid alone again with the engine stopped, as before it started: how far the
+    // machine's speed drifted during the run.
     let render_only_after = match stalled {
         None => Some(render_only_per_sec().await?),
         Some(_) => None,
     };
-    for m in &mut members {
-        m.stop(Duration::from_secs(15));
-    }
 
     // 6. The ledger check.
     let stats = &final_campaign["stats"];
