@@ -238,7 +238,7 @@ fn the_file_provider_is_counted_by_its_outbox_past_the_access_tokens_lifetime() 
     );
 }
 
-/// The ids of `parent`'s child processes whose command line contains `word`.
+/// The ids of `parent`'s child processes that have `word` as one of their arguments.
 fn children_running(parent: u32, word: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();

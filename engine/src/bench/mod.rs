@@ -774,9 +774,10 @@ async fn pipeline_in(
     }
     // Liquid alone again with the engine stopped, as before it started: how far the
     // machine's speed drifted during the run.
-    let render_only_after = match stalled {
-        None => Some(render_only_per_sec().await?),
-        Some(_) => None,
+    let render_only_after = if stalled.is_none() {
+        Some(render_only_per_sec().await?)
+    } else {
+        None
     };
 
     // 6. The ledger check.

@@ -134,8 +134,9 @@ pub struct PipelineReport {
     /// Liquid alone on one core, messages/s, before the engine starts.
     pub render_only_per_sec: f64,
     /// Liquid alone on one core again once the campaign is done and the engine
-    /// stopped (`null` for a stalled run). Far from `render_only_per_sec`, the machine's speed drifted during the
-    /// run, and emails/s with it: compare such runs by `cpu_per_message_in_renders`.
+    /// stopped (`null` for a stalled run). Far from `render_only_per_sec`, the
+    /// machine's speed drifted during the run, and emails/s with it: compare such runs
+    /// by `cpu_per_message_in_renders`.
     pub render_only_after_per_sec: Option<f64>,
     /// The plugin alone on one core in batches of 500, recipients/s (`null`: no plugin).
     pub plugin_only_per_sec: Option<f64>,
