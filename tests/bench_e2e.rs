@@ -260,26 +260,25 @@ fn children_running(parent: u32, word: &str) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn an_engine_that_stops_is_reported_as_stalled_with_its_log() {
-    // `mailing serve` is stopped (SIGSTOP) as the campaign is sent: nothing moves and
-    // its API never answers. The bench must say so after --stall-seconds, with the
-    // process's log, instead of waiting for the run's time limit (over 3 minutes).
+/// Runs `mailing bench` with `args` (in a temporary directory of its own, which is also
+/// its `TMPDIR`) and calls `at_send` with the bench's process id as soon as the bench
+/// says it sends the campaign. Returns its output, everything it wrote to stderr, what
+/// `at_send` returned (None if the bench never got there) and the temporary directory.
+fn bench_acting_at_send<T: Send + 'static>(
+    args: &[&str],
+    env: &[(String, String)],
+    at_send: impl FnOnce(u32) -> T + Send + 'static,
+) -> (Output, String, Option<T>, tempfile::TempDir) {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().expect("a temp dir");
     let mut bench = Command::new(binary())
-        .args([
-            "bench",
-            "--recipients",
-            "2000",
-            "--json",
-            "--stall-seconds",
-            "3",
-        ])
+        .arg("bench")
+        .args(args)
         .current_dir(dir.path())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TMPDIR", dir.path())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -288,28 +287,53 @@ fn an_engine_that_stops_is_reported_as_stalled_with_its_log() {
     let bench_pid = bench.id();
     let watcher = std::thread::spawn(move || {
         let mut seen = String::new();
-        let mut stopped = Vec::new();
+        let mut at_send = Some(at_send);
+        let mut acted = None;
         for line in std::io::BufReader::new(stderr)
             .lines()
             .map_while(Result::ok)
         {
-            if stopped.is_empty() && line.contains("sending campaign") {
-                stopped = children_running(bench_pid, "serve");
-                for pid in &stopped {
-                    let status = Command::new("kill")
-                        .args(["-STOP", &pid.to_string()])
-                        .status()
-                        .expect("kill runs");
-                    assert!(status.success(), "kill -STOP {pid}");
-                }
+            if line.contains("sending campaign")
+                && let Some(act) = at_send.take()
+            {
+                acted = Some(act(bench_pid));
             }
             seen.push_str(&line);
             seen.push('\n');
         }
-        (stopped, seen)
+        (acted, seen)
     });
     let output = bench.wait_with_output().expect("mailing bench ends");
-    let (stopped, stderr) = watcher.join().expect("the stderr reader");
+    let (acted, stderr) = watcher.join().expect("the stderr reader");
+    (output, stderr, acted, dir)
+}
+
+/// Sends `signal` (`-STOP`, `-INT`, ...) to each process of `pids`.
+fn signal(signal: &str, pids: &[u32]) {
+    for pid in pids {
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid}");
+    }
+}
+
+#[test]
+fn an_engine_that_stops_is_reported_as_stalled_with_its_log() {
+    // `mailing serve` is stopped (SIGSTOP) as the campaign is sent: nothing moves and
+    // its API never answers. The bench must say so after --stall-seconds, with the
+    // process's log, instead of waiting for the run's time limit (over 3 minutes).
+    let (output, stderr, stopped, _dir) = bench_acting_at_send(
+        &["--recipients", "2000", "--json", "--stall-seconds", "3"],
+        &[],
+        |bench| {
+            let serve = children_running(bench, "serve");
+            signal("-STOP", &serve);
+            serve
+        },
+    );
+    let stopped = stopped.unwrap_or_default();
     assert_eq!(
         stopped.len(),
         1,
@@ -343,6 +367,132 @@ fn an_engine_that_stops_is_reported_as_stalled_with_its_log() {
         !std::path::Path::new(&format!("/proc/{}", stopped[0])).exists(),
         "`mailing serve` ({}) is still there",
         stopped[0]
+    );
+}
+
+/// Interrupts a bench as it sends: the bench must end at once, saying so, with its
+/// engine processes (those of `roles`) gone and its scratch directory removed. Returns
+/// the bench's process id.
+fn interrupt_as_it_sends(
+    args: &[&str],
+    env: &[(String, String)],
+    how: &'static str,
+    roles: &'static [&'static str],
+) -> u32 {
+    let (output, stderr, acted, tmp) = bench_acting_at_send(args, env, move |bench| {
+        let mut children: Vec<u32> = roles
+            .iter()
+            .flat_map(|role| children_running(bench, role))
+            .collect();
+        children.sort_unstable();
+        children.dedup();
+        signal(how, &[bench]);
+        (bench, children)
+    });
+    let (bench, children) =
+        acted.unwrap_or_else(|| panic!("the bench never sent; stderr:\n{stderr}"));
+    assert_eq!(
+        children.len(),
+        roles.len(),
+        "{children:?}; stderr:\n{stderr}"
+    );
+    assert!(!output.status.success(), "stderr:\n{stderr}");
+    let name = how.trim_start_matches('-');
+    assert!(
+        stderr.contains(&format!("the bench was interrupted by SIG{name}")),
+        "{stderr}"
+    );
+    assert!(
+        output.stdout.is_empty(),
+        "an interrupted run reports nothing: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    for pid in children {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "engine process {pid} is still there; stderr:\n{stderr}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("the bench's TMPDIR")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("mailing-bench-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    bench
+}
+
+#[test]
+fn an_interrupted_run_stops_its_engine_and_removes_its_directory() {
+    interrupt_as_it_sends(
+        &["--recipients", "20000", "--plugin", "none"],
+        &[],
+        "-INT",
+        &["serve"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_fleet_run_drops_its_database_and_queue_keys() {
+    use sqlx::Connection as _;
+    let Some(backend) = Backend::fleet("bench interrupted").await else {
+        return;
+    };
+    let env = backend.env.clone();
+    let bench = tokio::task::spawn_blocking(move || {
+        interrupt_as_it_sends(
+            &[
+                "--recipients",
+                "20000",
+                "--plugin",
+                "none",
+                "--backend",
+                "redis",
+                "--workers",
+                "2",
+            ],
+            &env,
+            "-TERM",
+            &["api", "worker", "worker"],
+        )
+    })
+    .await;
+    let (admin_url, _) = backend.pg_database.clone().expect("a PostgreSQL database");
+    let redis_url = backend
+        .env
+        .iter()
+        .find(|(k, _)| k == "REDIS_URL")
+        .map(|(_, v)| v.clone())
+        .expect("REDIS_URL");
+    backend.cleanup().await;
+    let bench = bench.expect("the bench thread");
+    let mut admin = sqlx::PgConnection::connect(&admin_url)
+        .await
+        .expect("PostgreSQL");
+    let databases: Vec<String> =
+        sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname LIKE $1")
+            .bind(format!("mailing_bench_{bench}_%"))
+            .fetch_all(&mut admin)
+            .await
+            .expect("the databases");
+    let _ = admin.close().await;
+    assert!(databases.is_empty(), "left behind: {databases:?}");
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("mailing_bench_{bench}_*"))
+        .query_async(&mut redis)
+        .await
+        .expect("KEYS");
+    assert!(
+        keys.is_empty(),
+        "{} keys left, e.g. {:?}",
+        keys.len(),
+        keys.first()
     );
 }
 

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::fleet::{self, Api};
+use super::interrupt::{Interrupt, interrupted};
 use super::{BenchArgs, audience, free_port, scratch_dir};
 use crate::config::Config;
 
@@ -121,8 +122,15 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
     if Command::new("wrk").arg("--version").output().is_err() {
         bail!("`wrk` is not installed (Debian/Ubuntu: `apt-get install -y wrk`)");
     }
+    let mut interrupt = Interrupt::listen().context("cannot listen for SIGINT and SIGTERM")?;
     let dir = scratch_dir()?;
-    let result = run_in(config, &dir, args).await;
+    let result = tokio::select! {
+        result = run_in(config, &dir, args) => result,
+        signal = interrupt.wait() => {
+            eprintln!("bench: {signal}: stopping the engine and removing what the run set up ...");
+            Err(interrupted(signal))
+        }
+    };
     if args.keep {
         eprintln!("bench: kept {}", dir.display());
     } else {
@@ -211,9 +219,12 @@ async fn run_in(
     std::fs::write(&auth_lua, AUTH_GET_LUA)?;
     std::fs::write(&tx_lua, TX_POST_LUA)?;
     let threads = 2;
-    let wrk = |endpoint: &'static str, path: &str, script: Option<&std::path::Path>| {
+    // wrk runs as a child the run's future owns (killed if it is dropped, as when the
+    // bench is interrupted).
+    let wrk = async |endpoint: &'static str, path: &str, script: Option<&std::path::Path>| {
         eprintln!("bench: wrk {endpoint} for {} s ...", args.duration);
-        let mut cmd = Command::new("wrk");
+        let mut cmd = tokio::process::Command::new("wrk");
+        cmd.kill_on_drop(true);
         cmd.arg(format!("-t{threads}"))
             .arg(format!("-c{}", args.connections))
             .arg(format!("-d{}s", args.duration))
@@ -225,7 +236,7 @@ async fn run_in(
             cmd.arg("-s").arg(s);
         }
         cmd.arg(format!("http://127.0.0.1:{port}{path}"));
-        let out = cmd.output().context("running wrk")?;
+        let out = cmd.output().await.context("running wrk")?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         if !out.status.success() {
             bail!(
@@ -236,13 +247,14 @@ async fn run_in(
         }
         parse_wrk(endpoint, &text)
     };
-    let health = wrk("GET /health", "/health", None)?;
+    let health = wrk("GET /health", "/health", None).await?;
     let campaigns = wrk(
         "GET /api/v1/campaigns (auth)",
         "/api/v1/campaigns",
         Some(&auth_lua),
-    )?;
-    let tx = wrk("POST /api/v1/tx (auth)", "/api/v1/tx", Some(&tx_lua))?;
+    )
+    .await?;
+    let tx = wrk("POST /api/v1/tx (auth)", "/api/v1/tx", Some(&tx_lua)).await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let peak_rss_bytes = super::probe::peak_rss_bytes(serve.pid());
     serve.stop(Duration::from_secs(30));

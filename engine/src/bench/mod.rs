@@ -9,6 +9,7 @@
 mod api_load;
 mod audience;
 mod fleet;
+mod interrupt;
 mod limits;
 mod probe;
 mod report;
@@ -31,6 +32,7 @@ use serde_json::{Value, json};
 
 use crate::config::Config;
 use fleet::{Api, Member};
+use interrupt::Interrupt;
 use report::{Latency, Ledger, PipelineReport, ProcessUsage, StageLatency, StepLatency};
 use stall::StallClock;
 
@@ -333,8 +335,13 @@ async fn pipeline(config: &Config, args: &BenchArgs) -> anyhow::Result<PipelineR
         )?),
         BenchBackend::Sqlite => None,
     };
+    let mut interrupt = Interrupt::listen().context("cannot listen for SIGINT and SIGTERM")?;
     let dir = scratch_dir()?;
-    let namespace = format!("mailing_bench_{:08x}", rand::random::<u32>());
+    let namespace = format!(
+        "mailing_bench_{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
     let mut scratch = Scratch {
         dir: dir.clone(),
         keep: args.keep,
@@ -354,16 +361,23 @@ async fn pipeline(config: &Config, args: &BenchArgs) -> anyhow::Result<PipelineR
             }
         },
     };
-    let result = pipeline_in(
-        config,
-        args,
-        &dir,
-        &database_url,
-        redis_url.as_deref(),
-        &namespace,
-        wasm,
-    )
-    .await;
+    let result = tokio::select! {
+        result = pipeline_in(
+            config,
+            args,
+            &dir,
+            &database_url,
+            redis_url.as_deref(),
+            &namespace,
+            wasm,
+        ) => result,
+        // The run's future is dropped: its processes are killed with it (`Member`'s
+        // `Drop`), its connections closed; then the scratch goes as after any run.
+        signal = interrupt.wait() => {
+            eprintln!("bench: {signal}: stopping the engine and removing what the run set up ...");
+            Err(interrupt::interrupted(signal))
+        }
+    };
     scratch.clean().await;
     result
 }
