@@ -203,9 +203,10 @@ impl Store {
                  attributes = excluded.attributes, updated_at = excluded.updated_at ",
             );
             // On PostgreSQL the second column is 1 for a row this statement inserted (on
-            // SQLite it is unused, as the count came first): a row that `DO UPDATE` wrote carries the updating transaction's row lock in
-            // `xmax`, a row it inserted none. Counting the existing addresses with a query
-            // instead depends on the planner finding the `(workspace_id, email)` index:
+            // SQLite it is unused, as the count came first): a row that `DO UPDATE`
+            // wrote carries the updating transaction's row lock in `xmax`, a row it
+            // inserted none. Counting the existing addresses with a query instead
+            // depends on the planner finding the `(workspace_id, email)` index:
             // without statistics (a fresh deployment's first imports, before autovacuum
             // analyzes the table) it scanned every subscriber of the workspace for each
             // chunk, 25 ms per 500 addresses at the start of a 300,000-row import and 82
