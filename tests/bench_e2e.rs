@@ -17,19 +17,31 @@ use support::{Backend, binary};
 
 const RECIPIENTS: u64 = 2000;
 
-fn bench(args: &[&str], env: &[(String, String)]) -> (Output, Value) {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let output = Command::new(binary())
+/// `mailing bench` with `args`, run in `dir` (also its `TMPDIR`) with only `PATH` and
+/// `env` for environment.
+fn bench_command(dir: &std::path::Path, args: &[&str], env: &[(String, String)]) -> Command {
+    let mut command = Command::new(binary());
+    command
         .arg("bench")
-        .args(["--recipients", &RECIPIENTS.to_string(), "--json"])
         .args(args)
-        .current_dir(dir.path())
+        .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TMPDIR", dir.path())
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
-        .expect("mailing bench runs");
+        .env("TMPDIR", dir)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    command
+}
+
+fn bench(args: &[&str], env: &[(String, String)]) -> (Output, Value) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let output = bench_command(
+        dir.path(),
+        &["--recipients", &RECIPIENTS.to_string(), "--json"],
+        env,
+    )
+    .args(args)
+    .output()
+    .expect("mailing bench runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(
@@ -271,14 +283,7 @@ fn bench_acting_at_send<T: Send + 'static>(
 ) -> (Output, String, Option<T>, tempfile::TempDir) {
     use std::io::BufRead as _;
     let dir = tempfile::tempdir().expect("a temp dir");
-    let mut bench = Command::new(binary())
-        .arg("bench")
-        .args(args)
-        .current_dir(dir.path())
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TMPDIR", dir.path())
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    let mut bench = bench_command(dir.path(), args, env)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::fleet::{self, Api};
-use super::interrupt::{Interrupt, interrupted};
+use super::interrupt::Interrupt;
 use super::{BenchArgs, audience, free_port, scratch_dir};
 use crate::config::Config;
 
@@ -124,13 +124,9 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
     }
     let mut interrupt = Interrupt::listen().context("cannot listen for SIGINT and SIGTERM")?;
     let dir = scratch_dir()?;
-    let result = tokio::select! {
-        result = run_in(config, &dir, args) => result,
-        signal = interrupt.wait() => {
-            eprintln!("bench: {signal}: stopping the engine and removing what the run set up ...");
-            Err(interrupted(signal))
-        }
-    };
+    let result = interrupt
+        .unless_interrupted(run_in(config, &dir, args))
+        .await;
     if args.keep {
         eprintln!("bench: kept {}", dir.display());
     } else {

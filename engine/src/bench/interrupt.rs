@@ -21,16 +21,29 @@ impl Interrupt {
         })
     }
 
+    /// Runs `run` to its end, unless a signal comes first: then `run` is dropped (the
+    /// processes it started are killed with it, its connections closed) and the run
+    /// ends with an error naming the signal. The caller removes the scratch either way.
+    pub async fn unless_interrupted<T>(
+        &mut self,
+        run: impl Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        tokio::select! {
+            result = run => result,
+            signal = self.wait() => {
+                eprintln!("bench: {signal}: stopping the engine and removing what the run set up ...");
+                Err(anyhow::anyhow!(
+                    "the bench was interrupted by {signal}; nothing was measured"
+                ))
+            }
+        }
+    }
+
     /// The name of the first signal received.
-    pub async fn wait(&mut self) -> &'static str {
+    async fn wait(&mut self) -> &'static str {
         tokio::select! {
             _ = self.int.recv() => "SIGINT",
             _ = self.term.recv() => "SIGTERM",
         }
     }
-}
-
-/// The error an interrupted run ends with.
-pub fn interrupted(signal: &str) -> anyhow::Error {
-    anyhow::anyhow!("the bench was interrupted by {signal}; nothing was measured")
 }

@@ -361,8 +361,10 @@ async fn pipeline(config: &Config, args: &BenchArgs) -> anyhow::Result<PipelineR
             }
         },
     };
-    let result = tokio::select! {
-        result = pipeline_in(
+    // Interrupted, the run's processes are killed with it (`Member`'s `Drop`); the
+    // scratch goes as after any run.
+    let result = interrupt
+        .unless_interrupted(pipeline_in(
             config,
             args,
             &dir,
@@ -370,14 +372,8 @@ async fn pipeline(config: &Config, args: &BenchArgs) -> anyhow::Result<PipelineR
             redis_url.as_deref(),
             &namespace,
             wasm,
-        ) => result,
-        // The run's future is dropped: its processes are killed with it (`Member`'s
-        // `Drop`), its connections closed; then the scratch goes as after any run.
-        signal = interrupt.wait() => {
-            eprintln!("bench: {signal}: stopping the engine and removing what the run set up ...");
-            Err(interrupt::interrupted(signal))
-        }
-    };
+        ))
+        .await;
     scratch.clean().await;
     result
 }
@@ -603,6 +599,7 @@ async fn pipeline_in(
     let mut peak_rss_at_half: Option<Vec<u64>> = None;
     let mut seen = stall::Progress::default();
     let send_path = format!("/api/v1/campaigns/{id}/send");
+    let campaign_path = format!("/api/v1/campaigns/{id}");
     let answered = stall
         .bound(api.call(reqwest::Method::POST, &send_path, None, 202))
         .await;
@@ -649,7 +646,6 @@ async fn pipeline_in(
             continue;
         }
         last_poll = Instant::now();
-        let campaign_path = format!("/api/v1/campaigns/{id}");
         let poll = stall
             .bound(async {
                 if api.keep_logged_in().await? {
