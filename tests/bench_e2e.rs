@@ -499,6 +499,19 @@ async fn an_interrupted_fleet_run_drops_its_database_and_queue_keys() {
         keys.len(),
         keys.first()
     );
+    let queues: Vec<String> = redis::cmd("ZRANGE")
+        .arg("core:apalis:queues:list")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .expect("apalis's queue registry");
+    let prefix = format!("mailing_bench_{bench}_");
+    let left: Vec<&String> = queues.iter().filter(|q| q.starts_with(&prefix)).collect();
+    assert!(
+        left.is_empty(),
+        "queues left in apalis's registry: {left:?}"
+    );
 }
 
 #[test]

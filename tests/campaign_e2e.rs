@@ -108,6 +108,50 @@ async fn thousand_subscribers_become_thousand_eml_files_on_a_postgres_redis_flee
     backend.cleanup().await;
 }
 
+/// A fleet test that fails half-way leaves neither its database nor its queue behind:
+/// the backend cleans up when it is dropped, after the processes it served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fleet_test_leaves_no_database_or_queue_behind() {
+    let Some(backend) = Backend::fleet("fleet cleanup on failure").await else {
+        return;
+    };
+    let database = backend.pg_database.clone().expect("a database");
+    let queue = backend.queue_namespace.clone().expect("a queue namespace");
+    let (in_test, watched) = (database.clone(), queue.clone());
+    let failed = tokio::spawn(async move {
+        let api = Server::start("api", &backend, &[]).await;
+        let _worker = Server::start_in(&api.dir, "worker", &backend, &[]).await;
+        // The worker has registered its queues: there is something to leave behind.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, keys, queues) = support::fleet_leftovers(&in_test, &watched).await;
+            if !keys.is_empty() && !queues.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the worker registered no queue"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("this test fails on purpose with its processes running");
+    })
+    .await;
+    assert!(failed.is_err_and(|e| e.is_panic()));
+    let (exists, keys, queues) = support::fleet_leftovers(&database, &queue).await;
+    assert!(!exists, "the database {} was left behind", database.1);
+    assert!(
+        keys.is_empty(),
+        "{} keys left, e.g. {:?}",
+        keys.len(),
+        keys.first()
+    );
+    assert!(
+        queues.is_empty(),
+        "queues left in apalis's registry: {queues:?}"
+    );
+}
+
 async fn smtp_campaign(backend: &Backend, command: &str) {
     let sink = SmtpSink::start();
     let server = Server::start(command, backend, &sink.env()).await;

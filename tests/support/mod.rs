@@ -46,13 +46,18 @@ fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// Where the store and the queue live for a test.
-#[derive(Debug, Clone)]
+/// Where the store and the queue live for a test. A fleet backend's database and queue
+/// keys are removed by [`Backend::cleanup`] and again when it is dropped: a test that
+/// failed half-way, or a process that wrote after the cleanup, leaves nothing behind.
+/// Declared before the test's [`Server`]s, it drops after them, once they are stopped.
+#[derive(Debug)]
 pub struct Backend {
     /// Extra environment for the binary.
     pub env: Vec<(String, String)>,
-    /// The PostgreSQL database to drop at the end, if any.
+    /// The PostgreSQL database to drop at the end, if any: (the server's URL, the name).
     pub pg_database: Option<(String, String)>,
+    /// The Redis keys to delete at the end, if any: (the server's URL, the namespace).
+    pub queue_namespace: Option<(String, String)>,
     /// Human name for messages.
     pub name: &'static str,
 }
@@ -63,6 +68,7 @@ impl Backend {
         Backend {
             env: Vec::new(),
             pg_database: None,
+            queue_namespace: None,
             name: "sqlite",
         }
     }
@@ -137,18 +143,21 @@ impl Backend {
             .map(|(b, _)| b.to_owned())
             .unwrap_or(pg.clone());
         let url = format!("{base}/{db}");
+        let namespace = unique("mailing_test");
         Some(Backend {
             env: vec![
                 ("DATABASE_URL".into(), url),
-                ("REDIS_URL".into(), redis_url),
-                ("QUEUE_NAMESPACE".into(), unique("mailing_test")),
+                ("REDIS_URL".into(), redis_url.clone()),
+                ("QUEUE_NAMESPACE".into(), namespace.clone()),
             ],
             pg_database: Some((pg, db)),
+            queue_namespace: Some((redis_url, namespace)),
             name: "postgres+redis",
         })
     }
 
-    /// Drops the test database (best effort).
+    /// Drops the test database and deletes the namespace's Redis keys (best effort,
+    /// idempotent).
     pub async fn cleanup(&self) {
         if let Some((admin_url, db)) = &self.pg_database {
             use sqlx::Connection;
@@ -160,6 +169,124 @@ impl Backend {
                 .await;
             }
         }
+        if let Some((url, namespace)) = &self.queue_namespace {
+            delete_redis_namespace(url, namespace).await;
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if self.pg_database.is_none() && self.queue_namespace.is_none() {
+            return;
+        }
+        // This may run inside the test's runtime, which cannot be blocked on, so clean
+        // up on a thread of its own.
+        let this = &*self;
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(this.cleanup()),
+                    Err(e) => eprintln!("could not clean up the test backend: {e}"),
+                }
+            });
+        });
+    }
+}
+
+/// What a fleet backend left behind: whether its database exists, its namespace's Redis
+/// keys, and its queues in apalis's registry.
+pub async fn fleet_leftovers(
+    (admin_url, database): &(String, String),
+    (redis_url, namespace): &(String, String),
+) -> (bool, Vec<String>, Vec<String>) {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(admin_url)
+        .await
+        .expect("PostgreSQL");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut admin)
+            .await
+            .expect("pg_database");
+    let _ = admin.close().await;
+    let mut redis = redis::Client::open(redis_url.as_str())
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{namespace}*"))
+        .query_async(&mut redis)
+        .await
+        .expect("KEYS");
+    let queues: Vec<String> = redis::cmd("ZRANGE")
+        .arg(APALIS_QUEUE_REGISTRY)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut redis)
+        .await
+        .expect("ZRANGE");
+    let prefix = format!("{namespace}:");
+    let queues = queues
+        .into_iter()
+        .filter(|q| q.starts_with(&prefix))
+        .collect();
+    (exists, keys, queues)
+}
+
+/// The sorted set in which apalis-redis lists the queues of every namespace.
+const APALIS_QUEUE_REGISTRY: &str = "core:apalis:queues:list";
+
+/// Deletes every Redis key of a queue namespace, and its queues from apalis's registry
+/// (best effort).
+pub async fn delete_redis_namespace(url: &str, namespace: &str) {
+    let Ok(client) = redis::Client::open(url) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return;
+    };
+    let mut cursor: u64 = 0;
+    loop {
+        let answer: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("*{namespace}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await;
+        let Ok((next, keys)) = answer else { return };
+        if !keys.is_empty() {
+            let _: Result<u64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    // apalis-redis also lists every queue it registers a worker for in one sorted set
+    // that all namespaces share (`core:apalis:queues:list`): take this namespace's out.
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(APALIS_QUEUE_REGISTRY)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    let prefix = format!("{namespace}:");
+    let ours: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
+    if !ours.is_empty() {
+        let _: Result<u64, _> = redis::cmd("ZREM")
+            .arg(APALIS_QUEUE_REGISTRY)
+            .arg(&ours)
+            .query_async(&mut conn)
+            .await;
     }
 }
 

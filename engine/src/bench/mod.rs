@@ -254,7 +254,11 @@ async fn drop_postgres(admin_url: &str, name: &str) {
     }
 }
 
-/// Deletes every Redis key of the bench's queue namespace.
+/// The sorted set in which apalis-redis lists the queues of every namespace.
+const APALIS_QUEUE_REGISTRY: &str = "core:apalis:queues:list";
+
+/// Deletes every Redis key of the bench's queue namespace, and its queues from apalis's
+/// registry.
 async fn clear_redis_namespace(url: &str, namespace: &str) {
     let Ok(client) = redis::Client::open(url) else {
         return;
@@ -277,9 +281,27 @@ async fn clear_redis_namespace(url: &str, namespace: &str) {
             let _: Result<u64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
         }
         if next == 0 {
-            return;
+            break;
         }
         cursor = next;
+    }
+    // apalis-redis also lists every queue it registers a worker for in one sorted set
+    // that all namespaces share (`core:apalis:queues:list`): take this namespace's out.
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(APALIS_QUEUE_REGISTRY)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    let prefix = format!("{namespace}:");
+    let ours: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
+    if !ours.is_empty() {
+        let _: Result<u64, _> = redis::cmd("ZREM")
+            .arg(APALIS_QUEUE_REGISTRY)
+            .arg(&ours)
+            .query_async(&mut conn)
+            .await;
     }
 }
 

@@ -208,10 +208,18 @@ pub(crate) async fn on_both_databases(test: &str, check: impl AsyncFn(&Store)) {
 /// later migration does to the data an earlier schema held.
 #[cfg(test)]
 pub(crate) async fn on_both_databases_at(test: &str, version: i64, check: impl AsyncFn(&Store)) {
+    use futures::FutureExt as _;
     check(&memory_store_at(version).await).await;
     if let Some((store, admin, name)) = postgres_scratch(test, version).await {
-        check(&store).await;
+        // A failing check panics: drop the scratch database first, then fail as it did,
+        // so failed runs leave no `mailing_unit_*` database behind.
+        let checked = std::panic::AssertUnwindSafe(check(&store))
+            .catch_unwind()
+            .await;
         drop_scratch(store, &admin, &name).await;
+        if let Err(panic) = checked {
+            std::panic::resume_unwind(panic);
+        }
     }
 }
 
@@ -655,6 +663,47 @@ mod tests {
             .await
             .expect("the pool replaced the dead connection");
         assert_ne!(first, second);
+    }
+
+    /// A check that fails on PostgreSQL still has its scratch database dropped, and the
+    /// failure reaches the test as the check's own panic.
+    #[tokio::test]
+    async fn a_failing_check_leaves_no_scratch_database() {
+        use futures::FutureExt as _;
+        let test = "a_failing_check_leaves_no_scratch_database";
+        let scratch = std::sync::Mutex::new(None::<String>);
+        let failed = std::panic::AssertUnwindSafe(on_both_databases(test, async |store| {
+            if store.backend() == Backend::Postgres {
+                let name: String = sqlx::query_scalar("SELECT CAST(current_database() AS TEXT)")
+                    .fetch_one(store.pool())
+                    .await
+                    .expect("the scratch database's name");
+                *scratch.lock().expect("the name's lock") = Some(name);
+                panic!("the check failed on purpose");
+            }
+        }))
+        .catch_unwind()
+        .await;
+        let Some(name) = scratch.lock().expect("the name's lock").take() else {
+            // PostgreSQL unreachable outside CI: skipped, as `on_both_databases` said.
+            assert!(failed.is_ok(), "the SQLite pass does not fail");
+            return;
+        };
+        let panic = failed.expect_err("the check's panic reaches the caller");
+        assert_eq!(
+            panic.downcast_ref::<&str>().copied(),
+            Some("the check failed on purpose")
+        );
+        assert!(name.starts_with("mailing_unit_"), "{name}");
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&test_postgres_url())
+            .await
+            .expect("the server");
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_database WHERE datname = $1")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .expect("pg_database");
+        assert_eq!(left, 0, "the scratch database {name} was left behind");
     }
 
     #[test]
