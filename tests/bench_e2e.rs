@@ -483,34 +483,17 @@ async fn an_interrupted_fleet_run_drops_its_database_and_queue_keys() {
             .expect("the databases");
     let _ = admin.close().await;
     assert!(databases.is_empty(), "left behind: {databases:?}");
-    let mut redis = redis::Client::open(redis_url.as_str())
-        .expect("a Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("mailing_bench_{bench}_*"))
-        .query_async(&mut redis)
-        .await
-        .expect("KEYS");
+    let (keys, queues) =
+        support::queue_leftovers(&redis_url, &format!("mailing_bench_{bench}_")).await;
     assert!(
         keys.is_empty(),
         "{} keys left, e.g. {:?}",
         keys.len(),
         keys.first()
     );
-    let queues: Vec<String> = redis::cmd("ZRANGE")
-        .arg("core:apalis:queues:list")
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut redis)
-        .await
-        .expect("apalis's queue registry");
-    let prefix = format!("mailing_bench_{bench}_");
-    let left: Vec<&String> = queues.iter().filter(|q| q.starts_with(&prefix)).collect();
     assert!(
-        left.is_empty(),
-        "queues left in apalis's registry: {left:?}"
+        queues.is_empty(),
+        "queues left in apalis's registry: {queues:?}"
     );
 }
 

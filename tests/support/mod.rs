@@ -169,8 +169,10 @@ impl Backend {
                 .await;
             }
         }
-        if let Some((url, namespace)) = &self.queue_namespace {
-            delete_redis_namespace(url, namespace).await;
+        if let Some((url, namespace)) = &self.queue_namespace
+            && let Err(e) = mailing_jobs::queue::remove_redis_namespace(url, namespace).await
+        {
+            eprintln!("could not remove the test's queue namespace {namespace}: {e}");
         }
     }
 }
@@ -197,8 +199,8 @@ impl Drop for Backend {
     }
 }
 
-/// What a fleet backend left behind: whether its database exists, its namespace's Redis
-/// keys, and its queues in apalis's registry.
+/// What a fleet backend left behind: whether its database exists, then
+/// [`queue_leftovers`] of its namespace.
 pub async fn fleet_leftovers(
     (admin_url, database): &(String, String),
     (redis_url, namespace): &(String, String),
@@ -214,80 +216,35 @@ pub async fn fleet_leftovers(
             .await
             .expect("pg_database");
     let _ = admin.close().await;
-    let mut redis = redis::Client::open(redis_url.as_str())
+    let (keys, queues) = queue_leftovers(redis_url, &format!("{namespace}:")).await;
+    (exists, keys, queues)
+}
+
+/// The Redis keys whose names start with `prefix`, and the queues in apalis-redis's
+/// registry that do.
+pub async fn queue_leftovers(redis_url: &str, prefix: &str) -> (Vec<String>, Vec<String>) {
+    let mut redis = redis::Client::open(redis_url)
         .expect("a Redis URL")
         .get_multiplexed_async_connection()
         .await
         .expect("Redis");
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("*{namespace}*"))
+        .arg(format!("{prefix}*"))
         .query_async(&mut redis)
         .await
         .expect("KEYS");
     let queues: Vec<String> = redis::cmd("ZRANGE")
-        .arg(APALIS_QUEUE_REGISTRY)
+        .arg(mailing_jobs::queue::APALIS_REDIS_QUEUE_REGISTRY)
         .arg(0)
         .arg(-1)
         .query_async(&mut redis)
         .await
-        .expect("ZRANGE");
-    let prefix = format!("{namespace}:");
+        .expect("apalis's queue registry");
     let queues = queues
         .into_iter()
-        .filter(|q| q.starts_with(&prefix))
+        .filter(|q| q.starts_with(prefix))
         .collect();
-    (exists, keys, queues)
-}
-
-/// The sorted set in which apalis-redis lists the queues of every namespace.
-const APALIS_QUEUE_REGISTRY: &str = "core:apalis:queues:list";
-
-/// Deletes every Redis key of a queue namespace, and its queues from apalis's registry
-/// (best effort).
-pub async fn delete_redis_namespace(url: &str, namespace: &str) {
-    let Ok(client) = redis::Client::open(url) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let mut cursor: u64 = 0;
-    loop {
-        let answer: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("*{namespace}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await;
-        let Ok((next, keys)) = answer else { return };
-        if !keys.is_empty() {
-            let _: Result<u64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    // apalis-redis also lists every queue it registers a worker for in one sorted set
-    // that all namespaces share (`core:apalis:queues:list`): take this namespace's out.
-    let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(APALIS_QUEUE_REGISTRY)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    let prefix = format!("{namespace}:");
-    let ours: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
-    if !ours.is_empty() {
-        let _: Result<u64, _> = redis::cmd("ZREM")
-            .arg(APALIS_QUEUE_REGISTRY)
-            .arg(&ours)
-            .query_async(&mut conn)
-            .await;
-    }
+    (keys, queues)
 }
 
 /// A running `mailing` process.

@@ -254,57 +254,6 @@ async fn drop_postgres(admin_url: &str, name: &str) {
     }
 }
 
-/// The sorted set in which apalis-redis lists the queues of every namespace.
-const APALIS_QUEUE_REGISTRY: &str = "core:apalis:queues:list";
-
-/// Deletes every Redis key of the bench's queue namespace, and its queues from apalis's
-/// registry.
-async fn clear_redis_namespace(url: &str, namespace: &str) {
-    let Ok(client) = redis::Client::open(url) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let mut cursor: u64 = 0;
-    loop {
-        let answer: Result<(u64, Vec<String>), _> = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("*{namespace}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await;
-        let Ok((next, keys)) = answer else { return };
-        if !keys.is_empty() {
-            let _: Result<u64, _> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        }
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
-    // apalis-redis also lists every queue it registers a worker for in one sorted set
-    // that all namespaces share (`core:apalis:queues:list`): take this namespace's out.
-    let members: Vec<String> = redis::cmd("ZRANGE")
-        .arg(APALIS_QUEUE_REGISTRY)
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap_or_default();
-    let prefix = format!("{namespace}:");
-    let ours: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
-    if !ours.is_empty() {
-        let _: Result<u64, _> = redis::cmd("ZREM")
-            .arg(APALIS_QUEUE_REGISTRY)
-            .arg(&ours)
-            .query_async(&mut conn)
-            .await;
-    }
-}
-
 /// Everything a run set up, to be taken down whatever happens.
 struct Scratch {
     dir: PathBuf,
@@ -325,8 +274,10 @@ impl Scratch {
         if let Some((admin, name)) = &self.postgres {
             drop_postgres(admin, name).await;
         }
-        if let Some((url, namespace)) = &self.redis {
-            clear_redis_namespace(url, namespace).await;
+        if let Some((url, namespace)) = &self.redis
+            && let Err(e) = mailing_jobs::queue::remove_redis_namespace(url, namespace).await
+        {
+            eprintln!("bench: could not remove the queue namespace {namespace}: {e}");
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -427,6 +427,54 @@ impl Queue {
     }
 }
 
+/// The sorted set in which apalis-redis lists the queue of every worker it registers,
+/// shared by all namespaces on one Redis (apalis-redis 1.0, `register_worker.lua`).
+pub const APALIS_REDIS_QUEUE_REGISTRY: &str = "core:apalis:queues:list";
+
+/// Removes everything a namespace (`QUEUE_NAMESPACE`) holds in Redis: every key under
+/// `{namespace}:` (the queues' jobs, rate limits, login counts) and its queues in
+/// apalis-redis's shared registry. For scratch namespaces (the bench's and the tests'),
+/// once their processes have stopped; a deployment's namespace holds its jobs.
+pub async fn remove_redis_namespace(url: &str, namespace: &str) -> Result<(), QueueError> {
+    let mut conn = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{namespace}:*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            let _: u64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
+        }
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let members: Vec<String> = redis::cmd("ZRANGE")
+        .arg(APALIS_REDIS_QUEUE_REGISTRY)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await?;
+    let prefix = format!("{namespace}:");
+    let ours: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
+    if !ours.is_empty() {
+        let _: u64 = redis::cmd("ZREM")
+            .arg(APALIS_REDIS_QUEUE_REGISTRY)
+            .arg(&ours)
+            .query_async(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
+
 fn push_error(e: impl std::fmt::Display) -> QueueError {
     QueueError::Push(e.to_string())
 }
