@@ -483,18 +483,7 @@ async fn an_interrupted_fleet_run_drops_its_database_and_queue_keys() {
             .expect("the databases");
     let _ = admin.close().await;
     assert!(databases.is_empty(), "left behind: {databases:?}");
-    let (keys, queues) =
-        support::queue_leftovers(&redis_url, &format!("mailing_bench_{bench}_")).await;
-    assert!(
-        keys.is_empty(),
-        "{} keys left, e.g. {:?}",
-        keys.len(),
-        keys.first()
-    );
-    assert!(
-        queues.is_empty(),
-        "queues left in apalis's registry: {queues:?}"
-    );
+    support::assert_no_queue_left(&redis_url, &format!("mailing_bench_{bench}_")).await;
 }
 
 #[test]

@@ -220,6 +220,21 @@ pub async fn fleet_leftovers(
     (exists, keys, queues)
 }
 
+/// Fails if a Redis key, or a queue in apalis-redis's registry, starts with `prefix`.
+pub async fn assert_no_queue_left(redis_url: &str, prefix: &str) {
+    let (keys, queues) = queue_leftovers(redis_url, prefix).await;
+    assert!(
+        keys.is_empty(),
+        "{} keys left, e.g. {:?}",
+        keys.len(),
+        keys.first()
+    );
+    assert!(
+        queues.is_empty(),
+        "queues left in apalis's registry: {queues:?}"
+    );
+}
+
 /// The Redis keys whose names start with `prefix`, and the queues in apalis-redis's
 /// registry that do.
 pub async fn queue_leftovers(redis_url: &str, prefix: &str) -> (Vec<String>, Vec<String>) {
