@@ -439,9 +439,10 @@ pub async fn remove_redis_namespace(url: &str, namespace: &str) -> Result<(), Qu
     let mut conn = redis::Client::open(url)?
         .get_multiplexed_async_connection()
         .await?;
+    let prefix = format!("{namespace}:");
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+        let (next, mut keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(format!("{namespace}:*"))
@@ -449,6 +450,8 @@ pub async fn remove_redis_namespace(url: &str, namespace: &str) -> Result<(), Qu
             .arg(1000)
             .query_async(&mut conn)
             .await?;
+        // MATCH is a glob: keep only what truly starts with the namespace.
+        keys.retain(|k| k.starts_with(&prefix));
         if !keys.is_empty() {
             let _: u64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await?;
         }
@@ -463,7 +466,6 @@ pub async fn remove_redis_namespace(url: &str, namespace: &str) -> Result<(), Qu
         .arg(-1)
         .query_async(&mut conn)
         .await?;
-    let prefix = format!("{namespace}:");
     let ours: Vec<&String> = members.iter().filter(|m| m.starts_with(&prefix)).collect();
     if !ours.is_empty() {
         let _: u64 = redis::cmd("ZREM")
