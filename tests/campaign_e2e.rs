@@ -117,14 +117,15 @@ async fn a_failed_fleet_test_leaves_no_database_or_queue_behind() {
     };
     let database = backend.pg_database.clone().expect("a database");
     let queue = backend.queue_namespace.clone().expect("a queue namespace");
-    let (in_test, watched) = (database.clone(), queue.clone());
+    let prefix = format!("{}:", queue.1);
+    let (redis_url, watched) = (queue.0.clone(), prefix.clone());
     let failed = tokio::spawn(async move {
         let api = Server::start("api", &backend, &[]).await;
         let _worker = Server::start_in(&api.dir, "worker", &backend, &[]).await;
         // The worker has registered its queues: there is something to leave behind.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let (_, keys, queues) = support::fleet_leftovers(&in_test, &watched).await;
+            let (keys, queues) = support::queue_leftovers(&redis_url, &watched).await;
             if !keys.is_empty() && !queues.is_empty() {
                 break;
             }
@@ -138,9 +139,12 @@ async fn a_failed_fleet_test_leaves_no_database_or_queue_behind() {
     })
     .await;
     assert!(failed.is_err_and(|e| e.is_panic()));
-    let (exists, _, _) = support::fleet_leftovers(&database, &queue).await;
-    assert!(!exists, "the database {} was left behind", database.1);
-    support::assert_no_queue_left(&queue.0, &format!("{}:", queue.1)).await;
+    assert!(
+        !support::database_exists(&database).await,
+        "the database {} was left behind",
+        database.1
+    );
+    support::assert_no_queue_left(&queue.0, &prefix).await;
 }
 
 async fn smtp_campaign(backend: &Backend, command: &str) {

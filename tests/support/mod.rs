@@ -199,25 +199,19 @@ impl Drop for Backend {
     }
 }
 
-/// What a fleet backend left behind: whether its database exists, then
-/// [`queue_leftovers`] of its namespace.
-pub async fn fleet_leftovers(
-    (admin_url, database): &(String, String),
-    (redis_url, namespace): &(String, String),
-) -> (bool, Vec<String>, Vec<String>) {
+/// Whether a fleet backend's database, (the server's URL, its name), exists.
+pub async fn database_exists((admin_url, database): &(String, String)) -> bool {
     use sqlx::Connection;
     let mut admin = sqlx::PgConnection::connect(admin_url)
         .await
         .expect("PostgreSQL");
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(database)
-            .fetch_one(&mut admin)
-            .await
-            .expect("pg_database");
+    let exists = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(database)
+        .fetch_one(&mut admin)
+        .await
+        .expect("pg_database");
     let _ = admin.close().await;
-    let (keys, queues) = queue_leftovers(redis_url, &format!("{namespace}:")).await;
-    (exists, keys, queues)
+    exists
 }
 
 /// Fails if a Redis key, or a queue in apalis-redis's registry, starts with `prefix`.

@@ -431,13 +431,10 @@ async fn count_existing(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     chunk: &[(String, Option<String>, String)],
 ) -> Result<u64, StoreError> {
-    let mut find =
-        String::from("SELECT COUNT(*) FROM subscribers WHERE workspace_id = $1 AND email IN (");
-    for i in 0..chunk.len() {
-        find.push_str(if i == 0 { "" } else { ", " });
-        find.push_str(&format!("${}", i + 2));
-    }
-    find.push(')');
+    let find = format!(
+        "SELECT COUNT(*) FROM subscribers WHERE workspace_id = $1 AND email IN ({})",
+        super::placeholders(2, chunk.len())
+    );
     let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(find)).bind(DEFAULT_WORKSPACE);
     for (email, _, _) in chunk {
         query = query.bind(email);
@@ -508,29 +505,25 @@ mod tests {
         crate::store::on_both_databases(
             "imports_count_new_and_known_addresses_on_both_databases",
             async |store: &Store| {
+                // (new, known) as the import reports them.
+                let import = async |list: i64, range: std::ops::Range<usize>| {
+                    let report = store
+                        .add_subscribers(list, &addresses(range))
+                        .await
+                        .unwrap();
+                    (report.inserted, report.updated)
+                };
                 let first = store.create_list("First", None).await.unwrap();
-                let report = store
-                    .add_subscribers(first.id, &addresses(0..700))
-                    .await
-                    .unwrap();
-                assert_eq!((report.inserted, report.updated), (700, 0));
+                assert_eq!(import(first.id, 0..700).await, (700, 0));
 
                 // 600 known (100..700) and 500 new (700..1200), in chunks of 500 that mix
                 // them; a second list, so the memberships are all new.
                 let second = store.create_list("Second", None).await.unwrap();
-                let report = store
-                    .add_subscribers(second.id, &addresses(100..1200))
-                    .await
-                    .unwrap();
-                assert_eq!((report.inserted, report.updated), (500, 600));
+                assert_eq!(import(second.id, 100..1200).await, (500, 600));
                 assert_eq!(store.list(second.id).await.unwrap().subscriber_count, 1100);
 
                 // The same rows again: every one known, nothing new on either list.
-                let report = store
-                    .add_subscribers(second.id, &addresses(100..1200))
-                    .await
-                    .unwrap();
-                assert_eq!((report.inserted, report.updated), (0, 1100));
+                assert_eq!(import(second.id, 100..1200).await, (0, 1100));
                 assert_eq!(store.list(first.id).await.unwrap().subscriber_count, 700);
                 assert_eq!(store.list(second.id).await.unwrap().subscriber_count, 1100);
             },
