@@ -49,6 +49,9 @@ pub fn child_env(
         ("API_RATE_LIMIT_PER_USER", "0".into()),
         ("BACKUP_ENABLED", "false".into()),
         ("METRICS_ENABLED", "true".into()),
+        // Callers that scrape give each process a port of its own; a port inherited
+        // from the caller's environment would be taken by a running deployment.
+        ("PROMETHEUS_PORT", String::new()),
     ] {
         env.insert(k.to_owned(), v);
     }

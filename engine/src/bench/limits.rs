@@ -3,6 +3,7 @@
 //! one core, the queue backend's round trip for empty jobs, and how fast the sink takes
 //! messages from the real provider client.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -122,16 +123,28 @@ pub async fn sink_accept_per_sec(
     batch: Vec<Outgoing>,
     workers: usize,
     concurrency: usize,
+    fresh_keys: bool,
 ) -> anyhow::Result<f64> {
     let provider = Arc::new(provider);
-    let batch = Arc::new(batch);
     let accepted = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..workers.max(1) {
-        let (provider, batch, accepted) = (provider.clone(), batch.clone(), accepted.clone());
+    for task in 0..workers.max(1) {
+        let (provider, mut batch, accepted) = (provider.clone(), batch.clone(), accepted.clone());
         tasks.push(tokio::spawn(async move {
+            let mut round = 0u64;
             while started.elapsed() < MEASURE_FOR {
+                // With `fresh_keys`, new delivery keys every round, as a campaign's
+                // batches have: the HTTP sink answers a request whose Idempotency-Key it
+                // has seen without counting it, which is not the accepting it is here to
+                // measure. (The outbox keeps writing the same files.)
+                round += 1;
+                if fresh_keys {
+                    for (i, m) in batch.iter_mut().enumerate() {
+                        m.delivery_key.clear();
+                        let _ = write!(m.delivery_key, "sinkprobe-{task}-{round}-{i}");
+                    }
+                }
                 let results = provider.send_batch(&batch, concurrency).await;
                 if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
                     return Err(anyhow::anyhow!("the sink refused a message: {e}"));

@@ -38,6 +38,8 @@ use stall::StallClock;
 
 /// The most recipients a run accepts.
 pub const MAX_RECIPIENTS: usize = 10_000_000;
+/// The most engine processes a run starts.
+pub const MAX_WORKERS: usize = 64;
 /// Subscribers written per store transaction while seeding.
 const SEED_CHUNK: usize = 10_000;
 
@@ -86,60 +88,148 @@ pub enum BenchProvider {
     File,
 }
 
-/// `mailing bench` options.
+/// `mailing bench` options. The options of one mode are refused in the other (they
+/// would be silently ignored), so those without a value are `None` here and take their
+/// default in the accessor of the same name.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// What to measure.
     #[arg(long, value_enum, default_value = "pipeline")]
     pub mode: BenchMode,
-    /// Recipients of the campaign.
-    #[arg(long, default_value_t = 100_000)]
-    pub recipients: usize,
-    /// Store and queue.
-    #[arg(long, value_enum, default_value = "sqlite")]
-    pub backend: BenchBackend,
-    /// The example plugin to run on every batch.
-    #[arg(long, value_enum, default_value = "none")]
-    pub plugin: BenchPlugin,
+    /// Recipients of the campaign [default: 100000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_RECIPIENTS as u64))]
+    pub recipients: Option<u64>,
+    /// Store and queue [default: sqlite].
+    #[arg(long, value_enum)]
+    pub backend: Option<BenchBackend>,
+    /// The example plugin to run on every batch [default: none].
+    #[arg(long, value_enum)]
+    pub plugin: Option<BenchPlugin>,
     /// Where `trivial.wasm` and `greeting.wasm` are (default: `plugins/examples/dist`
     /// under the current directory or the binary's repository).
     #[arg(long)]
     pub plugins_dir: Option<PathBuf>,
-    /// Where messages go.
-    #[arg(long, value_enum, default_value = "sink")]
-    pub provider: BenchProvider,
-    /// Worker processes: with Redis, `mailing worker`s beside one `mailing api`; with
-    /// SQLite, `mailing worker`s beside the one `mailing serve` (1: serve alone).
-    #[arg(long, default_value_t = 1)]
-    pub workers: usize,
+    /// Where messages go [default: sink].
+    #[arg(long, value_enum)]
+    pub provider: Option<BenchProvider>,
+    /// Engine processes that run jobs [default: 1]: with SQLite, the one `mailing serve`
+    /// and N−1 `mailing worker`s beside it; with Redis, N `mailing worker`s beside one
+    /// `mailing api`.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_WORKERS as u64))]
+    pub workers: Option<u64>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
     /// Keep the temporary directory (logs, databases) and the PostgreSQL database.
     #[arg(long)]
     pub keep: bool,
-    /// `--mode api`: seconds `wrk` runs per endpoint.
-    #[arg(long, default_value_t = 10)]
-    pub duration: u64,
-    /// `--mode api`: `wrk` connections.
-    #[arg(long, default_value_t = 64)]
-    pub connections: u32,
+    /// `--mode api`: seconds `wrk` runs per endpoint [default: 10].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    pub duration: Option<u64>,
+    /// `--mode api`: `wrk` connections, shared by its two threads [default: 64].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    pub connections: Option<u32>,
     /// The engine processes' `LOG_LEVEL`. Spans obey it like log lines do, so `info`
     /// with an `OTEL_EXPORTER_OTLP_ENDPOINT` set measures the engine exporting traces.
     #[arg(long, default_value = "warn")]
     pub log_level: String,
     /// Report the run as FAILED once the campaign has stood still this many seconds (no
     /// recipient accepted, none newly recorded in the ledger, or the API unanswered),
-    /// with each process's log tail, instead of waiting for the run's time limit (180 s
-    /// and 1 s per 500 recipients). Between the engine's retries of a failing provider
-    /// (`RETRY_BACKOFF_SECS`, 30 s doubling up to 600 s) a run stands still: raise it to
-    /// wait those out.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
-    pub stall_seconds: u64,
+    /// with each process's log tail [default: 300]. Between the engine's retries of a
+    /// failing provider (`RETRY_BACKOFF_SECS`, 30 s doubling up to 600 s) a run stands
+    /// still: raise it to wait those out. The run's time limit (180 s and 1 s per 500
+    /// recipients) grows by as much.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub stall_seconds: Option<u64>,
+}
+
+impl BenchArgs {
+    /// `--recipients`.
+    pub fn recipients(&self) -> usize {
+        self.recipients.map_or(100_000, |n| n as usize)
+    }
+
+    /// `--backend`.
+    pub fn backend(&self) -> BenchBackend {
+        self.backend.unwrap_or(BenchBackend::Sqlite)
+    }
+
+    /// `--plugin`.
+    pub fn plugin(&self) -> BenchPlugin {
+        self.plugin.unwrap_or(BenchPlugin::None)
+    }
+
+    /// `--provider`.
+    pub fn provider(&self) -> BenchProvider {
+        self.provider.unwrap_or(BenchProvider::Sink)
+    }
+
+    /// `--workers`.
+    pub fn workers(&self) -> usize {
+        self.workers.map_or(1, |n| n as usize)
+    }
+
+    /// `--duration`.
+    pub fn duration(&self) -> u64 {
+        self.duration.unwrap_or(10)
+    }
+
+    /// `--connections`.
+    pub fn connections(&self) -> u32 {
+        self.connections.unwrap_or(64)
+    }
+
+    /// `--stall-seconds`.
+    pub fn stall_seconds(&self) -> u64 {
+        self.stall_seconds.unwrap_or(300)
+    }
+
+    /// Refuses the options the chosen mode does not use.
+    fn check_mode(&self) -> anyhow::Result<()> {
+        let given = |name: &'static str, set: bool| set.then_some(name);
+        let (mode, others): (&str, Vec<&str>) = match self.mode {
+            BenchMode::Pipeline => (
+                "pipeline",
+                [
+                    given("--duration", self.duration.is_some()),
+                    given("--connections", self.connections.is_some()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
+            BenchMode::Api => (
+                "api",
+                [
+                    given("--recipients", self.recipients.is_some()),
+                    given("--backend", self.backend.is_some()),
+                    given("--plugin", self.plugin.is_some()),
+                    given("--plugins-dir", self.plugins_dir.is_some()),
+                    given("--provider", self.provider.is_some()),
+                    given("--workers", self.workers.is_some()),
+                    given("--stall-seconds", self.stall_seconds.is_some()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ),
+        };
+        if !others.is_empty() {
+            bail!(
+                "{} {} not apply to --mode {mode} (--duration and --connections are for --mode \
+                 api; --recipients, --backend, --plugin, --plugins-dir, --provider, --workers \
+                 and --stall-seconds for --mode pipeline)",
+                others.join(", "),
+                if others.len() == 1 { "does" } else { "do" }
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Runs `mailing bench`.
 pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
+    args.check_mode()?;
     match args.mode {
         BenchMode::Pipeline => {
             let report = pipeline(config, &args).await?;
@@ -234,24 +324,45 @@ async fn fresh_postgres(url: &str) -> anyhow::Result<(String, String, String)> {
         .await
         .context("cannot create the bench database")?;
     let _ = admin.close().await;
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, format!("?{q}")),
-        None => (url, String::new()),
+    let fresh = match with_database(url, &name) {
+        Ok(fresh) => fresh,
+        Err(e) => {
+            drop_postgres(url, &name).await;
+            return Err(e);
+        }
     };
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    Ok((format!("{base}/{name}{query}"), url.to_owned(), name))
+    Ok((fresh, url.to_owned(), name))
 }
 
+/// `url` naming the database `name` instead of its own (or none), its user, host,
+/// port and parameters kept.
+fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
+    let mut parsed = reqwest::Url::parse(url)
+        .with_context(|| format!("DATABASE_URL is not a URL: {}", crate::config::mask(url)))?;
+    parsed.set_path(&format!("/{name}"));
+    Ok(parsed.into())
+}
+
+/// Drops the run's database (PostgreSQL 13 or later: `WITH (FORCE)` ends the
+/// connections a killed engine left), saying so when it cannot.
 async fn drop_postgres(admin_url: &str, name: &str) {
     use sqlx::Connection as _;
-    if let Ok(mut admin) = sqlx::PgConnection::connect(admin_url).await {
-        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+    let dropped = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut admin = sqlx::PgConnection::connect(admin_url).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
         )))
         .execute(&mut admin)
-        .await;
-        let _ = admin.close().await;
-    }
+        .await?;
+        admin.close().await
+    })
+    .await;
+    let why = match dropped {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "PostgreSQL did not answer within 30 s".to_owned(),
+    };
+    eprintln!("bench: could not drop the PostgreSQL database {name} ({why}); drop it by hand");
 }
 
 /// Everything a run set up, to be taken down whatever happens.
@@ -284,13 +395,7 @@ impl Scratch {
 }
 
 async fn pipeline(config: &Config, args: &BenchArgs) -> anyhow::Result<PipelineReport> {
-    if args.recipients == 0 || args.recipients > MAX_RECIPIENTS {
-        bail!("--recipients must be between 1 and {MAX_RECIPIENTS}");
-    }
-    if args.workers == 0 || args.workers > 64 {
-        bail!("--workers must be between 1 and 64");
-    }
-    let plugin = match args.plugin {
+    let plugin = match args.plugin() {
         BenchPlugin::None => None,
         BenchPlugin::Trivial => Some("trivial"),
         BenchPlugin::Greeting => Some("greeting"),
@@ -302,7 +407,7 @@ async fn pipeline(config: &Config, args: &BenchArgs) -> anyhow::Result<PipelineR
         }
         None => None,
     };
-    let redis_url = match args.backend {
+    let redis_url = match args.backend() {
         BenchBackend::Redis => Some(config.redis_url.clone().context(
             "--backend redis needs REDIS_URL (e.g. redis://127.0.0.1:6379) and a postgres:// DATABASE_URL",
         )?),
@@ -321,7 +426,7 @@ async fn pipeline(config: &Config, args: &BenchArgs) -> anyhow::Result<PipelineR
         postgres: None,
         redis: redis_url.clone().map(|u| (u, namespace.clone())),
     };
-    let database_url = match args.backend {
+    let database_url = match args.backend() {
         BenchBackend::Sqlite => format!("sqlite://{}/data/mailing.sqlite3", dir.display()),
         BenchBackend::Redis => match fresh_postgres(&config.database_url).await {
             Ok((url, admin, name)) => {
@@ -361,7 +466,7 @@ async fn pipeline_in(
     namespace: &str,
     wasm: Option<Vec<u8>>,
 ) -> anyhow::Result<PipelineReport> {
-    let n = args.recipients;
+    let n = args.recipients();
     let newsletter = audience::Newsletter::new();
     let quiet = |msg: &str| eprintln!("bench: {msg}");
 
@@ -391,7 +496,7 @@ async fn pipeline_in(
     let seed_seconds = seed_started.elapsed().as_secs_f64();
 
     // 2. The sink.
-    let sink = match args.provider {
+    let sink = match args.provider() {
         BenchProvider::Sink => Some(sink::start_http().await?),
         BenchProvider::SmtpSink => Some(sink::start_smtp().await?),
         BenchProvider::File => None,
@@ -420,7 +525,7 @@ async fn pipeline_in(
     };
     let queue_noop = limits::queue_noop_jobs_per_sec(&queue, config.worker_concurrency).await?;
     drop(queue);
-    let probe_provider = match (&sink, args.provider) {
+    let probe_provider = match (&sink, args.provider()) {
         (Some(s), BenchProvider::Sink) => Transport::Resend(ResendProvider::new(ResendConfig {
             api_key: sink::SINK_API_KEY.into(),
             base_url: s.address.clone(),
@@ -442,8 +547,9 @@ async fn pipeline_in(
     let sink_accept = limits::sink_accept_per_sec(
         probe_provider,
         batch,
-        config.worker_concurrency * args.workers,
+        config.worker_concurrency * args.workers(),
         config.send_concurrency,
+        args.provider() == BenchProvider::Sink,
     )
     .await?;
     if let Some(s) = &sink {
@@ -465,7 +571,7 @@ async fn pipeline_in(
         Some(url) => env.insert("REDIS_URL".into(), url.into()),
         None => env.insert("REDIS_URL".into(), String::new()),
     };
-    let provider_name = match (&sink, args.provider) {
+    let provider_name = match (&sink, args.provider()) {
         (Some(s), BenchProvider::Sink) => {
             env.insert("RESEND_API_KEY".into(), sink::SINK_API_KEY.into());
             env.insert("RESEND_API_URL".into(), s.address.clone());
@@ -488,16 +594,16 @@ async fn pipeline_in(
         }
     };
     let mut members: Vec<Member> = Vec::new();
-    let head = match args.backend {
+    let head = match args.backend() {
         BenchBackend::Sqlite => "serve",
         BenchBackend::Redis => "api",
     };
     members.push(fleet::spawn(head, dir, &env, 0)?);
     let mut api = Api::new(format!("http://127.0.0.1:{port}"))?;
     api.wait_healthy(&mut members[0]).await?;
-    let extra_workers = match args.backend {
-        BenchBackend::Sqlite => args.workers - 1,
-        BenchBackend::Redis => args.workers,
+    let extra_workers = match args.backend() {
+        BenchBackend::Sqlite => args.workers() - 1,
+        BenchBackend::Redis => args.workers(),
     };
     for i in 0..extra_workers {
         let mut worker_env = env.clone();
@@ -508,7 +614,7 @@ async fn pipeline_in(
         members.push(fleet::spawn("worker", dir, &worker_env, i + 1)?);
     }
     api.login().await?;
-    let plugins = match (&wasm, args.plugin) {
+    let plugins = match (&wasm, args.plugin()) {
         (Some(bytes), choice) => {
             let name = format!("{choice:?}").to_ascii_lowercase();
             let id = api.upload_plugin(&name, bytes.clone()).await?;
@@ -560,8 +666,10 @@ async fn pipeline_in(
     quiet(&format!("sending campaign {id} to {n} recipients ..."));
     let cpu_before: Vec<u64> = members.iter().map(|m| probe::cpu_ms(m.pid())).collect();
     let started = Instant::now();
-    let mut stall = StallClock::new(Duration::from_secs(args.stall_seconds));
-    let timeout = Duration::from_secs(180 + (n / 500) as u64);
+    let mut stall = StallClock::new(Duration::from_secs(args.stall_seconds()));
+    // A run that keeps moving may take this long; one that stands still is reported by
+    // the stall clock first.
+    let timeout = Duration::from_secs(180 + (n / 500) as u64 + args.stall_seconds());
     let outbox = dir.join("data/outbox");
     let progress = Progress::new(n);
     let mut last_poll = Instant::now();
@@ -577,12 +685,13 @@ async fn pipeline_in(
         .bound(api.call(reqwest::Method::POST, &send_path, None, 202))
         .await;
     let mut stalled = match answered {
-        Some(answer) => {
-            answer?;
-            None
-        }
+        Some(Ok(_)) => None,
+        Some(Err(e)) => bail!("{e:#}{}", log_tails(&members)),
         None => Some(format!("POST {send_path} went unanswered")),
     };
+    // The last poll's error: an engine that answers badly is waited for like one that
+    // does not answer (until the stall clock runs out), and the report says why.
+    let mut last_error: Option<String> = None;
     let mut final_campaign = Value::Null;
     while stalled.is_none() {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -609,11 +718,13 @@ async fn pipeline_in(
         }
         // The campaign answer counts the campaign's ledger (a scan of N rows), which would
         // load the engine we measure: with a sink, ask once it has everything (and every
-        // 15 s, to notice a paused or failed campaign); with the outbox, every 2 s.
+        // 15 s, to notice a paused or failed campaign); with the outbox, a quarter of the
+        // time the ledger's pace says is left, between 0.1 and 2 s, so the end is seen
+        // within 0.1 s and a long run is not read every 0.1 s.
         let every = match &sink {
             Some(_) if seen.accepted >= n as u64 => Duration::from_millis(100),
             Some(_) => Duration::from_secs(15),
-            None => Duration::from_secs(2),
+            None => outbox_poll_interval(seen.recorded, n as u64, started.elapsed()),
         };
         if last_poll.elapsed() < every {
             continue;
@@ -632,7 +743,14 @@ async fn pipeline_in(
             stalled = Some(format!("GET {campaign_path} went unanswered"));
             break;
         };
-        let body = body?;
+        let body = match body {
+            Ok(body) => body,
+            Err(e) => {
+                last_error = Some(format!("{e:#}"));
+                continue;
+            }
+        };
+        last_error = None;
         seen.recorded = body["stats"]["sent"].as_u64().unwrap_or(seen.recorded);
         // The campaign may end at this poll, before the next turn reads the mark.
         mark_half_way(&mut peak_rss_at_half, seen.recorded, n, &members);
@@ -650,7 +768,9 @@ async fn pipeline_in(
         }
         if started.elapsed() > timeout {
             failures.push(format!(
-                "the campaign did not finish within {timeout:?}: {final_campaign}"
+                "the campaign did not finish within {} s: {final_campaign}{}",
+                timeout.as_secs(),
+                log_tails(&members)
             ));
             break;
         }
@@ -661,20 +781,17 @@ async fn pipeline_in(
         } else {
             format!("{} sent in the ledger at the last look", seen.recorded)
         };
-        let mut failure = format!(
-            "the run stalled: {what} for {} s ({} of {n} recipients accepted, {ledger}); \
-             raise --stall-seconds if the engine was only waiting out a retry",
+        let answer = match &last_error {
+            Some(e) => format!("; the last request failed: {e}"),
+            None => String::new(),
+        };
+        failures.push(format!(
+            "the run stalled: {what} for {} s ({} of {n} recipients accepted, {ledger}{answer}); \
+             raise --stall-seconds if the engine was only waiting out a retry{}",
             stall.window().as_secs(),
             seen.accepted,
-        );
-        for m in &members {
-            failure.push_str(&format!(
-                "\n`mailing {}`'s log ends:\n{}",
-                m.role,
-                m.log_tail()
-            ));
-        }
-        failures.push(failure);
+            log_tails(&members)
+        ));
     }
     let seconds = started.elapsed().as_secs_f64();
     progress.finish();
@@ -765,8 +882,8 @@ async fn pipeline_in(
 
     // 6. The ledger check.
     let stats = &final_campaign["stats"];
-    let (sink_accepted, sink_distinct) = match &sink {
-        Some(s) => (s.tally.accepted(), s.tally.distinct()),
+    let (sink_accepted, sink_distinct, sink_replayed) = match &sink {
+        Some(s) => (s.tally.accepted(), s.tally.distinct(), s.tally.replayed()),
         None => {
             let files = std::fs::read_dir(&outbox)
                 .map(|d| {
@@ -775,7 +892,9 @@ async fn pipeline_in(
                         .count()
                 })
                 .unwrap_or(0) as u64;
-            (files, files)
+            // The outbox names each file by its delivery key: a message written twice
+            // is one file, so it can show no duplicate.
+            (files, files, 0)
         }
     };
     let ledger = Ledger {
@@ -784,32 +903,17 @@ async fn pipeline_in(
         failed: stats["failed"].as_i64().unwrap_or(-1),
         sink_accepted,
         sink_distinct,
+        sink_replayed,
         campaign_status: final_campaign["status"]
             .as_str()
             .unwrap_or_default()
             .to_owned(),
     };
-    let n64 = n as i64;
-    if final_campaign.is_null() {
-        failures.push("the campaign's ledger was never read: its API did not answer".into());
-    } else if ledger.total != n64 || ledger.sent != n64 {
-        failures.push(format!(
-            "the campaign's ledger shows sent {} of total {} (expected {n} of {n})",
-            ledger.sent, ledger.total
-        ));
-    }
-    if ledger.sink_distinct != n as u64 {
-        failures.push(format!(
-            "the sink counted {} distinct recipients (expected {n})",
-            ledger.sink_distinct
-        ));
-    }
-    if ledger.sink_accepted < n as u64 {
-        failures.push(format!(
-            "the sink accepted {} messages (expected {n})",
-            ledger.sink_accepted
-        ));
-    }
+    failures.extend(ledger_failures(
+        n as u64,
+        &ledger,
+        !final_campaign.is_null(),
+    ));
 
     let emails_per_sec = n as f64 / seconds.max(1e-9);
     let queue_noop_emails = queue_noop * f64::from(config.batch_size);
@@ -831,14 +935,14 @@ async fn pipeline_in(
     Ok(PipelineReport {
         status: if failures.is_empty() { "ok" } else { "FAILED" },
         failures,
-        backend: format!("{:?}", args.backend).to_ascii_lowercase(),
-        provider: match args.provider {
+        backend: format!("{:?}", args.backend()).to_ascii_lowercase(),
+        provider: match args.provider() {
             BenchProvider::Sink => "sink".into(),
             BenchProvider::SmtpSink => "smtp-sink".into(),
             BenchProvider::File => "file".into(),
         },
-        plugin: format!("{:?}", args.plugin).to_ascii_lowercase(),
-        workers: args.workers,
+        plugin: format!("{:?}", args.plugin()).to_ascii_lowercase(),
+        workers: args.workers(),
         recipients: n,
         seed_seconds,
         seconds,
@@ -867,6 +971,65 @@ async fn pipeline_in(
         cpu_per_message_in_renders: cpu_ms_per_1k * render_only / 1e6,
         ledger,
     })
+}
+
+/// What is wrong with a run whose campaign had `n` recipients, by its ledger and its
+/// sink: every recipient `sent` in the ledger, and the sink accepted each exactly once
+/// (a request the engine retried with the same `Idempotency-Key` is answered, as Resend
+/// answers it, without counting its messages again). `ledger_read` is false when the
+/// campaign's API never answered.
+fn ledger_failures(n: u64, ledger: &Ledger, ledger_read: bool) -> Vec<String> {
+    let mut failures = Vec::new();
+    let expected = i64::try_from(n).unwrap_or(i64::MAX);
+    if !ledger_read {
+        failures.push("the campaign's ledger was never read: its API did not answer".into());
+    } else if ledger.total != expected || ledger.sent != expected {
+        failures.push(format!(
+            "the campaign's ledger shows sent {} of total {} (expected {n} of {n})",
+            ledger.sent, ledger.total
+        ));
+    }
+    if ledger.sink_distinct != n {
+        failures.push(format!(
+            "the sink counted {} distinct recipients (expected {n})",
+            ledger.sink_distinct
+        ));
+    }
+    if ledger.sink_accepted < n {
+        failures.push(format!(
+            "the sink accepted {} messages (expected {n})",
+            ledger.sink_accepted
+        ));
+    } else if ledger.sink_accepted > ledger.sink_distinct {
+        failures.push(format!(
+            "the sink accepted {} messages for {} distinct recipients: {} sent more than once",
+            ledger.sink_accepted,
+            ledger.sink_distinct,
+            ledger.sink_accepted - ledger.sink_distinct
+        ));
+    }
+    failures
+}
+
+/// Each process's log tail, one after the other, for a failure's message.
+fn log_tails(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| format!("\n`mailing {}`'s log ends:\n{}", m.role, m.log_tail()))
+        .collect()
+}
+
+/// How long to wait before reading the ledger again when only the ledger shows progress
+/// (the `file` provider): a quarter of the time left at the pace so far, between 0.1 s
+/// and 2 s (0.25 s before the first recipient is recorded).
+fn outbox_poll_interval(recorded: u64, n: u64, elapsed: Duration) -> Duration {
+    let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
+    if recorded == 0 {
+        return Duration::from_millis(250);
+    }
+    let per_recipient = elapsed.as_secs_f64() / recorded as f64;
+    let left = per_recipient * n.saturating_sub(recorded) as f64;
+    Duration::from_secs_f64((left / 4.0).min(max.as_secs_f64())).max(min)
 }
 
 /// Liquid alone on one core (`limits::render_only_per_sec`), off the async threads.
@@ -960,6 +1123,138 @@ impl Progress {
     fn finish(&self) {
         if self.tty {
             eprintln!();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: BenchArgs,
+    }
+
+    fn parse(line: &[&str]) -> Result<BenchArgs, String> {
+        Cli::try_parse_from(std::iter::once("bench").chain(line.iter().copied()))
+            .map(|cli| cli.args)
+            .map_err(|e| e.to_string())
+    }
+
+    fn ledger(sent: i64, accepted: u64, distinct: u64) -> Ledger {
+        Ledger {
+            total: 100,
+            sent,
+            failed: 0,
+            sink_accepted: accepted,
+            sink_distinct: distinct,
+            sink_replayed: 0,
+            campaign_status: "done".into(),
+        }
+    }
+
+    #[test]
+    fn a_run_counts_only_if_every_recipient_was_sent_and_accepted_exactly_once() {
+        assert!(ledger_failures(100, &ledger(100, 100, 100), true).is_empty());
+
+        let twice = ledger_failures(100, &ledger(100, 103, 100), true);
+        assert_eq!(twice.len(), 1, "{twice:?}");
+        assert!(twice[0].contains("3 sent more than once"), "{twice:?}");
+
+        let short = ledger_failures(100, &ledger(99, 99, 99), true);
+        assert_eq!(short.len(), 3, "{short:?}");
+        assert!(short[0].contains("sent 99 of total 100"), "{short:?}");
+
+        let unread = ledger_failures(100, &ledger(-1, 100, 100), false);
+        assert_eq!(unread.len(), 1, "{unread:?}");
+        assert!(unread[0].contains("never read"), "{unread:?}");
+    }
+
+    #[test]
+    fn the_bench_database_replaces_only_the_url_s_database() {
+        for (url, expected) in [
+            (
+                "postgres://postgres@127.0.0.1:5432/test",
+                "postgres://postgres@127.0.0.1:5432/mailing_bench_x",
+            ),
+            (
+                "postgres://u:p%40ss@db.example:6543",
+                "postgres://u:p%40ss@db.example:6543/mailing_bench_x",
+            ),
+            (
+                "postgresql://u@h/app?sslmode=require&application_name=a/b",
+                "postgresql://u@h/mailing_bench_x?sslmode=require&application_name=a/b",
+            ),
+        ] {
+            assert_eq!(with_database(url, "mailing_bench_x").unwrap(), expected);
+        }
+    }
+
+    #[test]
+    fn the_outbox_is_read_more_often_as_the_run_nears_its_end() {
+        let ms = |d: Duration| d.as_millis();
+        assert_eq!(
+            ms(outbox_poll_interval(0, 1000, Duration::from_secs(1))),
+            250
+        );
+        // 10 s for 100 of 1,000: 90 s left, read every 2 s.
+        assert_eq!(
+            ms(outbox_poll_interval(100, 1000, Duration::from_secs(10))),
+            2000
+        );
+        // 10 s for 900 of 1,000: ~1.1 s left, read every ~0.28 s.
+        let near = ms(outbox_poll_interval(900, 1000, Duration::from_secs(10)));
+        assert!((270..=290).contains(&near), "{near}");
+        assert_eq!(
+            ms(outbox_poll_interval(1000, 1000, Duration::from_secs(10))),
+            100
+        );
+    }
+
+    #[test]
+    fn options_of_the_other_mode_are_refused_and_values_are_bounded() {
+        let api = parse(&["--mode", "api", "--duration", "2"]).unwrap();
+        assert!(api.check_mode().is_ok());
+        assert_eq!((api.duration(), api.connections()), (2, 64));
+        let defaults = parse(&[]).unwrap();
+        assert!(defaults.check_mode().is_ok());
+        assert_eq!(
+            (
+                defaults.recipients(),
+                defaults.workers(),
+                defaults.stall_seconds()
+            ),
+            (100_000, 1, 300)
+        );
+
+        let mixed = parse(&["--mode", "api", "--backend", "redis", "--workers", "2"]).unwrap();
+        let refused = mixed.check_mode().unwrap_err().to_string();
+        assert!(
+            refused.starts_with("--backend, --workers do not apply to --mode api"),
+            "{refused}"
+        );
+        let pipeline = parse(&["--connections", "8"]).unwrap();
+        let refused = pipeline.check_mode().unwrap_err().to_string();
+        assert!(
+            refused.starts_with("--connections does not apply to --mode pipeline"),
+            "{refused}"
+        );
+
+        for line in [
+            &["--recipients", "0"][..],
+            &["--recipients", "10000001"],
+            &["--workers", "0"],
+            &["--workers", "65"],
+            &["--mode", "api", "--duration", "0"],
+            &["--mode", "api", "--connections", "1"],
+            &["--stall-seconds", "0"],
+        ] {
+            let e = parse(line).unwrap_err();
+            assert!(e.contains("invalid value"), "{line:?}: {e}");
         }
     }
 }

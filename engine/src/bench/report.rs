@@ -89,6 +89,10 @@ pub struct Ledger {
     pub sink_accepted: u64,
     /// Distinct recipients among them.
     pub sink_distinct: u64,
+    /// Requests the HTTP sink answered without counting them again: retries carrying an
+    /// `Idempotency-Key` it had already accepted (a provider like Resend does not send
+    /// those twice).
+    pub sink_replayed: u64,
     /// The campaign's final status.
     pub campaign_status: String,
 }
@@ -271,13 +275,15 @@ impl PipelineReport {
         row(
             "ledger",
             format!(
-                "campaign {}: sent {} of {} (failed {}); sink accepted {} ({} distinct)",
+                "campaign {}: sent {} of {} (failed {}); sink accepted {} ({} distinct, {} \
+                 retried requests answered again)",
                 self.ledger.campaign_status,
                 self.ledger.sent,
                 self.ledger.total,
                 self.ledger.failed,
                 self.ledger.sink_accepted,
-                self.ledger.sink_distinct
+                self.ledger.sink_distinct,
+                self.ledger.sink_replayed
             ),
         );
         out

@@ -1,6 +1,7 @@
 //! The bench's stand-ins for a provider, in the bench process: an HTTP server that
 //! accepts Resend-style batch requests (`POST /emails/batch`, bearer key, up to 100
-//! emails, answers a random id for each, as Resend answers UUIDs) and a minimal SMTP
+//! emails, answers a random id for each, as Resend answers UUIDs, and accepts a request
+//! whose `Idempotency-Key` it has seen once only, as Resend does) and a minimal SMTP
 //! server (no TLS, no auth), both counting the messages they accept and the distinct
 //! recipients among them: the second half of the bench's ledger check.
 
@@ -27,7 +28,11 @@ pub struct Tally {
     pub requests: AtomicU64,
     /// Requests refused (bad key, bad body).
     pub refused: AtomicU64,
+    /// Requests answered without counting them: their `Idempotency-Key` was accepted
+    /// before (a retry of a request whose answer the engine did not get).
+    pub replayed: AtomicU64,
     recipients: Mutex<HashSet<u64>>,
+    idempotency_keys: Mutex<HashSet<u64>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -58,6 +63,21 @@ impl Tally {
         self.accepted.load(Ordering::Relaxed)
     }
 
+    /// Requests answered again for an `Idempotency-Key` already accepted.
+    pub fn replayed(&self) -> u64 {
+        self.replayed.load(Ordering::Relaxed)
+    }
+
+    /// Whether a request with this `Idempotency-Key` is new (and from now on known).
+    fn first_with_key(&self, key: &str) -> bool {
+        let mut h = self.hasher.build_hasher();
+        h.write(key.as_bytes());
+        self.idempotency_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(h.finish())
+    }
+
     /// Distinct recipients among them.
     pub fn distinct(&self) -> u64 {
         self.recipients
@@ -71,7 +91,12 @@ impl Tally {
         self.accepted.store(0, Ordering::Relaxed);
         self.requests.store(0, Ordering::Relaxed);
         self.refused.store(0, Ordering::Relaxed);
+        self.replayed.store(0, Ordering::Relaxed);
         self.recipients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.idempotency_keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
@@ -127,8 +152,15 @@ impl Handler for BatchHandler {
             return;
         }
         let count = emails.len();
-        self.0
-            .record(emails.into_iter().filter_map(|e| e.to.into_iter().next()));
+        // A retry of a request already accepted is answered (with fresh ids; Resend
+        // answers the first response again) and not counted: the provider sent it once.
+        let key = req.header::<String>("idempotency-key");
+        if key.is_none_or(|k| self.0.first_with_key(&k)) {
+            self.0
+                .record(emails.into_iter().filter_map(|e| e.to.into_iter().next()));
+        } else {
+            self.0.replayed.fetch_add(1, Ordering::Relaxed);
+        }
         // Random ids, as Resend's are (UUIDs): the ledger indexes them, and ids that
         // sort in sending order would make that index cheaper than it is in production.
         // From the thread's generator: `Uuid::new_v4` asks the kernel for every id, a
@@ -260,5 +292,67 @@ async fn smtp_session(stream: tokio::net::TcpStream, tally: &Tally) -> std::io::
             b"502 not implemented\r\n"
         };
         write.write_all(reply).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> reqwest::Client {
+        // As `main` does before any client is built.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::new()
+    }
+
+    async fn post(sink: &Sink, key: Option<&str>, to: &[&str]) -> (u16, serde_json::Value) {
+        let emails: Vec<_> = to
+            .iter()
+            .map(|t| serde_json::json!({"from": "a@shop.example", "to": [t], "subject": "s", "html": "h"}))
+            .collect();
+        let mut req = client()
+            .post(format!("{}/emails/batch", sink.address))
+            .bearer_auth(SINK_API_KEY)
+            .json(&emails);
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let res = req.send().await.expect("the sink answers");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn a_retried_request_is_answered_but_counted_once_as_resend_would_send_it_once() {
+        let sink = start_http().await.expect("the sink starts");
+        let (status, body) = post(&sink, Some("k1"), &["a@x.example", "B <b@x.example>"]).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["data"].as_array().map(Vec::len), Some(2), "{body}");
+        // The same key again: answered with an id per message, not counted.
+        let (status, body) = post(&sink, Some("k1"), &["a@x.example", "B <b@x.example>"]).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["data"].as_array().map(Vec::len), Some(2), "{body}");
+        assert_eq!((sink.tally.accepted(), sink.tally.distinct()), (2, 2));
+        assert_eq!(sink.tally.replayed(), 1);
+        // Without a key, or with another one, a message to the same recipient counts
+        // again: that is a duplicate the ledger check reports.
+        post(&sink, None, &["a@x.example"]).await;
+        post(&sink, Some("k2"), &["A@X.example"]).await;
+        assert_eq!((sink.tally.accepted(), sink.tally.distinct()), (4, 2));
+        // A refused request does not make its key known.
+        let refused = client()
+            .post(format!("{}/emails/batch", sink.address))
+            .bearer_auth("wrong")
+            .header("Idempotency-Key", "k3")
+            .json(&serde_json::json!([{"to": ["c@x.example"]}]))
+            .send()
+            .await
+            .expect("the sink answers");
+        assert_eq!(refused.status().as_u16(), 401);
+        post(&sink, Some("k3"), &["c@x.example"]).await;
+        assert_eq!((sink.tally.accepted(), sink.tally.replayed()), (5, 1));
+        sink.tally.reset();
+        post(&sink, Some("k1"), &["a@x.example"]).await;
+        assert_eq!((sink.tally.accepted(), sink.tally.replayed()), (1, 0));
     }
 }
