@@ -504,6 +504,34 @@ fn a_missing_plugin_says_how_to_build_it() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("plugins/examples/build.sh"), "{stderr}");
+    assert!(output.stdout.is_empty(), "no --json, no JSON");
+
+    // With --json a run that ends before its report still prints one object.
+    let output = bench_command(
+        empty.path(),
+        &[
+            "--recipients",
+            "10",
+            "--plugin",
+            "greeting",
+            "--json",
+            "--plugins-dir",
+        ],
+        &[],
+    )
+    .arg(empty.path())
+    .output()
+    .expect("mailing bench runs");
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(&stdout).expect("one JSON object on stdout");
+    assert_eq!(report["status"], "FAILED", "{report}");
+    assert!(
+        report["failures"][0]
+            .as_str()
+            .is_some_and(|f| f.contains("plugins/examples/build.sh")),
+        "{report}"
+    );
 }
 
 #[test]

@@ -132,7 +132,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let report = result?;
+    let report = result.map_err(|e| super::without_report(args, e))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -254,7 +254,13 @@ impl Api {
         let status = res.status().as_u16();
         let text = res.text().await.unwrap_or_default();
         if status != expect {
-            bail!("{method} {path} answered {status} (expected {expect}): {text}");
+            return Err(UnexpectedStatus {
+                call: format!("{method} {path}"),
+                status,
+                expect,
+                body: text,
+            }
+            .into());
         }
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
@@ -282,6 +288,40 @@ impl Api {
         body["id"].as_i64().context("the upload answer has no id")
     }
 }
+
+/// An API call answered with another status than the one expected.
+#[derive(Debug)]
+pub struct UnexpectedStatus {
+    /// `METHOD /path`.
+    pub call: String,
+    /// What it answered.
+    pub status: u16,
+    /// What it should have answered.
+    pub expect: u16,
+    /// The answer's body.
+    pub body: String,
+}
+
+impl UnexpectedStatus {
+    /// Whether asking again cannot help: a client error other than a timeout (408) or
+    /// a rate limit (429). The run's token is renewed before it expires, so a 401 is
+    /// not a stale token either.
+    pub fn is_permanent(&self) -> bool {
+        (400..500).contains(&self.status) && !matches!(self.status, 408 | 429)
+    }
+}
+
+impl std::fmt::Display for UnexpectedStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} answered {} (expected {}): {}",
+            self.call, self.status, self.expect, self.body
+        )
+    }
+}
+
+impl std::error::Error for UnexpectedStatus {}
 
 /// The `/metrics` text a bench process serves on its `PROMETHEUS_PORT`, within 10 s (a
 /// stopped process never answers).

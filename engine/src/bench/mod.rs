@@ -232,7 +232,9 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
     args.check_mode()?;
     match args.mode {
         BenchMode::Pipeline => {
-            let report = pipeline(config, &args).await?;
+            let report = pipeline(config, &args)
+                .await
+                .map_err(|e| without_report(&args, e))?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -245,6 +247,18 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
         }
         BenchMode::Api => api_load::run(config, &args).await,
     }
+}
+
+/// A run that ended before it had a report: with `--json`, it still prints one object
+/// (`status` FAILED, the error in `failures`), so a script reading stdout gets one.
+fn without_report(args: &BenchArgs, error: anyhow::Error) -> anyhow::Error {
+    if args.json {
+        println!(
+            "{}",
+            json!({"status": "FAILED", "failures": [format!("{error:#}")]})
+        );
+    }
+    error
 }
 
 /// A fresh temporary directory for one run.
@@ -745,6 +759,13 @@ async fn pipeline_in(
         };
         let body = match body {
             Ok(body) => body,
+            // Asking again cannot mend a refusal: reported now, not after the window.
+            Err(e)
+                if e.downcast_ref::<fleet::UnexpectedStatus>()
+                    .is_some_and(fleet::UnexpectedStatus::is_permanent) =>
+            {
+                bail!("{e:#}{}", log_tails(&members));
+            }
             Err(e) => {
                 last_error = Some(format!("{e:#}"));
                 continue;
@@ -1172,6 +1193,31 @@ mod tests {
         let unread = ledger_failures(100, &ledger(-1, 100, 100), false);
         assert_eq!(unread.len(), 1, "{unread:?}");
         assert!(unread[0].contains("never read"), "{unread:?}");
+    }
+
+    #[test]
+    fn only_client_errors_that_asking_again_cannot_mend_end_a_run_at_once() {
+        let answered = |status| fleet::UnexpectedStatus {
+            call: "GET /api/v1/campaigns/1".into(),
+            status,
+            expect: 200,
+            body: String::new(),
+        };
+        for status in [400, 401, 403, 404, 422] {
+            assert!(answered(status).is_permanent(), "{status}");
+        }
+        for status in [408, 429, 500, 502, 503] {
+            assert!(!answered(status).is_permanent(), "{status}");
+        }
+        let e = anyhow::Error::from(answered(404));
+        assert!(
+            e.downcast_ref::<fleet::UnexpectedStatus>()
+                .is_some_and(fleet::UnexpectedStatus::is_permanent)
+        );
+        assert_eq!(
+            e.to_string(),
+            "GET /api/v1/campaigns/1 answered 404 (expected 200): "
+        );
     }
 
     #[test]
