@@ -249,6 +249,15 @@ fn the_file_provider_is_counted_by_its_outbox_past_the_access_tokens_lifetime() 
     );
 }
 
+/// The names in `dir`.
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// The ids of `parent`'s child processes that have `word` as one of their arguments.
 fn children_running(parent: u32, word: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -417,10 +426,8 @@ fn interrupt_as_it_sends(
             "engine process {pid} is still there; stderr:\n{stderr}"
         );
     }
-    let left: Vec<_> = std::fs::read_dir(tmp.path())
-        .expect("the bench's TMPDIR")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+    let left: Vec<_> = entries(tmp.path())
+        .into_iter()
         .filter(|n| n.starts_with("mailing-bench-"))
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -559,11 +566,7 @@ fn options_of_the_other_mode_are_refused_before_anything_starts() {
         assert!(stderr.contains(says), "{line:?}: {stderr}");
     }
     // Refused before a directory, a database or a process was made.
-    let made: Vec<_> = std::fs::read_dir(empty.path())
-        .expect("the temp dir")
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let made = entries(empty.path());
     assert!(made.is_empty(), "{made:?}");
 }
 
@@ -634,11 +637,7 @@ fn the_api_load_reports_three_endpoints_under_wrk() {
         "{report}"
     );
     // Its directory (logs, database) is gone.
-    let left: Vec<_> = std::fs::read_dir(dir.path())
-        .expect("the temp dir")
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
+    let left = entries(dir.path());
     assert!(left.is_empty(), "{left:?}");
 }
 
