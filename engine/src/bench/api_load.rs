@@ -119,11 +119,16 @@ pub fn parse_wrk(endpoint: &'static str, out: &str) -> anyhow::Result<EndpointLo
 
 /// Runs `mailing bench --mode api`.
 pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
+    let early = |e: anyhow::Error| super::without_report(args, e);
     if Command::new("wrk").arg("--version").output().is_err() {
-        bail!("`wrk` is not installed (Debian/Ubuntu: `apt-get install -y wrk`)");
+        return Err(early(anyhow::anyhow!(
+            "`wrk` is not installed (Debian/Ubuntu: `apt-get install -y wrk`)"
+        )));
     }
-    let mut interrupt = Interrupt::listen().context("cannot listen for SIGINT and SIGTERM")?;
-    let dir = scratch_dir()?;
+    let mut interrupt = Interrupt::listen()
+        .context("cannot listen for SIGINT and SIGTERM")
+        .map_err(early)?;
+    let dir = scratch_dir().map_err(early)?;
     let result = interrupt
         .unless_interrupted(run_in(config, &dir, args))
         .await;

@@ -229,7 +229,7 @@ impl BenchArgs {
 
 /// Runs `mailing bench`.
 pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
-    args.check_mode()?;
+    args.check_mode().map_err(|e| without_report(&args, e))?;
     match args.mode {
         BenchMode::Pipeline => {
             let report = pipeline(config, &args)
@@ -354,6 +354,17 @@ fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
     let mut parsed = reqwest::Url::parse(url)
         .with_context(|| format!("DATABASE_URL is not a URL: {}", crate::config::mask(url)))?;
     parsed.set_path(&format!("/{name}"));
+    // sqlx lets `?dbname=` override the path: it would name the caller's database.
+    let kept: Vec<(String, String)> = parsed
+        .query_pairs()
+        .filter(|(k, _)| k != "dbname")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if kept.is_empty() {
+        parsed.set_query(None);
+    } else if parsed.query_pairs().count() != kept.len() {
+        parsed.query_pairs_mut().clear().extend_pairs(kept);
+    }
     Ok(parsed.into())
 }
 
@@ -709,7 +720,7 @@ async fn pipeline_in(
     let mut final_campaign = Value::Null;
     while stalled.is_none() {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        // Without a sink, the progress is the ledger's count, read every 2 s below.
+        // Without a sink, the progress is the ledger's count, read below.
         seen.accepted = match &sink {
             Some(s) => s.tally.accepted(),
             None => seen.recorded,
@@ -728,6 +739,14 @@ async fn pipeline_in(
         }
         if stall.left().is_none() {
             stalled = Some("nothing moved".to_owned());
+            break;
+        }
+        if started.elapsed() > timeout {
+            failures.push(format!(
+                "the campaign did not finish within {} s: {final_campaign}{}",
+                timeout.as_secs(),
+                log_tails(&members)
+            ));
             break;
         }
         // The campaign answer counts the campaign's ledger (a scan of N rows), which would
@@ -786,14 +805,6 @@ async fn pipeline_in(
                 break;
             }
             _ => {}
-        }
-        if started.elapsed() > timeout {
-            failures.push(format!(
-                "the campaign did not finish within {} s: {final_campaign}{}",
-                timeout.as_secs(),
-                log_tails(&members)
-            ));
-            break;
         }
     }
     if let Some(what) = &stalled {
@@ -1042,11 +1053,12 @@ fn log_tails(members: &[Member]) -> String {
 
 /// How long to wait before reading the ledger again when only the ledger shows progress
 /// (the `file` provider): a quarter of the time left at the pace so far, between 0.1 s
-/// and 2 s (0.25 s before the first recipient is recorded).
+/// and 2 s (0.5 s before the first recipient is recorded: the first look then comes
+/// after the shortest token's half-life, so a run logs in again whatever its speed).
 fn outbox_poll_interval(recorded: u64, n: u64, elapsed: Duration) -> Duration {
     let (min, max) = (Duration::from_millis(100), Duration::from_secs(2));
     if recorded == 0 {
-        return Duration::from_millis(250);
+        return Duration::from_millis(500);
     }
     let per_recipient = elapsed.as_secs_f64() / recorded as f64;
     let left = per_recipient * n.saturating_sub(recorded) as f64;
@@ -1235,6 +1247,14 @@ mod tests {
                 "postgresql://u@h/app?sslmode=require&application_name=a/b",
                 "postgresql://u@h/mailing_bench_x?sslmode=require&application_name=a/b",
             ),
+            (
+                "postgres://u@h/?dbname=app",
+                "postgres://u@h/mailing_bench_x",
+            ),
+            (
+                "postgres://u@h?sslmode=disable&dbname=app",
+                "postgres://u@h/mailing_bench_x?sslmode=disable",
+            ),
         ] {
             assert_eq!(with_database(url, "mailing_bench_x").unwrap(), expected);
         }
@@ -1245,7 +1265,7 @@ mod tests {
         let ms = |d: Duration| d.as_millis();
         assert_eq!(
             ms(outbox_poll_interval(0, 1000, Duration::from_secs(1))),
-            250
+            500
         );
         // 10 s for 100 of 1,000: 90 s left, read every 2 s.
         assert_eq!(
