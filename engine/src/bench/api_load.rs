@@ -61,6 +61,31 @@ pub struct ApiReport {
     pub api_cache_ttl_ms: u64,
 }
 
+impl ApiReport {
+    /// The report as a table, for a terminal.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<28} {:>12} {:>10} {:>10} {:>10} {:>14}\n",
+            "endpoint", "requests/s", "p50 ms", "p99 ms", "non-2xx", "socket errors"
+        );
+        for e in &self.endpoints {
+            out.push_str(&format!(
+                "{:<28} {:>12.0} {:>10.2} {:>10.2} {:>10} {:>14}\n",
+                e.endpoint, e.requests_per_sec, e.p50_ms, e.p99_ms, e.non_2xx, e.socket_errors
+            ));
+        }
+        out.push_str(&format!(
+            "authenticated GET / health: {:.1}%   ({}; API_CACHE_TTL_MS={}; serve peak RSS {:.1} MiB)\n",
+            self.auth_get_fraction_of_health * 100.0,
+            self.wrk,
+            self.api_cache_ttl_ms,
+            self.peak_rss_bytes as f64 / 1048576.0
+        ));
+        out.push_str(&format!("status: {}\n", self.status));
+        out
+    }
+}
+
 fn millis(value: &str) -> Option<f64> {
     let value = value.trim();
     let split = value.find(|c: char| c.is_ascii_alphabetic())?;
@@ -117,18 +142,13 @@ pub fn parse_wrk(endpoint: &'static str, out: &str) -> anyhow::Result<EndpointLo
     })
 }
 
-/// Runs `mailing bench --mode api`.
-pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
-    let early = |e: anyhow::Error| super::without_report(args, e);
+/// Runs `mailing bench --mode api`: the report, printed by the caller.
+pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<ApiReport> {
     if Command::new("wrk").arg("--version").output().is_err() {
-        return Err(early(anyhow::anyhow!(
-            "`wrk` is not installed (Debian/Ubuntu: `apt-get install -y wrk`)"
-        )));
+        bail!("`wrk` is not installed (Debian/Ubuntu: `apt-get install -y wrk`)");
     }
-    let mut interrupt = Interrupt::listen()
-        .context("cannot listen for SIGINT and SIGTERM")
-        .map_err(early)?;
-    let dir = scratch_dir().map_err(early)?;
+    let mut interrupt = Interrupt::listen().context("cannot listen for SIGINT and SIGTERM")?;
+    let dir = scratch_dir()?;
     let result = interrupt
         .unless_interrupted(run_in(config, &dir, args))
         .await;
@@ -137,33 +157,7 @@ pub async fn run(config: &Config, args: &BenchArgs) -> anyhow::Result<()> {
     } else {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let report = result.map_err(|e| super::without_report(args, e))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        println!(
-            "{:<28} {:>12} {:>10} {:>10} {:>10} {:>14}",
-            "endpoint", "requests/s", "p50 ms", "p99 ms", "non-2xx", "socket errors"
-        );
-        for e in &report.endpoints {
-            println!(
-                "{:<28} {:>12.0} {:>10.2} {:>10.2} {:>10} {:>14}",
-                e.endpoint, e.requests_per_sec, e.p50_ms, e.p99_ms, e.non_2xx, e.socket_errors
-            );
-        }
-        println!(
-            "authenticated GET / health: {:.1}%   ({}; API_CACHE_TTL_MS={}; serve peak RSS {:.1} MiB)",
-            report.auth_get_fraction_of_health * 100.0,
-            report.wrk,
-            report.api_cache_ttl_ms,
-            report.peak_rss_bytes as f64 / 1048576.0
-        );
-        println!("status: {}", report.status);
-    }
-    if report.status != "ok" {
-        bail!("the API bench FAILED: {}", report.failures.join("; "));
-    }
-    Ok(())
+    result
 }
 
 async fn run_in(

@@ -215,10 +215,9 @@ impl BenchArgs {
             ),
         };
         if !others.is_empty() {
+            let other = if mode == "api" { "pipeline" } else { "api" };
             bail!(
-                "{} {} not apply to --mode {mode} (--duration and --connections are for --mode \
-                 api; --recipients, --backend, --plugin, --plugins-dir, --provider, --workers \
-                 and --stall-seconds for --mode pipeline)",
+                "{} {} not apply to --mode {mode}, only to --mode {other}",
                 others.join(", "),
                 if others.len() == 1 { "does" } else { "do" }
             );
@@ -235,18 +234,49 @@ pub async fn run(config: &Config, args: BenchArgs) -> anyhow::Result<()> {
             let report = pipeline(config, &args)
                 .await
                 .map_err(|e| without_report(&args, e))?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", report.table());
-            }
-            if report.status != "ok" {
-                bail!("the bench run FAILED: {}", report.failures.join("; "));
-            }
-            Ok(())
+            show(
+                &args,
+                "the bench run",
+                &report,
+                report.table(),
+                report.status,
+                &report.failures,
+            )
         }
-        BenchMode::Api => api_load::run(config, &args).await,
+        BenchMode::Api => {
+            let report = api_load::run(config, &args)
+                .await
+                .map_err(|e| without_report(&args, e))?;
+            show(
+                &args,
+                "the API bench",
+                &report,
+                report.table(),
+                report.status,
+                &report.failures,
+            )
+        }
     }
+}
+
+/// Prints a run's report (JSON with `--json`, else its table); an error when it FAILED.
+fn show(
+    args: &BenchArgs,
+    what: &str,
+    report: &impl serde::Serialize,
+    table: String,
+    status: &str,
+    failures: &[String],
+) -> anyhow::Result<()> {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{table}");
+    }
+    if status != "ok" {
+        bail!("{what} FAILED: {}", failures.join("; "));
+    }
+    Ok(())
 }
 
 /// A run that ended before it had a report: with `--json`, it still prints one object
@@ -333,18 +363,12 @@ async fn fresh_postgres(url: &str) -> anyhow::Result<(String, String, String)> {
         std::process::id(),
         rand::random::<u32>()
     );
+    let fresh = with_database(url, &name)?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
         .await
         .context("cannot create the bench database")?;
     let _ = admin.close().await;
-    let fresh = match with_database(url, &name) {
-        Ok(fresh) => fresh,
-        Err(e) => {
-            drop_postgres(url, &name).await;
-            return Err(e);
-        }
-    };
     Ok((fresh, url.to_owned(), name))
 }
 
@@ -355,15 +379,16 @@ fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
         .with_context(|| format!("DATABASE_URL is not a URL: {}", crate::config::mask(url)))?;
     parsed.set_path(&format!("/{name}"));
     // sqlx lets `?dbname=` override the path: it would name the caller's database.
-    let kept: Vec<(String, String)> = parsed
-        .query_pairs()
-        .filter(|(k, _)| k != "dbname")
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    if kept.is_empty() {
+    if parsed.query_pairs().any(|(k, _)| k == "dbname") {
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(k, _)| k != "dbname")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
         parsed.set_query(None);
-    } else if parsed.query_pairs().count() != kept.len() {
-        parsed.query_pairs_mut().clear().extend_pairs(kept);
+        if !kept.is_empty() {
+            parsed.query_pairs_mut().extend_pairs(kept);
+        }
     }
     Ok(parsed.into())
 }
