@@ -9,6 +9,11 @@ sqlx connection thread, `do_epoll_wait` a tokio worker waiting for I/O,
 connection's write lock). Prints the average number of threads in each (process,
 thread name, state), over all samples and over the samples in which at most one
 thread of these processes was running (on 2 cores: the machine had a core to spare).
+In those samples it also prints what the first process's SQLite connection threads
+(sqlx's `sqlx-sqlite-worker-N`) were doing together, thread by thread: whether, while a
+core stood idle, one of them was running a statement (the write lock busy) or all of
+them waited (asleep in the busy handler, or idle in `futex_do_wait` between the
+statements of their tasks).
 
     python3 engine/benches/thread_states.py 12 $(pgrep -f 'mailing serve') $(pgrep -f 'mailing bench')
 
@@ -37,7 +42,7 @@ def sample(pids):
                 if state != "R":
                     with open(f"/proc/{pid}/task/{tid}/wchan") as f:
                         state = f.read() or state
-                snap.append((pid, name.rstrip("0123456789-"), state))
+                snap.append((pid, name.rstrip("0123456789-"), state, int(tid)))
             except (FileNotFoundError, ProcessLookupError):
                 pass
     return snap
@@ -46,7 +51,7 @@ def sample(pids):
 def table(samples, title):
     counts = collections.Counter()
     for snap in samples:
-        counts.update(snap)
+        counts.update((pid, name, state) for pid, name, state, _ in snap)
     print(f"== {title} ({len(samples)} samples): threads per state, on average")
     for (pid, name, state), n in counts.most_common(30):
         print(f"{n / len(samples):6.2f}  {pid:>7}  {name:<16} {state}")
@@ -62,12 +67,26 @@ def main():
         time.sleep(0.01)
     if not samples:
         sys.exit("no sample taken")
-    spare = [s for s in samples if sum(1 for _, _, st in s if st == "R") <= 1]
+    spare = [s for s in samples if sum(1 for _, _, st, _ in s if st == "R") <= 1]
     print(f"{len(spare)} of {len(samples)} samples ({100 * len(spare) / len(samples):.1f}%) "
           "had at most one thread running")
     table(samples, "all samples")
     if spare:
         table(spare, "samples with at most one thread running")
+        together(spare, pids[0])
+
+
+def together(samples, pid):
+    """The joint states of `pid`'s SQLite connection threads, most frequent first."""
+    combos = collections.Counter()
+    for snap in samples:
+        combos[tuple(sorted((tid, state) for p, name, state, tid in snap
+                            if p == pid and name.startswith("sqlx-sqlite"))
+                     )] += 1
+    print(f"== {pid}'s SQLite connection threads together, in those samples (tid:state)")
+    for combo, n in combos.most_common(10):
+        threads = " ".join(f"{tid}:{state}" for tid, state in combo)
+        print(f"{n / len(samples):6.2f}  {threads or '(no SQLite connection thread)'}")
 
 
 if __name__ == "__main__":

@@ -54,8 +54,8 @@ pub struct ApiReport {
     pub endpoints: Vec<EndpointLoad>,
     /// Authenticated GET requests/s over `/health` requests/s.
     pub auth_get_fraction_of_health: f64,
-    /// Peak RSS of `mailing serve`, bytes.
-    pub peak_rss_bytes: u64,
+    /// Peak RSS of `mailing serve`, bytes (`null`: not measured, outside Linux).
+    pub peak_rss_bytes: Option<u64>,
     /// `API_CACHE_TTL_MS` the server ran with (inherited from the bench's environment;
     /// 0: token standings and campaign pages read from the database on every request).
     pub api_cache_ttl_ms: u64,
@@ -75,11 +75,11 @@ impl ApiReport {
             ));
         }
         out.push_str(&format!(
-            "authenticated GET / health: {:.1}%   ({}; API_CACHE_TTL_MS={}; serve peak RSS {:.1} MiB)\n",
+            "authenticated GET / health: {:.1}%   ({}; API_CACHE_TTL_MS={}; serve peak RSS {})\n",
             self.auth_get_fraction_of_health * 100.0,
             self.wrk,
             self.api_cache_ttl_ms,
-            self.peak_rss_bytes as f64 / 1048576.0
+            super::report::memory(self.peak_rss_bytes)
         ));
         out.push_str(&format!("status: {}\n", self.status));
         out

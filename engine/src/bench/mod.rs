@@ -714,7 +714,7 @@ async fn pipeline_in(
     // 5. Send, and watch. From here on every request is bounded by the stall clock: an
     // engine that stops answering is reported as stalled, not waited for.
     quiet(&format!("sending campaign {id} to {n} recipients ..."));
-    let cpu_before: Vec<u64> = members.iter().map(|m| probe::cpu_ms(m.pid())).collect();
+    let cpu_before: Vec<Option<u64>> = members.iter().map(|m| probe::cpu_ms(m.pid())).collect();
     let started = Instant::now();
     let mut stall = StallClock::new(Duration::from_secs(args.stall_seconds()));
     // A run that keeps moving may take this long; one that stands still is reported by
@@ -727,7 +727,7 @@ async fn pipeline_in(
     // Each process's resident-memory high-water mark once half the campaign was
     // accepted (by the sink, or without one as the ledger counts it): against the mark
     // at the end, whether memory grew with the second half.
-    let mut peak_rss_at_half: Option<Vec<u64>> = None;
+    let mut peak_rss_at_half: Option<Vec<Option<u64>>> = None;
     let mut seen = stall::Progress::default();
     let send_path = format!("/api/v1/campaigns/{id}/send");
     let campaign_path = format!("/api/v1/campaigns/{id}");
@@ -852,17 +852,19 @@ async fn pipeline_in(
     }
     let seconds = started.elapsed().as_secs_f64();
     progress.finish();
-    let cpu_ms: Vec<u64> = members
+    let cpu_ms: Vec<Option<u64>> = members
         .iter()
         .zip(&cpu_before)
-        .map(|(m, before)| probe::cpu_ms(m.pid()).saturating_sub(*before))
+        .map(|(m, before)| Some(probe::cpu_ms(m.pid())?.saturating_sub((*before)?)))
         .collect();
     let processes: Vec<ProcessUsage> = members
         .iter()
         .zip(&cpu_ms)
         .enumerate()
         .map(|(i, (m, cpu))| {
-            let at_half = peak_rss_at_half.as_ref().and_then(|p| p.get(i).copied());
+            let at_half = peak_rss_at_half
+                .as_ref()
+                .and_then(|p| p.get(i).copied().flatten());
             ProcessUsage {
                 role: m.role,
                 pid: m.pid(),
@@ -870,7 +872,7 @@ async fn pipeline_in(
                 // RSS, whose per-thread counters lag by up to 64 pages each: a later
                 // read can come out below an earlier one (CI: 252 KiB). The peak since
                 // the start is at least what was read half-way.
-                peak_rss_bytes: probe::peak_rss_bytes(m.pid()).max(at_half.unwrap_or(0)),
+                peak_rss_bytes: probe::peak_rss_bytes(m.pid()).max(at_half),
                 peak_rss_at_half_bytes: at_half,
                 cpu_ms: *cpu,
             }
@@ -987,8 +989,9 @@ async fn pipeline_in(
         .copied()
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .unwrap_or(("none", f64::INFINITY));
-    let total_cpu: u64 = cpu_ms.iter().sum();
-    let cpu_ms_per_1k = total_cpu as f64 / (n as f64 / 1000.0);
+    // Every process's CPU time, or no figure: a sum missing a process would read low.
+    let total_cpu: Option<u64> = cpu_ms.iter().copied().sum();
+    let cpu_ms_per_1k = total_cpu.map(|ms| ms as f64 / (n as f64 / 1000.0));
     Ok(PipelineReport {
         status: if failures.is_empty() { "ok" } else { "FAILED" },
         failures,
@@ -1005,11 +1008,7 @@ async fn pipeline_in(
         seconds,
         emails_per_sec,
         cpu_ms_per_1k,
-        peak_rss_bytes: processes
-            .iter()
-            .map(|p| p.peak_rss_bytes)
-            .max()
-            .unwrap_or(0),
+        peak_rss_bytes: processes.iter().filter_map(|p| p.peak_rss_bytes).max(),
         peak_rss_at_half_bytes: processes
             .iter()
             .filter_map(|p| p.peak_rss_at_half_bytes)
@@ -1025,7 +1024,7 @@ async fn pipeline_in(
         sink_accept_per_sec: sink_accept,
         slowest_limit: slowest_name.to_owned(),
         engine_fraction_of_slowest_limit: emails_per_sec / slowest,
-        cpu_per_message_in_renders: cpu_ms_per_1k * render_only / 1e6,
+        cpu_per_message_in_renders: cpu_ms_per_1k.map(|ms| ms * render_only / 1e6),
         ledger,
     })
 }
@@ -1126,7 +1125,7 @@ fn send_steps(metrics: &[String]) -> Vec<StepLatency> {
 
 /// Reads each process's resident-memory high-water mark into `mark` the first time
 /// `accepted` reaches half of the `n` recipients.
-fn mark_half_way(mark: &mut Option<Vec<u64>>, accepted: u64, n: usize, members: &[Member]) {
+fn mark_half_way(mark: &mut Option<Vec<Option<u64>>>, accepted: u64, n: usize, members: &[Member]) {
     if mark.is_none() && accepted.saturating_mul(2) >= n as u64 {
         *mark = Some(
             members

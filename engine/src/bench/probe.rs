@@ -1,44 +1,50 @@
-//! What the bench reads from its child processes: CPU time and resident memory from
-//! `/proc/<pid>/stat` and `/proc/<pid>/status` (Linux; zero elsewhere), and batch latency
-//! quantiles and totals from the Prometheus histograms `mailing_batch_duration_seconds`
-//! and `mailing_batch_step_duration_seconds` that a child's `/metrics` serves.
+//! What the bench reads from its child processes: CPU time from the operating system
+//! (sysinfo: `/proc` on Linux, the kernel's task info on macOS and Windows), the resident
+//! memory high-water mark from `/proc/<pid>/status` (Linux only: no other system gives
+//! the bench a process's peak, so elsewhere it is `None` and the report says "not
+//! measured"), and batch latency quantiles and totals from the Prometheus histograms
+//! `mailing_batch_duration_seconds` and `mailing_batch_step_duration_seconds` that a
+//! child's `/metrics` serves.
 
-/// CPU time (user + system) of a process so far, in milliseconds.
-pub fn cpu_ms(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // The command name (field 2) may hold spaces; fields after the last ')' are fixed.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After ')': state is field 3, so utime (14) and stime (15) are at 11 and 12.
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    // USER_HZ is 100 on every Linux the kernel ABI promises.
-    (ticks(11) + ticks(12)) * 10
+/// CPU time (user + system) a process has used so far, in milliseconds; `None` when the
+/// system cannot tell (the process is gone, or a system sysinfo does not read).
+pub fn cpu_ms(pid: u32) -> Option<u64> {
+    use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+    let mut system = System::new().ok()?;
+    let pid = Pid::from_u32(pid);
+    system.refresh_processes_specifics(
+        ProcessesToUpdate::Some(&[pid]),
+        false,
+        ProcessRefreshKind::nothing().with_cpu(),
+    );
+    system.process(pid).map(|p| p.accumulated_cpu_time())
 }
 
-fn status_kib(pid: u32, key: &str) -> u64 {
+/// A `/proc/<pid>/status` field in KiB (Linux).
+#[cfg(target_os = "linux")]
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
-/// Peak resident memory since the process started (the kernel's high-water mark), bytes.
-pub fn peak_rss_bytes(pid: u32) -> u64 {
-    status_kib(pid, "VmHWM:") * 1024
+/// Peak resident memory since the process started (the kernel's high-water mark,
+/// `VmHWM`), bytes; `None` when the process is gone.
+#[cfg(target_os = "linux")]
+pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:").map(|kib| kib * 1024)
+}
+
+/// Peak resident memory: not measured outside Linux. macOS and Windows keep a peak too,
+/// but only behind their own system calls, which the bench does not make; a largest
+/// RSS sampled at the bench's polls would miss the peaks between them and read as if it
+/// were the same figure.
+#[cfg(not(target_os = "linux"))]
+pub fn peak_rss_bytes(_pid: u32) -> Option<u64> {
+    None
 }
 
 /// Cumulative bucket counts of one histogram series: (upper bound, count), sorted.
@@ -180,25 +186,57 @@ mod tests {
         assert_eq!(merge_buckets(&[]), Vec::new());
     }
 
+    /// CPU time of this process as `/proc/self/stat` gives it (utime + stime, in
+    /// USER_HZ = 100 ticks a second), read by hand: the reference for sysinfo's.
+    #[cfg(target_os = "linux")]
+    fn proc_cpu_ms() -> u64 {
+        let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+        let rest = stat.rsplit_once(')').expect("a command name").1;
+        let fields: Vec<u64> = rest
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().expect("a tick count"))
+            .collect();
+        (fields[0] + fields[1]) * 10
+    }
+
+    #[cfg(target_os = "linux")]
     #[test]
     fn reads_this_process() {
         let pid = std::process::id();
-        // RSS first: the high-water mark is at least what the RSS was before it, but
-        // the kernel counts RSS per CPU and folds the counts in batches, so a later
-        // read may come out lower by those batches' pages (seen: 252 KiB, and more
-        // with other test threads allocating meanwhile): allowed 64 pages per thread
-        // and per CPU, as a bound, not a tolerance that hides a wrong field (the
+        // CPU: some of it first, so that a reading of 0 cannot pass; then sysinfo's
+        // reading falls between two made by hand around it.
+        let mut x = 0u64;
+        while proc_cpu_ms() < 30 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let before = proc_cpu_ms();
+        let cpu = cpu_ms(pid).expect("this process's CPU time");
+        let after = proc_cpu_ms();
+        assert!(
+            (before..=after).contains(&cpu),
+            "sysinfo read {cpu} ms, /proc {before}..{after} ms"
+        );
+        assert_eq!(cpu_ms(u32::MAX), None, "no process has pid u32::MAX");
+
+        // Memory. RSS first: the high-water mark is at least what the RSS was before
+        // it, but the kernel counts RSS per CPU and folds the counts in batches, so a
+        // later read may come out lower by those batches' pages (seen: 252 KiB, and
+        // more with other test threads allocating meanwhile): allowed 64 pages per
+        // thread and per CPU, as a bound, not a tolerance that hides a wrong field (the
         // high-water mark of a process this size is megabytes).
-        let rss = status_kib(pid, "VmRSS:") * 1024;
+        let rss = status_kib(pid, "VmRSS:").expect("VmRSS") * 1024;
         assert!(rss > 0);
-        let units = status_kib(pid, "Threads:")
+        let units = status_kib(pid, "Threads:").expect("Threads")
             + std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
         let slack = units * 64 * 4096;
-        let peak = peak_rss_bytes(pid);
+        let peak = peak_rss_bytes(pid).expect("VmHWM");
         assert!(
             peak + slack >= rss,
             "VmHWM {peak} against VmRSS {rss} (slack {slack})"
         );
         assert!(peak >= 1 << 20, "{peak}");
+        assert_eq!(peak_rss_bytes(u32::MAX), None);
     }
 }

@@ -67,13 +67,13 @@ pub struct ProcessUsage {
     pub role: &'static str,
     /// Its pid.
     pub pid: u32,
-    /// Its resident-memory high-water mark, bytes.
-    pub peak_rss_bytes: u64,
+    /// Its resident-memory high-water mark, bytes (`null`: not measured, outside Linux).
+    pub peak_rss_bytes: Option<u64>,
     /// The same mark when half of the recipients had been accepted (by the sink; with
     /// the `file` provider, by the ledger's count, read every 2 s).
     pub peak_rss_at_half_bytes: Option<u64>,
-    /// CPU time it spent during the send, milliseconds.
-    pub cpu_ms: u64,
+    /// CPU time it spent during the send, milliseconds (`null`: the system did not say).
+    pub cpu_ms: Option<u64>,
 }
 
 /// The two ledgers compared.
@@ -120,10 +120,12 @@ pub struct PipelineReport {
     pub seconds: f64,
     /// recipients / seconds.
     pub emails_per_sec: f64,
-    /// The engine processes' CPU time during the send, per 1,000 messages.
-    pub cpu_ms_per_1k: f64,
-    /// The highest peak RSS of the engine processes, bytes.
-    pub peak_rss_bytes: u64,
+    /// The engine processes' CPU time during the send, per 1,000 messages (`null` when
+    /// the system did not give a process's CPU time).
+    pub cpu_ms_per_1k: Option<f64>,
+    /// The highest peak RSS of the engine processes, bytes (`null`: not measured, outside
+    /// Linux; see `probe::peak_rss_bytes`).
+    pub peak_rss_bytes: Option<u64>,
     /// The highest of their peaks when half of the recipients had been accepted:
     /// memory flat in campaign size keeps it near `peak_rss_bytes`.
     pub peak_rss_at_half_bytes: Option<u64>,
@@ -158,13 +160,24 @@ pub struct PipelineReport {
     /// (`cpu_ms_per_1k` × `render_only_per_sec` / 10⁶). A machine whose speed drifts
     /// mostly slows both halves together, so this compares runs and builds less
     /// sensitively to the machine than emails/s or CPU ms alone.
-    pub cpu_per_message_in_renders: f64,
+    pub cpu_per_message_in_renders: Option<f64>,
     /// The ledger check.
     pub ledger: Ledger,
 }
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// What the table shows for a figure the system did not give.
+pub(crate) const NOT_MEASURED: &str = "not measured on this system";
+
+/// A memory figure for the table: MiB and bytes, or why there is none.
+pub(crate) fn memory(bytes: Option<u64>) -> String {
+    bytes.map_or_else(
+        || format!("{NOT_MEASURED} (Linux only)"),
+        |b| format!("{:.1} MiB ({b} bytes)", mib(b)),
+    )
 }
 
 fn opt(v: Option<f64>, unit: &str) -> String {
@@ -194,29 +207,24 @@ impl PipelineReport {
         row("emails/s", format!("{:.0}", self.emails_per_sec));
         row(
             "CPU ms per 1k messages",
-            format!("{:.1}", self.cpu_ms_per_1k),
+            self.cpu_ms_per_1k
+                .map_or_else(|| NOT_MEASURED.into(), |v| format!("{v:.1}")),
         );
-        row(
-            "peak RSS",
-            format!(
-                "{:.1} MiB ({} bytes)",
-                mib(self.peak_rss_bytes),
-                self.peak_rss_bytes
-            ),
-        );
-        if let Some(half) = self.peak_rss_at_half_bytes {
+        row("peak RSS", memory(self.peak_rss_bytes));
+        if self.peak_rss_at_half_bytes.is_some() {
             row(
                 "peak RSS at half the recipients",
-                format!("{:.1} MiB ({half} bytes)", mib(half)),
+                memory(self.peak_rss_at_half_bytes),
             );
         }
         for p in &self.processes {
             row(
                 &format!("  {} pid {}", p.role, p.pid),
                 format!(
-                    "peak RSS {:.1} MiB, CPU {} ms",
-                    mib(p.peak_rss_bytes),
+                    "peak RSS {}, CPU {}",
+                    memory(p.peak_rss_bytes),
                     p.cpu_ms
+                        .map_or_else(|| NOT_MEASURED.into(), |ms| format!("{ms} ms"))
                 ),
             );
         }
@@ -270,7 +278,8 @@ impl PipelineReport {
         );
         row(
             "CPU per message, in renders",
-            format!("{:.2}", self.cpu_per_message_in_renders),
+            self.cpu_per_message_in_renders
+                .map_or_else(|| NOT_MEASURED.into(), |v| format!("{v:.2}")),
         );
         row(
             "ledger",
@@ -287,5 +296,84 @@ impl PipelineReport {
             ),
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(cpu_ms: Option<u64>, peak: Option<u64>) -> PipelineReport {
+        let cpu_ms_per_1k = cpu_ms.map(|ms| ms as f64);
+        PipelineReport {
+            status: "ok",
+            failures: Vec::new(),
+            backend: "sqlite".into(),
+            provider: "sink".into(),
+            plugin: "trivial".into(),
+            workers: 1,
+            recipients: 1000,
+            seed_seconds: 0.5,
+            seconds: 1.0,
+            emails_per_sec: 1000.0,
+            cpu_ms_per_1k,
+            peak_rss_bytes: peak,
+            peak_rss_at_half_bytes: peak,
+            processes: vec![ProcessUsage {
+                role: "serve",
+                pid: 42,
+                peak_rss_bytes: peak,
+                peak_rss_at_half_bytes: peak,
+                cpu_ms,
+            }],
+            stages: Vec::new(),
+            send_steps: Vec::new(),
+            render_only_per_sec: 20_000.0,
+            render_only_after_per_sec: None,
+            plugin_only_per_sec: None,
+            queue_noop_jobs_per_sec: 100.0,
+            queue_noop_emails_per_sec: 50_000.0,
+            sink_accept_per_sec: 100_000.0,
+            slowest_limit: "render_only".into(),
+            engine_fraction_of_slowest_limit: 0.05,
+            cpu_per_message_in_renders: cpu_ms_per_1k.map(|ms| ms * 20_000.0 / 1e6),
+            ledger: Ledger::default(),
+        }
+    }
+
+    #[test]
+    fn figures_the_system_did_not_give_read_as_not_measured_never_as_zero() {
+        let missing = report(None, None);
+        let table = missing.table();
+        for row in [
+            "CPU ms per 1k messages",
+            "peak RSS",
+            "CPU per message, in renders",
+        ] {
+            let line = table
+                .lines()
+                .find(|l| l.starts_with(row))
+                .unwrap_or_else(|| panic!("no row {row}:\n{table}"));
+            assert!(line.contains(NOT_MEASURED), "{line}");
+        }
+        let serve = table
+            .lines()
+            .find(|l| l.trim_start().starts_with("serve pid 42"))
+            .expect("the process row");
+        assert_eq!(serve.matches(NOT_MEASURED).count(), 2, "{serve}");
+        let json = serde_json::to_value(&missing).expect("serializes");
+        for key in [
+            "cpu_ms_per_1k",
+            "peak_rss_bytes",
+            "cpu_per_message_in_renders",
+        ] {
+            assert!(json[key].is_null(), "{key}: {}", json[key]);
+        }
+        assert!(json["processes"][0]["cpu_ms"].is_null());
+
+        let measured = report(Some(80), Some(70 << 20)).table();
+        assert!(!measured.contains(NOT_MEASURED), "{measured}");
+        assert!(measured.contains("70.0 MiB (73400320 bytes)"), "{measured}");
+        assert!(measured.contains("CPU 80 ms"), "{measured}");
     }
 }
