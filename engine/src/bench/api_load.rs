@@ -54,7 +54,7 @@ pub struct ApiReport {
     pub endpoints: Vec<EndpointLoad>,
     /// Authenticated GET requests/s over `/health` requests/s.
     pub auth_get_fraction_of_health: f64,
-    /// Peak RSS of `mailing serve`, bytes (`null`: not measured, outside Linux).
+    /// Peak RSS of `mailing serve`, bytes (`null`: not measured; Linux only).
     pub peak_rss_bytes: Option<u64>,
     /// `API_CACHE_TTL_MS` the server ran with (inherited from the bench's environment;
     /// 0: token standings and campaign pages read from the database on every request).

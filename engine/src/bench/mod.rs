@@ -872,7 +872,10 @@ async fn pipeline_in(
                 // RSS, whose per-thread counters lag by up to 64 pages each: a later
                 // read can come out below an earlier one (CI: 252 KiB). The peak since
                 // the start is at least what was read half-way.
-                peak_rss_bytes: probe::peak_rss_bytes(m.pid()).max(at_half),
+                // At least the half-way mark, but only with a mark read at the end:
+                // a process gone by then gives no peak rather than its earlier one.
+                peak_rss_bytes: probe::peak_rss_bytes(m.pid())
+                    .map(|end| end.max(at_half.unwrap_or(0))),
                 peak_rss_at_half_bytes: at_half,
                 cpu_ms: *cpu,
             }
@@ -1008,7 +1011,12 @@ async fn pipeline_in(
         seconds,
         emails_per_sec,
         cpu_ms_per_1k,
-        peak_rss_bytes: processes.iter().filter_map(|p| p.peak_rss_bytes).max(),
+        // Every process's peak, or none: a maximum over some of them could read low.
+        peak_rss_bytes: processes
+            .iter()
+            .map(|p| p.peak_rss_bytes)
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|peaks| peaks.into_iter().max()),
         peak_rss_at_half_bytes: processes
             .iter()
             .filter_map(|p| p.peak_rss_at_half_bytes)

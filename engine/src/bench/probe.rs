@@ -7,7 +7,10 @@
 //! child's `/metrics` serves.
 
 /// CPU time (user + system) a process has used so far, in milliseconds; `None` when the
-/// system cannot tell (the process is gone, or a system sysinfo does not read).
+/// system cannot tell: the process is gone, or the read failed. sysinfo reads a failure
+/// on macOS and Windows (a refused `proc_pidinfo` or process handle) as zero times, and
+/// an engine process has used CPU by the time the bench asks (it has started, opened
+/// its store and answered the bench), so 0 is taken for a failed read, not a figure.
 pub fn cpu_ms(pid: u32) -> Option<u64> {
     use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
     let mut system = System::new().ok()?;
@@ -15,9 +18,12 @@ pub fn cpu_ms(pid: u32) -> Option<u64> {
     system.refresh_processes_specifics(
         ProcessesToUpdate::Some(&[pid]),
         false,
-        ProcessRefreshKind::nothing().with_cpu(),
+        ProcessRefreshKind::nothing().with_cpu().without_tasks(),
     );
-    system.process(pid).map(|p| p.accumulated_cpu_time())
+    system
+        .process(pid)
+        .map(|p| p.accumulated_cpu_time())
+        .filter(|&ms| ms > 0)
 }
 
 /// A `/proc/<pid>/status` field in KiB (Linux).
@@ -32,7 +38,7 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 }
 
 /// Peak resident memory since the process started (the kernel's high-water mark,
-/// `VmHWM`), bytes; `None` when the process is gone.
+/// `VmHWM`), bytes; `None` when the process is gone (a zombie has no `VmHWM`).
 #[cfg(target_os = "linux")]
 pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
     status_kib(pid, "VmHWM:").map(|kib| kib * 1024)
@@ -238,5 +244,20 @@ mod tests {
         );
         assert!(peak >= 1 << 20, "{peak}");
         assert_eq!(peak_rss_bytes(u32::MAX), None);
+    }
+
+    /// On every system: a process that has run reads as some CPU time, never as 0 (a
+    /// failed read is `None`); outside Linux the peak is not measured.
+    #[test]
+    fn this_process_has_used_cpu_time() {
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(50);
+        let mut x = 0u64;
+        while std::time::Instant::now() < until {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+        let cpu = cpu_ms(std::process::id());
+        assert!(cpu.is_some_and(|ms| ms > 0), "{cpu:?}");
+        #[cfg(not(target_os = "linux"))]
+        assert_eq!(peak_rss_bytes(std::process::id()), None);
     }
 }

@@ -67,12 +67,13 @@ pub struct ProcessUsage {
     pub role: &'static str,
     /// Its pid.
     pub pid: u32,
-    /// Its resident-memory high-water mark, bytes (`null`: not measured, outside Linux).
+    /// Its resident-memory high-water mark, bytes (`null`: not measured; read on Linux
+    /// only, from a process still running at the end).
     pub peak_rss_bytes: Option<u64>,
     /// The same mark when half of the recipients had been accepted (by the sink; with
     /// the `file` provider, by the ledger's count, read every 2 s).
     pub peak_rss_at_half_bytes: Option<u64>,
-    /// CPU time it spent during the send, milliseconds (`null`: the system did not say).
+    /// CPU time it spent during the send, milliseconds (`null`: the system gave none).
     pub cpu_ms: Option<u64>,
 }
 
@@ -123,8 +124,8 @@ pub struct PipelineReport {
     /// The engine processes' CPU time during the send, per 1,000 messages (`null` when
     /// the system did not give a process's CPU time).
     pub cpu_ms_per_1k: Option<f64>,
-    /// The highest peak RSS of the engine processes, bytes (`null`: not measured, outside
-    /// Linux; see `probe::peak_rss_bytes`).
+    /// The highest peak RSS of the engine processes, bytes (`null` unless every process's
+    /// was measured; see `probe::peak_rss_bytes`).
     pub peak_rss_bytes: Option<u64>,
     /// The highest of their peaks when half of the recipients had been accepted:
     /// memory flat in campaign size keeps it near `peak_rss_bytes`.
@@ -170,14 +171,19 @@ fn mib(bytes: u64) -> f64 {
 }
 
 /// What the table shows for a figure the system did not give.
-pub(crate) const NOT_MEASURED: &str = "not measured on this system";
+pub(crate) const NOT_MEASURED: &str = "not measured";
 
 /// A memory figure for the table: MiB and bytes, or why there is none.
 pub(crate) fn memory(bytes: Option<u64>) -> String {
     bytes.map_or_else(
-        || format!("{NOT_MEASURED} (Linux only)"),
+        || format!("{NOT_MEASURED} (read on Linux only, from a running process)"),
         |b| format!("{:.1} MiB ({b} bytes)", mib(b)),
     )
+}
+
+/// A CPU figure for the table, or why there is none.
+fn cpu(value: Option<String>) -> String {
+    value.unwrap_or_else(|| format!("{NOT_MEASURED} (the system gave no CPU time)"))
 }
 
 fn opt(v: Option<f64>, unit: &str) -> String {
@@ -207,8 +213,7 @@ impl PipelineReport {
         row("emails/s", format!("{:.0}", self.emails_per_sec));
         row(
             "CPU ms per 1k messages",
-            self.cpu_ms_per_1k
-                .map_or_else(|| NOT_MEASURED.into(), |v| format!("{v:.1}")),
+            cpu(self.cpu_ms_per_1k.map(|v| format!("{v:.1}"))),
         );
         row("peak RSS", memory(self.peak_rss_bytes));
         if self.peak_rss_at_half_bytes.is_some() {
@@ -223,8 +228,7 @@ impl PipelineReport {
                 format!(
                     "peak RSS {}, CPU {}",
                     memory(p.peak_rss_bytes),
-                    p.cpu_ms
-                        .map_or_else(|| NOT_MEASURED.into(), |ms| format!("{ms} ms"))
+                    cpu(p.cpu_ms.map(|ms| format!("{ms} ms")))
                 ),
             );
         }
@@ -278,8 +282,7 @@ impl PipelineReport {
         );
         row(
             "CPU per message, in renders",
-            self.cpu_per_message_in_renders
-                .map_or_else(|| NOT_MEASURED.into(), |v| format!("{v:.2}")),
+            cpu(self.cpu_per_message_in_renders.map(|v| format!("{v:.2}"))),
         );
         row(
             "ledger",
