@@ -1,8 +1,7 @@
 //! What the bench reads from its child processes: CPU time from the operating system
 //! (sysinfo: `/proc` on Linux, the kernel's task info on macOS and Windows), the resident
-//! memory high-water mark from `/proc/<pid>/status` (Linux only: no other system gives
-//! the bench a process's peak, so elsewhere it is `None` and the report says "not
-//! measured"), and batch latency quantiles and totals from the Prometheus histograms
+//! memory high-water mark from `/proc/<pid>/status` (Linux only: elsewhere it is `None`
+//! and the report says "not measured"), and batch latency quantiles and totals from the Prometheus histograms
 //! `mailing_batch_duration_seconds` and `mailing_batch_step_duration_seconds` that a
 //! child's `/metrics` serves.
 
