@@ -855,7 +855,13 @@ async fn pipeline_in(
     let cpu_ms: Vec<Option<u64>> = members
         .iter()
         .zip(&cpu_before)
-        .map(|(m, before)| Some(probe::cpu_ms(m.pid())?.saturating_sub((*before)?)))
+        .map(|(m, before)| {
+            // Before the send a process just started may have used less than a clock
+            // tick (a fleet's workers); after it, every process has worked for the whole
+            // send, so a total of 0 is a failed read (`probe::cpu_ms`), not a figure.
+            let after = probe::cpu_ms(m.pid()).filter(|&ms| ms > 0)?;
+            Some(after.saturating_sub((*before)?))
+        })
         .collect();
     let processes: Vec<ProcessUsage> = members
         .iter()
