@@ -125,7 +125,7 @@ pub async fn sink_accept_per_sec(
     concurrency: usize,
     fresh_keys: bool,
 ) -> anyhow::Result<f64> {
-    let provider = Arc::new(provider);
+    let (provider, batch) = (Arc::new(provider), Arc::new(batch));
     let accepted = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -140,7 +140,8 @@ pub async fn sink_accept_per_sec(
                 // measure. (The outbox keeps writing the same files.)
                 round += 1;
                 if fresh_keys {
-                    for (i, m) in batch.iter_mut().enumerate() {
+                    // Each task's own copy, made at its first round; shared otherwise.
+                    for (i, m) in Arc::make_mut(&mut batch).iter_mut().enumerate() {
                         m.delivery_key.clear();
                         let _ = write!(m.delivery_key, "sinkprobe-{task}-{round}-{i}");
                     }

@@ -186,36 +186,28 @@ impl BenchArgs {
 
     /// Refuses the options the chosen mode does not use.
     fn check_mode(&self) -> anyhow::Result<()> {
-        let given = |name: &'static str, set: bool| set.then_some(name);
-        let (mode, others): (&str, Vec<&str>) = match self.mode {
-            BenchMode::Pipeline => (
-                "pipeline",
-                [
-                    given("--duration", self.duration.is_some()),
-                    given("--connections", self.connections.is_some()),
-                ]
-                .into_iter()
-                .flatten()
-                .collect(),
-            ),
-            BenchMode::Api => (
-                "api",
-                [
-                    given("--recipients", self.recipients.is_some()),
-                    given("--backend", self.backend.is_some()),
-                    given("--plugin", self.plugin.is_some()),
-                    given("--plugins-dir", self.plugins_dir.is_some()),
-                    given("--provider", self.provider.is_some()),
-                    given("--workers", self.workers.is_some()),
-                    given("--stall-seconds", self.stall_seconds.is_some()),
-                ]
-                .into_iter()
-                .flatten()
-                .collect(),
-            ),
+        let pipeline_only = [
+            ("--recipients", self.recipients.is_some()),
+            ("--backend", self.backend.is_some()),
+            ("--plugin", self.plugin.is_some()),
+            ("--plugins-dir", self.plugins_dir.is_some()),
+            ("--provider", self.provider.is_some()),
+            ("--workers", self.workers.is_some()),
+            ("--stall-seconds", self.stall_seconds.is_some()),
+        ];
+        let api_only = [
+            ("--duration", self.duration.is_some()),
+            ("--connections", self.connections.is_some()),
+        ];
+        let (mode, other, refused) = match self.mode {
+            BenchMode::Pipeline => ("pipeline", "api", &api_only[..]),
+            BenchMode::Api => ("api", "pipeline", &pipeline_only[..]),
         };
+        let others: Vec<&str> = refused
+            .iter()
+            .filter_map(|&(name, given)| given.then_some(name))
+            .collect();
         if !others.is_empty() {
-            let other = if mode == "api" { "pipeline" } else { "api" };
             bail!(
                 "{} {} not apply to --mode {mode}, only to --mode {other}",
                 others.join(", "),
@@ -876,10 +868,9 @@ async fn pipeline_in(
                 pid: m.pid(),
                 // The kernel's VmHWM is the larger of a stored mark and the current
                 // RSS, whose per-thread counters lag by up to 64 pages each: a later
-                // read can come out below an earlier one (CI: 252 KiB). The peak since
-                // the start is at least what was read half-way.
-                // At least the half-way mark, but only with a mark read at the end:
-                // a process gone by then gives no peak rather than its earlier one.
+                // read can come out below an earlier one (CI: 252 KiB). So the peak is
+                // at least what was read half-way, given a mark read at the end: a
+                // process gone by then gives no peak rather than its earlier one.
                 peak_rss_bytes: probe::peak_rss_bytes(m.pid())
                     .map(|end| end.max(at_half.unwrap_or(0))),
                 peak_rss_at_half_bytes: at_half,
